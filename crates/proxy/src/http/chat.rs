@@ -1,0 +1,175 @@
+//! `POST /v1/chat/completions`: validate the body, then hand it to the pipeline.
+
+use crate::{
+    error::ApiError,
+    pipeline::{self, RequestCtx},
+    state::AppState,
+};
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+
+pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    let settings = state.settings.current();
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (parts, body) = request.into_parts();
+    let bytes = match read_body(body, settings.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match parse_chat_body(&parts.headers, &bytes) {
+        Ok(body) => {
+            let ctx = RequestCtx::new(settings, parts.uri.path(), client_addr);
+            pipeline::chat(state, ctx, body).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Reads a request body up to `limit` bytes; more is a 413 that names the limit.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                crate::error::Source::Client,
+                "request_too_large",
+                format!("the request body is larger than {limit} bytes (BLOCKOPS_MAX_BODY_BYTES)"),
+            )
+        } else {
+            ApiError::client(
+                "invalid_body",
+                format!("could not read the request body: {e}"),
+            )
+        }
+    })
+}
+
+/// Checks the body of a chat request and returns its JSON object, untouched.
+pub fn parse_chat_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        // `curl -d` sends form encoding by default; its body is still JSON, so it is accepted.
+        let accepted = mime == "application/json"
+            || mime.ends_with("+json")
+            || mime == "application/x-www-form-urlencoded"
+            || mime.is_empty();
+        if !accepted {
+            return Err(ApiError::client(
+                "unsupported_content_type",
+                format!(
+                    "unsupported Content-Type {mime:?}: send the request as JSON with Content-Type: application/json"
+                ),
+            ));
+        }
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::client(
+            "invalid_encoding",
+            format!(
+                "the request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(ApiError::client(
+            "invalid_json",
+            "the request body is empty: send a JSON object with \"model\" and \"messages\"",
+        ));
+    }
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::client(
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(body) = value else {
+        return Err(ApiError::client(
+            "invalid_json",
+            "the request body must be a JSON object with \"model\" and \"messages\"",
+        ));
+    };
+    match body.get("messages") {
+        None => Err(ApiError::client(
+            "missing_messages",
+            "the request has no \"messages\": send an array of chat messages",
+        )
+        .with_param("messages")),
+        Some(Value::Array(_)) => Ok(body),
+        Some(_) => Err(ApiError::client(
+            "invalid_messages",
+            "\"messages\" must be an array of chat messages",
+        )
+        .with_param("messages")),
+    }
+    .and_then(|body| {
+        if let Some(stream) = body.get("stream")
+            && !stream.is_boolean()
+            && !stream.is_null()
+        {
+            return Err(
+                ApiError::client("invalid_stream", "\"stream\" must be true or false")
+                    .with_param("stream"),
+            );
+        }
+        Ok(body)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(ct: Option<&str>, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        }
+        parse_chat_body(&h, body)
+    }
+
+    #[test]
+    fn bad_bodies_are_named() {
+        let cases: &[(Option<&str>, &[u8], &str)] = &[
+            (Some("application/json"), b"{", "not valid JSON"),
+            (Some("text/plain"), b"{}", "Content-Type"),
+            (None, b"[1]", "JSON object"),
+            (None, b"{\"model\":\"m\"}", "no \"messages\""),
+            (None, b"{\"messages\":{}}", "must be an array"),
+            (None, b"\xff\xfe", "UTF-8"),
+            (None, b"", "empty"),
+        ];
+        for (ct, body, needle) in cases {
+            let e = parse(*ct, body).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(
+                e.message.contains(needle),
+                "{:?} → {}",
+                String::from_utf8_lossy(body),
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_survive() {
+        let body = parse(
+            Some("application/json"),
+            br#"{"messages":[],"x_custom":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(body["x_custom"]["a"], 1);
+    }
+}

@@ -1,0 +1,75 @@
+//! The HTTP edge: routes, extraction and validation. Handlers convert and call one function.
+
+mod admin;
+mod chat;
+mod passthrough;
+mod ui;
+
+use crate::{backend, error::ApiError, state::AppState};
+use axum::{
+    Json, Router,
+    extract::State,
+    response::{IntoResponse, Redirect, Response},
+    routing::{any, get, patch, post},
+};
+use serde_json::json;
+
+/// The whole router. Middleware that guards it (auth, host checks) wraps this in `server`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/{*path}", any(passthrough::forward))
+        .route("/health", get(health))
+        .route("/admin/api/status", get(admin::status))
+        .route("/admin/api/events", get(admin::events))
+        .route("/admin/api/requests/{id}", get(admin::request))
+        .route(
+            "/admin/api/config",
+            get(admin::config).merge(patch(admin::patch_config)),
+        )
+        .route("/admin/api/backend/test", post(admin::test_backend))
+        .route("/", get(|| async { Redirect::temporary("/ui/") }))
+        .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{*path}", get(ui::file))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::not_found(format!(
+        "no route for {}: the API is under /v1/ (e.g. POST /v1/chat/completions), the dashboard at /ui/",
+        uri.path()
+    ))
+    .into_response()
+}
+
+/// `GET /health`: the proxy is up; whether the backend answered.
+async fn health(State(state): State<AppState>) -> Response {
+    let settings = state.settings.current();
+    let probe = backend::probe(
+        &state.client,
+        &settings.backend_url,
+        settings.upstream_api_key.as_deref(),
+    )
+    .await;
+    state.hub.update(|s| {
+        s.backend.up = Some(probe.reachable);
+        if probe.reachable {
+            s.backend.kind = probe.kind.as_str().to_owned();
+        }
+    });
+    if settings.api_key.is_some() {
+        // With a key set, /health stays open but says nothing beyond up/down.
+        return Json(json!({"status": "ok", "backend_up": probe.reachable})).into_response();
+    }
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "backend_url": settings.backend_url,
+        "backend_up": probe.reachable,
+        "backend_kind": probe.kind.as_str(),
+        "model_name": settings.model_name,
+    }))
+    .into_response()
+}

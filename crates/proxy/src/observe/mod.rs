@@ -1,0 +1,335 @@
+//! Observation: every stage publishes [`ProxyEvent`]s to one [`Hub`].
+//!
+//! The hub keeps a watch-published [`Snapshot`] (what the dashboard and tray show), a bounded
+//! `broadcast` for live subscribers (a slow one misses events and is told so; it never slows a
+//! request), the recent requests in full for the dashboard's translation view, and feeds the
+//! lossless sinks (traffic log) directly so that no record depends on a subscriber keeping up.
+
+mod time;
+pub mod traffic_log;
+
+pub use time::rfc3339;
+pub use traffic_log::TrafficLog;
+
+use serde::Serialize;
+use serde_json::Value;
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+use tokio::sync::{broadcast, watch};
+
+/// How many finished requests the hub keeps in full.
+pub const RECENT_REQUESTS: usize = 100;
+const EVENT_CAPACITY: usize = 1024;
+
+/// Something that happened, published by the stage where it happened.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProxyEvent {
+    Received {
+        request_id: String,
+        model: String,
+        stream: bool,
+        path: String,
+    },
+    Queued {
+        request_id: String,
+        depth: usize,
+    },
+    Admitted {
+        request_id: String,
+        queue_ms: u64,
+    },
+    Shaped {
+        request_id: String,
+        detail: Value,
+    },
+    FirstByte {
+        request_id: String,
+        ttft_ms: u64,
+    },
+    ToolCallTranslated {
+        request_id: String,
+        name: String,
+        format: String,
+    },
+    Noticed {
+        request_id: Option<String>,
+        kind: String,
+        text: String,
+    },
+    Finished {
+        request: RequestSummary,
+    },
+    CachePurged {
+        outcome: PurgeOutcome,
+    },
+    MemorySampled {
+        used_percent: f64,
+        swap_used_percent: f64,
+        pressure: String,
+    },
+    SettingsChanged {
+        keys: Vec<String>,
+    },
+}
+
+/// The result of a KV-cache purge.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PurgeOutcome {
+    /// `generic`, `vllm`, `llamacpp`, `ollama` or `none`.
+    pub adapter: String,
+    /// `purged`, `unsupported` or `failed`.
+    pub status: String,
+    pub message: String,
+    pub duration_ms: u64,
+}
+
+/// One line of the traffic table.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RequestSummary {
+    pub id: String,
+    pub time: String,
+    pub path: String,
+    pub model: String,
+    pub stream: bool,
+    /// `queued`, `running`, `done` or `failed`.
+    pub state: String,
+    pub status: Option<u16>,
+    pub duration_ms: Option<u64>,
+    pub ttft_ms: Option<u64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub tool_calls: Vec<String>,
+    pub notices: Vec<String>,
+}
+
+/// One request in full: the traffic-log record and the dashboard's translation view.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    #[serde(flatten)]
+    pub summary: RequestSummary,
+    pub client_addr: Option<String>,
+    /// The JSON body as sent to the backend (after shaping), secrets redacted.
+    pub request: Value,
+    /// The response as the client received it: content, reasoning, tool calls.
+    pub output: Value,
+    /// The model's raw text (choice 0), when it differs from the content the client got.
+    pub raw_text: Option<String>,
+    pub trace: Value,
+    pub timings: Timings,
+    pub usage: Option<Value>,
+    pub finish_reason: Option<String>,
+    pub error: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub queue_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Snapshot {
+    pub version: &'static str,
+    pub uptime_secs: f64,
+    pub model_name: String,
+    pub listen_url: String,
+    pub backend: BackendStatus,
+    pub slots: Slots,
+    pub queue: Queue,
+    pub rejections: Rejections,
+    pub tokens: Tokens,
+    pub memory: Memory,
+    pub requests: Vec<RequestSummary>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BackendStatus {
+    pub url: String,
+    pub up: Option<bool>,
+    pub kind: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Slots {
+    pub total: usize,
+    pub busy: usize,
+    pub active: Vec<ActiveRequest>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ActiveRequest {
+    pub id: String,
+    pub model: String,
+    pub busy_secs: f64,
+    pub first_token: bool,
+    #[serde(skip)]
+    pub since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Queue {
+    pub depth: usize,
+    pub max: usize,
+    pub waiting: Vec<QueuedRequest>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct QueuedRequest {
+    pub id: String,
+    pub model: String,
+    pub wait_secs: f64,
+    #[serde(skip)]
+    pub since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Rejections {
+    pub queue_full: u64,
+    pub queue_timeout: u64,
+    pub memory: u64,
+    pub context: u64,
+    pub unauthorized: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Tokens {
+    pub prompt: u64,
+    pub completion: u64,
+    pub completion_per_sec: f64,
+    pub last_prompt: u64,
+    pub warn_threshold: u64,
+    pub hard_threshold: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Memory {
+    pub used_percent: f64,
+    pub swap_used_percent: f64,
+    /// `normal`, `warning` or `critical`.
+    pub pressure: String,
+    pub warn_percent: f64,
+    pub critical_percent: f64,
+    /// `[unix_secs, used_percent]` samples, oldest first.
+    pub history: Vec<(f64, f64)>,
+}
+
+/// The hub. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    events: broadcast::Sender<ProxyEvent>,
+    snapshot: watch::Sender<Snapshot>,
+    records: Mutex<VecDeque<Arc<RequestRecord>>>,
+    log: TrafficLog,
+    started: Instant,
+}
+
+impl Hub {
+    pub fn new(log: TrafficLog, initial: Snapshot) -> Hub {
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let (snapshot, _) = watch::channel(initial);
+        Hub {
+            inner: Arc::new(HubInner {
+                events,
+                snapshot,
+                records: Mutex::new(VecDeque::with_capacity(RECENT_REQUESTS)),
+                log,
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn publish(&self, event: ProxyEvent) {
+        // No subscriber is fine: the event has already updated whatever it needed to.
+        let _ = self.inner.events.send(event);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<ProxyEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
+        self.inner.snapshot.subscribe()
+    }
+
+    /// The snapshot with the time-dependent fields (uptime, busy and wait times) brought up to date.
+    pub fn current_snapshot(&self) -> Snapshot {
+        let mut s = self.inner.snapshot.borrow().clone();
+        s.uptime_secs = self.inner.started.elapsed().as_secs_f64();
+        for a in &mut s.slots.active {
+            a.busy_secs = a.since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        }
+        for q in &mut s.queue.waiting {
+            q.wait_secs = q.since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        }
+        s
+    }
+
+    /// Changes the snapshot; subscribers see the change.
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.inner.snapshot.send_modify(f);
+    }
+
+    /// A request finished: into the traffic log (lossless), the recent list, and the event stream.
+    pub fn finished(&self, mut record: RequestRecord) {
+        traffic_log::redact(&mut record.request);
+        if let Ok(line) = serde_json::to_value(&record) {
+            self.inner.log.write(line);
+        }
+        let summary = record.summary.clone();
+        {
+            let mut records = self.inner.records.lock().unwrap_or_else(|e| e.into_inner());
+            if records.len() == RECENT_REQUESTS {
+                records.pop_back();
+            }
+            records.push_front(Arc::new(record));
+        }
+        let uptime = self.inner.started.elapsed().as_secs_f64();
+        self.update(|s| {
+            s.requests.retain(|r| r.id != summary.id);
+            s.requests.insert(0, summary.clone());
+            s.requests.truncate(RECENT_REQUESTS);
+            s.tokens.prompt += summary.prompt_tokens.unwrap_or(0);
+            s.tokens.completion += summary.completion_tokens.unwrap_or(0);
+            if let Some(p) = summary.prompt_tokens {
+                s.tokens.last_prompt = p;
+            }
+            if let (Some(c), Some(d), Some(t)) = (
+                summary.completion_tokens,
+                summary.duration_ms,
+                summary.ttft_ms,
+            ) && d > t
+            {
+                s.tokens.completion_per_sec = c as f64 * 1000.0 / (d - t) as f64;
+            }
+            s.uptime_secs = uptime;
+        });
+        self.publish(ProxyEvent::Finished { request: summary });
+    }
+
+    /// A request that is under way shows in the traffic table before it finishes.
+    pub fn started(&self, summary: RequestSummary) {
+        self.update(|s| {
+            s.requests.insert(0, summary);
+            s.requests.truncate(RECENT_REQUESTS);
+        });
+    }
+
+    pub fn request(&self, id: &str) -> Option<Arc<RequestRecord>> {
+        let records = self.inner.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.iter().find(|r| r.summary.id == id).cloned()
+    }
+
+    pub fn log(&self) -> &TrafficLog {
+        &self.inner.log
+    }
+}

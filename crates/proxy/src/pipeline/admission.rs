@@ -1,0 +1,356 @@
+//! Admission: at most `max_concurrent` requests at the backend, a bounded FIFO queue behind them.
+//!
+//! A [`Slot`] is a guard: dropping it (response done, failed, client gone) frees the slot and
+//! hands it to the next waiter. A [`Ticket`] (a place in the queue) is a guard too: dropping it
+//! leaves the queue, and if a slot was granted in the same instant, passes that slot on, so no
+//! interleaving of grant and cancel can leak one. The limit can change at run time: raising it
+//! admits waiters at once; lowering it lets requests in flight finish.
+
+use crate::observe::{ActiveRequest, Hub, QueuedRequest};
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+use tokio::sync::oneshot;
+
+#[derive(Debug)]
+struct State {
+    limit: usize,
+    max_queue: usize,
+    busy: usize,
+    queue: VecDeque<Waiter>,
+    /// Set by a cache purge: new requests wait until the purge is done.
+    held: usize,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: String,
+    model: String,
+    since: Instant,
+    grant: oneshot::Sender<()>,
+}
+
+/// The gate for one backend. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    state: Arc<Mutex<State>>,
+    hub: Hub,
+}
+
+/// Why a request was not given a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    QueueFull { max_queue: usize },
+}
+
+/// What [`Gate::enter`] gives: a slot at once, or a place in the queue.
+#[derive(Debug)]
+pub enum Entry {
+    Admitted(Slot),
+    Queued(Ticket),
+}
+
+/// A slot at the backend; freed on drop.
+#[derive(Debug)]
+pub struct Slot {
+    gate: Gate,
+    id: String,
+}
+
+/// A place in the queue; leaves the queue on drop.
+#[derive(Debug)]
+pub struct Ticket {
+    gate: Gate,
+    id: String,
+    model: String,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Gate {
+    pub fn new(limit: usize, max_queue: usize, hub: Hub) -> Gate {
+        let gate = Gate {
+            state: Arc::new(Mutex::new(State {
+                limit,
+                max_queue,
+                busy: 0,
+                queue: VecDeque::new(),
+                held: 0,
+            })),
+            hub,
+        };
+        gate.publish(&gate.lock());
+        gate
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a slot without waiting.
+    pub fn enter(&self, id: &str, model: &str) -> Result<Entry, Refused> {
+        let mut s = self.lock();
+        if s.busy < s.limit && s.queue.is_empty() && s.held == 0 {
+            s.busy += 1;
+            self.publish_admitted(&s, id, model);
+            return Ok(Entry::Admitted(Slot {
+                gate: self.clone(),
+                id: id.to_owned(),
+            }));
+        }
+        if s.queue.len() >= s.max_queue {
+            return Err(Refused::QueueFull {
+                max_queue: s.max_queue,
+            });
+        }
+        let (grant, rx) = oneshot::channel();
+        s.queue.push_back(Waiter {
+            id: id.to_owned(),
+            model: model.to_owned(),
+            since: Instant::now(),
+            grant,
+        });
+        self.publish(&s);
+        Ok(Entry::Queued(Ticket {
+            gate: self.clone(),
+            id: id.to_owned(),
+            model: model.to_owned(),
+            rx: Some(rx),
+        }))
+    }
+
+    /// Changes the limits; raising `limit` admits waiters at once.
+    pub fn resize(&self, limit: usize, max_queue: usize) {
+        let mut s = self.lock();
+        s.limit = limit.max(1);
+        s.max_queue = max_queue;
+        self.grant(&mut s);
+        self.publish(&s);
+    }
+
+    pub fn busy(&self) -> usize {
+        self.lock().busy
+    }
+
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Holds every slot for exclusive use (a cache purge): new requests queue, and this waits
+    /// for requests in flight to finish. The returned guard releases the gate.
+    pub async fn hold_all(&self) -> Hold {
+        {
+            let mut s = self.lock();
+            s.held += 1;
+        }
+        let hold = Hold { gate: self.clone() };
+        loop {
+            let notified = {
+                let s = self.lock();
+                if s.busy == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20))
+            };
+            notified.await;
+        }
+        hold
+    }
+
+    fn grant(&self, s: &mut State) {
+        while s.busy < s.limit && s.held == 0 {
+            let Some(w) = s.queue.pop_front() else { break };
+            s.busy += 1;
+            if w.grant.send(()).is_err() {
+                // The waiter is gone (its ticket is being dropped): the slot goes to the next one.
+                s.busy -= 1;
+                continue;
+            }
+            self.publish_admitted(s, &w.id, &w.model);
+        }
+    }
+
+    fn release(&self, id: &str) {
+        let mut s = self.lock();
+        s.busy = s.busy.saturating_sub(1);
+        self.hub
+            .update(|snap| snap.slots.active.retain(|a| a.id != id));
+        self.grant(&mut s);
+        self.publish(&s);
+    }
+
+    fn publish_admitted(&self, s: &State, id: &str, model: &str) {
+        let entry = ActiveRequest {
+            id: id.to_owned(),
+            model: model.to_owned(),
+            busy_secs: 0.0,
+            first_token: false,
+            since: Some(Instant::now()),
+        };
+        self.hub.update(|snap| snap.slots.active.push(entry));
+        self.publish(s);
+    }
+
+    fn publish(&self, s: &State) {
+        let waiting: Vec<QueuedRequest> = s
+            .queue
+            .iter()
+            .map(|w| QueuedRequest {
+                id: w.id.clone(),
+                model: w.model.clone(),
+                wait_secs: 0.0,
+                since: Some(w.since),
+            })
+            .collect();
+        let (limit, busy, max_queue) = (s.limit, s.busy, s.max_queue);
+        self.hub.update(|snap| {
+            snap.slots.total = limit;
+            snap.slots.busy = busy;
+            snap.queue.depth = waiting.len();
+            snap.queue.max = max_queue;
+            snap.queue.waiting = waiting;
+        });
+    }
+
+    /// Marks a request in flight as having received its first token (for the dashboard).
+    pub fn first_token(&self, id: &str) {
+        self.hub.update(|snap| {
+            if let Some(a) = snap.slots.active.iter_mut().find(|a| a.id == id) {
+                a.first_token = true;
+            }
+        });
+    }
+}
+
+impl Ticket {
+    /// Waits for a slot. Cancel-safe: dropping the future keeps the ticket; dropping the ticket
+    /// leaves the queue.
+    pub async fn admitted(mut self) -> Slot {
+        if let Some(rx) = self.rx.as_mut() {
+            // The sender is only dropped after a successful send or with the gate itself.
+            let _ = rx.await;
+        }
+        self.rx = None;
+        Slot {
+            gate: self.gate.clone(),
+            id: self.id.clone(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let mut s = self.gate.lock();
+        if let Some(pos) = s.queue.iter().position(|w| w.id == self.id) {
+            s.queue.remove(pos);
+            self.gate.publish(&s);
+            return;
+        }
+        // Granted while we were leaving: pass the slot on.
+        drop(s);
+        if rx.try_recv().is_ok() {
+            self.gate.release(&self.id);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.release(&self.id);
+    }
+}
+
+/// Exclusive use of the backend (see [`Gate::hold_all`]).
+#[derive(Debug)]
+pub struct Hold {
+    gate: Gate,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut s = self.gate.lock();
+        s.held = s.held.saturating_sub(1);
+        self.gate.grant(&mut s);
+        self.gate.publish(&s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::{Snapshot, TrafficLog};
+
+    fn hub() -> Hub {
+        let dir = std::env::temp_dir().join(format!("blockops-gate-test-{}", std::process::id()));
+        let (log, _) = TrafficLog::spawn(dir.join("t.log"), 1 << 20);
+        Hub::new(log, Snapshot::default())
+    }
+
+    #[tokio::test]
+    async fn fifo_queue_full_and_release_on_drop() {
+        let gate = Gate::new(1, 1, hub());
+        let Ok(Entry::Admitted(first)) = gate.enter("a", "m") else {
+            panic!("first is admitted")
+        };
+        let Ok(Entry::Queued(second)) = gate.enter("b", "m") else {
+            panic!("second queues")
+        };
+        assert_eq!(
+            gate.enter("c", "m").unwrap_err(),
+            Refused::QueueFull { max_queue: 1 }
+        );
+        drop(first);
+        let slot = second.admitted().await;
+        assert_eq!(gate.busy(), 1);
+        drop(slot);
+        assert_eq!(gate.busy(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_ticket_leaves_the_queue_and_raising_the_limit_admits() {
+        let gate = Gate::new(1, 4, hub());
+        let Ok(Entry::Admitted(_first)) = gate.enter("a", "m") else {
+            panic!()
+        };
+        let Ok(Entry::Queued(b)) = gate.enter("b", "m") else {
+            panic!()
+        };
+        let Ok(Entry::Queued(c)) = gate.enter("c", "m") else {
+            panic!()
+        };
+        drop(b);
+        assert_eq!(gate.queued(), 1);
+        gate.resize(2, 4);
+        let _c = c.admitted().await;
+        assert_eq!(gate.busy(), 2);
+        assert_eq!(gate.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_ticket_dropped_after_its_grant_passes_the_slot_on() {
+        let gate = Gate::new(1, 4, hub());
+        let Ok(Entry::Admitted(first)) = gate.enter("a", "m") else {
+            panic!()
+        };
+        let Ok(Entry::Queued(b)) = gate.enter("b", "m") else {
+            panic!()
+        };
+        let Ok(Entry::Queued(c)) = gate.enter("c", "m") else {
+            panic!()
+        };
+        drop(first); // grants b, whose owner never looks
+        drop(b); // must hand the slot to c
+        let _c = c.admitted().await;
+        assert_eq!(gate.busy(), 1);
+    }
+}

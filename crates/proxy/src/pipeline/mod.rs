@@ -1,0 +1,684 @@
+//! The request path for chat completions: admission → shaping → upstream → transform.
+//!
+//! One pipeline serves both response modes. The backend is always asked for a stream; a
+//! streaming client gets the transformed chunks as SSE, a non-streaming client gets their fold.
+//! Each request runs in its own task, which ends as soon as the client goes away: dropping the
+//! task's future drops the upstream response, so the backend sees the connection close and
+//! stops generating, and the slot guard frees the slot.
+//!
+//! Streaming clients: the 200 and SSE headers are sent once the request is queued, the backend
+//! has answered with a success status, or half a second has passed, whichever is first. An error
+//! before that gets its proper HTTP status; after it, one SSE error event and `[DONE]`.
+
+pub mod admission;
+pub mod ids;
+pub mod sse;
+pub mod transform;
+pub mod upstream;
+
+use crate::{
+    config::Settings,
+    error::{ApiError, Source},
+    observe::{ProxyEvent, RequestRecord, RequestSummary, Timings, rfc3339},
+    state::AppState,
+};
+use admission::{Entry, Refused};
+use axum::{
+    body::Body,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use sse::{SseDecoder, SseEvent};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use transform::{Folder, TransformSpec, Translator};
+
+/// How long a streaming client may wait before its headers are sent anyway.
+const COMMIT_AFTER: Duration = Duration::from_millis(500);
+/// The SSE comment sent as a heartbeat.
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// Everything known about one request; travels through every stage.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub id: String,
+    pub seed: u64,
+    pub received: Instant,
+    pub time: SystemTime,
+    pub client_addr: Option<SocketAddr>,
+    pub path: String,
+    pub model: String,
+    pub stream: bool,
+    /// The settings in force when the request arrived; it finishes with them.
+    pub settings: Arc<Settings>,
+    /// Short lines shown to the person reading the reply (context, memory, purge).
+    pub notices: Vec<String>,
+    pub queue_ms: u64,
+    pub ttft_ms: Option<u64>,
+}
+
+impl RequestCtx {
+    pub fn new(settings: Arc<Settings>, path: &str, client_addr: Option<SocketAddr>) -> Self {
+        let seed = ids::next_seed();
+        RequestCtx {
+            id: ids::request_id(seed),
+            seed,
+            received: Instant::now(),
+            time: SystemTime::now(),
+            client_addr,
+            path: path.to_owned(),
+            model: String::new(),
+            stream: false,
+            settings,
+            notices: Vec::new(),
+            queue_ms: 0,
+            ttft_ms: None,
+        }
+    }
+
+    pub fn elapsed_ms(&self) -> u64 {
+        self.received.elapsed().as_millis() as u64
+    }
+
+    pub fn summary(&self, state: &str) -> RequestSummary {
+        RequestSummary {
+            id: self.id.clone(),
+            time: rfc3339(self.time),
+            path: self.path.clone(),
+            model: self.model.clone(),
+            stream: self.stream,
+            state: state.to_owned(),
+            status: None,
+            duration_ms: None,
+            ttft_ms: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            tool_calls: Vec::new(),
+            notices: self.notices.clone(),
+        }
+    }
+}
+
+/// Why a request ended early.
+#[derive(Debug)]
+enum Failure {
+    Api(ApiError),
+    ClientGone,
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure::Api(e)
+    }
+}
+
+/// What the pipeline learned while serving one request; becomes the log record.
+#[derive(Debug)]
+struct Exchange {
+    ctx: RequestCtx,
+    /// The body as sent to the backend.
+    upstream_body: Value,
+    translator: Option<Translator>,
+    folder: Folder,
+}
+
+/// Where output goes: SSE frames for a streaming client (and always the fold, for the log).
+struct Out {
+    frames: Option<mpsc::Sender<Bytes>>,
+    head: Option<oneshot::Sender<Head>>,
+}
+
+enum Head {
+    /// Send 200 and the SSE headers now.
+    Stream,
+    /// Nothing sent yet: answer with this error's status.
+    Error(ApiError),
+}
+
+impl Out {
+    /// Commits a streaming response: from now on errors go in-band.
+    fn commit(&mut self) {
+        if let Some(head) = self.head.take() {
+            let _ = head.send(Head::Stream);
+        }
+    }
+
+    async fn send(&mut self, folder: &mut Folder, chunk: Value) -> Result<(), Failure> {
+        folder.push(&chunk);
+        if self.frames.is_some() {
+            self.commit();
+        }
+        if let Some(tx) = &self.frames {
+            let frame = Bytes::from(format!("data: {chunk}\n\n"));
+            tx.send(frame).await.map_err(|_| Failure::ClientGone)?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves `POST /v1/chat/completions` for an already-parsed JSON body.
+pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>) -> Response {
+    ctx.model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    ctx.stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    state.hub.publish(ProxyEvent::Received {
+        request_id: ctx.id.clone(),
+        model: ctx.model.clone(),
+        stream: ctx.stream,
+        path: ctx.path.clone(),
+    });
+    state.hub.started(ctx.summary("queued"));
+    let heartbeat = Duration::from_secs_f64(ctx.settings.heartbeat_interval_secs);
+    let request_id = ctx.id.clone();
+    let exchange = Exchange {
+        ctx,
+        upstream_body: Value::Null,
+        translator: None,
+        folder: Folder::default(),
+    };
+
+    if exchange.ctx.stream {
+        let (frames_tx, frames_rx) = mpsc::channel::<Bytes>(64);
+        let (head_tx, mut head_rx) = oneshot::channel();
+        let out = Out {
+            frames: Some(frames_tx.clone()),
+            head: Some(head_tx),
+        };
+        let task_state = state.clone();
+        state.tasks.spawn(async move {
+            let closed = async move { frames_tx.closed().await };
+            // A streaming client has already been told everything through `out`.
+            let _ = drive(task_state, exchange, body, out, closed).await;
+        });
+        let head = tokio::select! {
+            head = &mut head_rx => head.ok(),
+            () = tokio::time::sleep(COMMIT_AFTER) => {
+                // Closing first means a head sent in the same instant is still read here, and one
+                // sent later comes back to the task, which then reports it in-band.
+                head_rx.close();
+                head_rx.try_recv().ok()
+            }
+        };
+        return match head {
+            Some(Head::Error(e)) => with_request_id(e.into_response(), &request_id),
+            _ => with_request_id(sse_response(frames_rx, heartbeat), &request_id),
+        };
+    }
+
+    let (done_tx, done_rx) = oneshot::channel::<Result<Value, ApiError>>();
+    let out = Out {
+        frames: None,
+        head: None,
+    };
+    let task_state = state.clone();
+    let (closed_tx, closed_rx) = oneshot::channel::<()>();
+    state.tasks.spawn(async move {
+        let closed = async move {
+            let _ = closed_rx.await;
+        };
+        let result = drive(task_state, exchange, body, out, closed).await;
+        let _ = done_tx.send(result);
+    });
+    // If this handler is dropped (client gone), `closed_tx` drops and the task cancels itself.
+    let result = done_rx.await;
+    drop(closed_tx);
+    let response = match result {
+        Ok(Ok(completion)) => axum::Json(completion).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::internal("the request was cancelled while the proxy shut down")
+            .into_response(),
+    };
+    with_request_id(response, &request_id)
+}
+
+fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// Runs one request to its end, then records it. Returns the folded completion or the error.
+async fn drive(
+    state: AppState,
+    mut ex: Exchange,
+    body: Map<String, Value>,
+    mut out: Out,
+    client_closed: impl std::future::Future<Output = ()>,
+) -> Result<Value, ApiError> {
+    let result = tokio::select! {
+        r = run(&state, &mut ex, body, &mut out) => r,
+        () = client_closed => Err(Failure::ClientGone),
+    };
+    let (status, error) = match &result {
+        Ok(()) => (200u16, None),
+        Err(Failure::Api(e)) => (e.status.as_u16(), Some(e.clone())),
+        // 499: the client closed the request (nginx's convention, widely understood).
+        Err(Failure::ClientGone) => (499, None),
+    };
+    if let (Some(e), Some(tx)) = (&error, &out.frames) {
+        match out.head.take().map(|h| h.send(Head::Error(e.clone()))) {
+            Some(Ok(())) => {}
+            // Headers already went out: the error is the stream's last event.
+            Some(Err(_)) | None => {
+                let _ = tx.send(e.sse_frames()).await;
+            }
+        }
+    } else if result.is_ok()
+        && let Some(tx) = &out.frames
+    {
+        let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    }
+    let completion = ex.folder.completion();
+    record(&state, ex, status, error.as_ref());
+    match result {
+        Ok(()) => Ok(completion),
+        Err(Failure::Api(e)) => Err(e),
+        Err(Failure::ClientGone) => Err(ApiError::new(
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Source::Client,
+            "client_closed",
+            "the client closed the connection",
+        )),
+    }
+}
+
+async fn run(
+    state: &AppState,
+    ex: &mut Exchange,
+    body: Map<String, Value>,
+    out: &mut Out,
+) -> Result<(), Failure> {
+    let settings = ex.ctx.settings.clone();
+
+    // 1. admission
+    let _slot = match state.gate.enter(&ex.ctx.id, &ex.ctx.model) {
+        Ok(Entry::Admitted(slot)) => slot,
+        Ok(Entry::Queued(ticket)) => {
+            state.hub.publish(ProxyEvent::Queued {
+                request_id: ex.ctx.id.clone(),
+                depth: state.gate.queued(),
+            });
+            // Queued means accepted: a streaming client gets its headers and heartbeats now.
+            out.commit();
+            let wait = Duration::from_secs_f64(settings.queue_timeout_secs);
+            match tokio::time::timeout(wait, ticket.admitted()).await {
+                Ok(slot) => slot,
+                Err(_) => {
+                    state.hub.update(|s| s.rejections.queue_timeout += 1);
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Source::Proxy,
+                        "queue_timeout",
+                        format!(
+                            "waited {} s for a free slot at the backend (MAX_CONCURRENT={}); try again later or raise QUEUE_TIMEOUT_SECS",
+                            settings.queue_timeout_secs, settings.max_concurrent
+                        ),
+                    )
+                    .with_retry_after(settings.queue_timeout_secs.ceil().max(1.0) as u64)
+                    .into());
+                }
+            }
+        }
+        Err(Refused::QueueFull { max_queue }) => {
+            state.hub.update(|s| s.rejections.queue_full += 1);
+            return Err(queue_full(max_queue, settings.max_concurrent).into());
+        }
+    };
+    ex.ctx.queue_ms = ex.ctx.elapsed_ms();
+    state.hub.publish(ProxyEvent::Admitted {
+        request_id: ex.ctx.id.clone(),
+        queue_ms: ex.ctx.queue_ms,
+    });
+
+    // 2. shaping happens here (token estimate, truncation, notices, session reset).
+
+    // 3. upstream
+    let mut spec =
+        TransformSpec::from_request(&body, &settings.parser_formats, settings.reasoning_field);
+    if settings.notices == crate::config::NoticeMode::Content {
+        spec.notices = ex.ctx.notices.clone();
+    }
+    let upstream_body = upstream_request_body(body);
+    ex.upstream_body = Value::Object(upstream_body.clone());
+    ex.translator = Some(Translator::new(spec, ex.ctx.seed));
+    let backend = settings.backend_url.clone();
+    let url = format!("{backend}/v1/chat/completions");
+    let payload =
+        serde_json::to_vec(&upstream_body).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut request = state
+        .client
+        .post(&url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "text/event-stream")
+        .body(payload);
+    if let Some(key) = &settings.upstream_api_key {
+        request = request.bearer_auth(key);
+    }
+    let deadline = (settings.total_timeout_secs > 0.0)
+        .then(|| ex.ctx.received + Duration::from_secs_f64(settings.total_timeout_secs));
+    let first_byte = Duration::from_secs_f64(settings.first_byte_timeout_secs);
+    let first_byte_deadline = Instant::now() + first_byte;
+    let response = match within(deadline, first_byte_deadline, request.send()).await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            return Err(upstream::classify(&e, &backend, settings.connect_timeout_secs).into());
+        }
+        None => return Err(timeout_error(deadline, &backend, &settings).into()),
+    };
+    let mut response = upstream::check_status(response, &backend).await?;
+    out.commit();
+
+    // 4. transform
+    let idle = Duration::from_secs_f64(settings.idle_timeout_secs);
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
+    let mut got_first_byte = false;
+    let mut done = false;
+    while !done {
+        let wait_until = if got_first_byte {
+            Instant::now() + idle
+        } else {
+            first_byte_deadline
+        };
+        let chunk = match within(deadline, wait_until, response.chunk()).await {
+            Some(Ok(Some(c))) => c,
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
+                flush_before_error(ex, out).await?;
+                return Err(upstream::classify(&e, &backend, settings.connect_timeout_secs).into());
+            }
+            None => {
+                flush_before_error(ex, out).await?;
+                let what = if deadline.is_some_and(|d| Instant::now() >= d) {
+                    "total"
+                } else if got_first_byte {
+                    "idle"
+                } else {
+                    "first byte"
+                };
+                let secs = match what {
+                    "total" => settings.total_timeout_secs,
+                    "idle" => settings.idle_timeout_secs,
+                    _ => settings.first_byte_timeout_secs,
+                };
+                return Err(upstream::timeout(&backend, what, secs).into());
+            }
+        };
+        got_first_byte = true;
+        if decoder.feed(&chunk, &mut events).is_err() {
+            flush_before_error(ex, out).await?;
+            return Err(bad_stream(&backend, "an SSE event larger than 16 MiB").into());
+        }
+        for event in events.drain(..) {
+            let SseEvent::Data(data) = event;
+            let data = data.trim();
+            if data == "[DONE]" {
+                done = true;
+                break;
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let parsed: Value = match serde_json::from_str(data) {
+                Ok(v) => v,
+                Err(e) => {
+                    flush_before_error(ex, out).await?;
+                    return Err(bad_stream(
+                        &backend,
+                        &format!("invalid JSON in a data event ({e})"),
+                    )
+                    .into());
+                }
+            };
+            if let Some(err) = parsed.get("error") {
+                flush_before_error(ex, out).await?;
+                let message = err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| err.to_string());
+                return Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    Source::Upstream,
+                    "upstream_error",
+                    format!("the backend at {backend} reported an error mid-stream: {message}"),
+                )
+                .into());
+            }
+            let Value::Object(chunk) = parsed else {
+                continue;
+            };
+            let translator = ex
+                .translator
+                .as_mut()
+                .ok_or_else(|| ApiError::internal("translator missing"))?;
+            let outputs = translator.on_chunk(chunk);
+            for output in outputs {
+                if ex.ctx.ttft_ms.is_none() {
+                    ex.ctx.ttft_ms = Some(ex.ctx.elapsed_ms());
+                    state.gate.first_token(&ex.ctx.id);
+                    state.hub.publish(ProxyEvent::FirstByte {
+                        request_id: ex.ctx.id.clone(),
+                        ttft_ms: ex.ctx.ttft_ms.unwrap_or_default(),
+                    });
+                }
+                out.send(&mut ex.folder, output).await?;
+            }
+        }
+    }
+    if !done {
+        let mut tail = Vec::new();
+        decoder.finish(&mut tail);
+        if !tail.is_empty()
+            || ex
+                .folder
+                .choice(0)
+                .is_none_or(|c| c.finish_reason.is_none())
+        {
+            // Without `[DONE]` and without a finish_reason the reply may be cut short: say so,
+            // after delivering everything that did arrive.
+            flush_before_error(ex, out).await?;
+            return Err(
+                bad_stream(&backend, "the stream ended before the reply was finished").into(),
+            );
+        }
+    }
+    let translator = ex
+        .translator
+        .as_mut()
+        .ok_or_else(|| ApiError::internal("translator missing"))?;
+    let tail = translator.finish();
+    let usage = translator.usage().cloned();
+    for output in tail {
+        out.send(&mut ex.folder, output).await?;
+    }
+    ex.folder.set_usage(usage.as_ref());
+    Ok(())
+}
+
+/// Awaits `fut` until the earlier of two deadlines; `None` when time ran out.
+async fn within<F: std::future::Future>(
+    deadline: Option<Instant>,
+    until: Instant,
+    fut: F,
+) -> Option<F::Output> {
+    let until = deadline.map_or(until, |d| d.min(until));
+    tokio::time::timeout_at(until, fut).await.ok()
+}
+
+fn timeout_error(deadline: Option<Instant>, backend: &str, settings: &Settings) -> ApiError {
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        upstream::timeout(backend, "total", settings.total_timeout_secs)
+    } else {
+        upstream::timeout(backend, "first byte", settings.first_byte_timeout_secs)
+    }
+}
+
+fn bad_stream(backend: &str, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        Source::Upstream,
+        "bad_upstream_stream",
+        format!("the backend at {backend} sent a broken stream: {what}"),
+    )
+}
+
+/// Before an error event, deliver every byte the model produced (held-back text included).
+async fn flush_before_error(ex: &mut Exchange, out: &mut Out) -> Result<(), Failure> {
+    let Some(translator) = ex.translator.as_mut() else {
+        return Ok(());
+    };
+    for output in translator.flush_on_error() {
+        out.send(&mut ex.folder, output).await?;
+    }
+    Ok(())
+}
+
+pub fn queue_full(max_queue: usize, max_concurrent: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Source::Proxy,
+        "queue_full",
+        format!(
+            "the backend is busy: {max_concurrent} requests in flight and {max_queue} waiting (MAX_CONCURRENT, MAX_QUEUE); retry shortly"
+        ),
+    )
+    .with_retry_after(1)
+}
+
+/// The client's body with streaming (and usage in the stream) switched on; all else untouched.
+fn upstream_request_body(mut body: Map<String, Value>) -> Map<String, Value> {
+    body.insert("stream".into(), Value::Bool(true));
+    let options = body.entry("stream_options").or_insert_with(|| json!({}));
+    if !options.is_object() {
+        *options = json!({});
+    }
+    if let Some(o) = options.as_object_mut() {
+        o.insert("include_usage".into(), Value::Bool(true));
+    }
+    body
+}
+
+/// The SSE response body: frames as they come, and a `: keep-alive` comment after every
+/// `interval` of silence. Comments go between events only, never inside one.
+pub fn sse_response(rx: mpsc::Receiver<Bytes>, interval: Duration) -> Response {
+    struct State {
+        rx: mpsc::Receiver<Bytes>,
+        interval: Duration,
+        next_beat: Instant,
+        first: bool,
+    }
+    let state = State {
+        rx,
+        interval,
+        next_beat: Instant::now() + interval,
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        if st.first {
+            st.first = false;
+            st.next_beat = Instant::now() + st.interval;
+            return Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from_static(KEEP_ALIVE)),
+                st,
+            ));
+        }
+        tokio::select! {
+            frame = st.rx.recv() => {
+                let frame = frame?;
+                st.next_beat = Instant::now() + st.interval;
+                Some((Ok(frame), st))
+            }
+            () = tokio::time::sleep_until(st.next_beat) => {
+                st.next_beat = Instant::now() + st.interval;
+                Some((Ok(Bytes::from_static(KEEP_ALIVE)), st))
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Keeps reverse proxies (nginx) from buffering the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ApiError>) {
+    let Exchange {
+        ctx,
+        upstream_body,
+        translator,
+        folder,
+    } = ex;
+    let choice = folder.choice(0).cloned().unwrap_or_default();
+    let usage = translator.as_ref().and_then(|t| t.usage().cloned());
+    let raw = translator
+        .as_ref()
+        .and_then(|t| t.raw_text(0).map(str::to_owned));
+    let trace = translator.as_ref().map(|t| t.trace(0)).unwrap_or_default();
+    let tool_names: Vec<String> = choice.tool_calls.iter().map(|c| c.name.clone()).collect();
+    for (call, span) in choice
+        .tool_calls
+        .iter()
+        .zip(trace.iter().filter(|s| s.kind == "tool_call"))
+    {
+        state.hub.publish(ProxyEvent::ToolCallTranslated {
+            request_id: ctx.id.clone(),
+            name: call.name.clone(),
+            format: span.format.unwrap_or("structured").to_owned(),
+        });
+    }
+    let total_ms = ctx.elapsed_ms();
+    let mut summary = ctx.summary(if status == 200 { "done" } else { "failed" });
+    summary.status = Some(status);
+    summary.duration_ms = Some(total_ms);
+    summary.ttft_ms = ctx.ttft_ms;
+    summary.prompt_tokens = usage
+        .as_ref()
+        .and_then(|u| u.get("prompt_tokens"))
+        .and_then(Value::as_u64);
+    summary.completion_tokens = usage
+        .as_ref()
+        .and_then(|u| u.get("completion_tokens"))
+        .and_then(Value::as_u64);
+    summary.tool_calls = tool_names;
+    let output = json!({
+        "content": if choice.content.is_empty() && !choice.tool_calls.is_empty() { Value::Null } else { choice.content.clone().into() },
+        "reasoning": choice.reasoning_content.clone().or(choice.reasoning.clone()),
+        "tool_calls": choice.tool_calls.iter().map(|c| json!({"id": c.id, "name": c.name, "arguments": c.arguments})).collect::<Vec<_>>(),
+    });
+    let raw_text = raw.filter(|r| *r != choice.content);
+    state.hub.finished(RequestRecord {
+        summary,
+        client_addr: ctx.client_addr.map(|a| a.to_string()),
+        request: upstream_body,
+        output,
+        raw_text,
+        trace: serde_json::to_value(&trace).unwrap_or_default(),
+        timings: Timings {
+            queue_ms: ctx.queue_ms,
+            ttft_ms: ctx.ttft_ms,
+            total_ms,
+        },
+        usage,
+        finish_reason: choice.finish_reason.clone(),
+        error: error.map(ApiError::body_json),
+    });
+}

@@ -1,0 +1,707 @@
+//! Transform: the backend's `chat.completion.chunk`s in, the client's chunks out. Sans-IO.
+//!
+//! Each choice's text goes through its own `toolcalls::Parser`; the resulting events become
+//! OpenAI deltas (content, reasoning, tool_calls). Structured `tool_calls` the backend already
+//! produced are passed through, re-indexed, with ids filled. [`Folder`] turns the output chunks
+//! back into one `chat.completion`, so a non-streaming client gets exactly what a streaming one
+//! would have assembled.
+
+use crate::config::ReasoningField;
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use toolcalls::{Event, Options, Parser, ToolSpec, TraceSpan};
+
+/// The tool-call formats the engine recognises.
+pub fn known_formats() -> Vec<&'static str> {
+    // ENGINE-WIRING: replaced by toolcalls::known_formats() when the engine lands.
+    vec!["hermes", "tool_call_line", "qwen3_coder"]
+}
+
+pub fn is_known_format(name: &str) -> bool {
+    known_formats().iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// How the response should be translated, decided from the request and the settings.
+#[derive(Debug, Clone)]
+pub struct TransformSpec {
+    pub tools: Vec<ToolSpec>,
+    pub options: Options,
+    pub reasoning_field: ReasoningField,
+    /// The client asked for `stream_options.include_usage`; otherwise the usage chunk is kept
+    /// for the log but not sent.
+    pub client_wants_usage: bool,
+    /// Lines shown at the start of the assistant's content (choice 0).
+    pub notices: Vec<String>,
+}
+
+impl TransformSpec {
+    /// Reads `tools`, `tool_choice` and `parallel_tool_calls` from the client's body.
+    pub fn from_request(
+        body: &Map<String, Value>,
+        formats: &[String],
+        reasoning_field: ReasoningField,
+    ) -> Self {
+        let tools = body
+            .get("tools")
+            .map(ToolSpec::from_openai_tools)
+            .unwrap_or_default();
+        let tool_choice_none = body.get("tool_choice").and_then(Value::as_str) == Some("none");
+        let options = Options {
+            formats: (!formats.is_empty()).then(|| formats.to_vec()),
+            parse_tools: !tools.is_empty() && !tool_choice_none,
+            split_reasoning: reasoning_field != ReasoningField::None,
+            prefill_think: false,
+            parallel_tool_calls: body
+                .get("parallel_tool_calls")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+        };
+        let client_wants_usage = body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        TransformSpec {
+            tools,
+            options,
+            reasoning_field,
+            client_wants_usage,
+            notices: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ChoiceState {
+    parser: Parser,
+    raw: String,
+    /// No delta sent yet: the first one carries `role` (and, for choice 0, the notices).
+    started: bool,
+    /// Output index for each engine call index and each upstream structured call index.
+    engine_calls: BTreeMap<usize, usize>,
+    upstream_calls: BTreeMap<u64, usize>,
+    next_call: usize,
+    finished: bool,
+}
+
+/// Translates one response.
+#[derive(Debug)]
+pub struct Translator {
+    spec: TransformSpec,
+    choices: BTreeMap<u64, ChoiceState>,
+    /// `id`, `created`, `model`, `system_fingerprint` of the backend's chunks.
+    template: Map<String, Value>,
+    usage: Option<Value>,
+    id_seed: u64,
+}
+
+impl Translator {
+    pub fn new(spec: TransformSpec, id_seed: u64) -> Self {
+        Translator {
+            spec,
+            choices: BTreeMap::new(),
+            template: Map::new(),
+            usage: None,
+            id_seed,
+        }
+    }
+
+    pub fn usage(&self) -> Option<&Value> {
+        self.usage.as_ref()
+    }
+
+    /// The raw model text of each choice, as the backend sent it.
+    pub fn raw_text(&self, choice: u64) -> Option<&str> {
+        self.choices.get(&choice).map(|c| c.raw.as_str())
+    }
+
+    pub fn trace(&self, choice: u64) -> Vec<TraceSpan> {
+        self.choices
+            .get(&choice)
+            .map(|c| c.parser.trace().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn choice(&mut self, index: u64) -> &mut ChoiceState {
+        let spec = &self.spec;
+        self.choices.entry(index).or_insert_with(|| ChoiceState {
+            parser: Parser::new(spec.tools.clone(), spec.options.clone()),
+            raw: String::new(),
+            started: false,
+            engine_calls: BTreeMap::new(),
+            upstream_calls: BTreeMap::new(),
+            next_call: 0,
+            finished: false,
+        })
+    }
+
+    /// One chunk from the backend; returns the chunks to send to the client.
+    pub fn on_chunk(&mut self, mut chunk: Map<String, Value>) -> Vec<Value> {
+        for key in ["id", "created", "model", "system_fingerprint"] {
+            if let Some(v) = chunk.get(key)
+                && !v.is_null()
+            {
+                self.template.entry(key).or_insert_with(|| v.clone());
+            }
+        }
+        let mut out = Vec::new();
+        let usage = chunk.remove("usage").filter(|u| !u.is_null());
+        if let Some(u) = &usage {
+            self.usage = Some(u.clone());
+        }
+        let choices = match chunk.remove("choices") {
+            Some(Value::Array(c)) => c,
+            _ => Vec::new(),
+        };
+        for choice in choices {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
+            let finish = choice
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let logprobs = choice.get("logprobs").filter(|l| !l.is_null()).cloned();
+            let mut events = Vec::new();
+            let mut upstream_calls = Vec::new();
+            {
+                let state = self.choice(index);
+                if let Some(text) = delta
+                    .get("reasoning_content")
+                    .or_else(|| delta.get("reasoning"))
+                    .and_then(Value::as_str)
+                    && !text.is_empty()
+                {
+                    events.push(Event::Reasoning {
+                        text: text.to_owned(),
+                    });
+                }
+                if let Some(text) = delta.get("content").and_then(Value::as_str)
+                    && !text.is_empty()
+                {
+                    state.raw.push_str(text);
+                    events.extend(state.parser.feed(text));
+                }
+                if let Some(Value::Array(calls)) = delta.get("tool_calls") {
+                    upstream_calls.extend(calls.iter().cloned());
+                }
+            }
+            let mut deltas = self.deltas(index, events);
+            deltas.extend(self.upstream_tool_calls(index, upstream_calls));
+            let finish = finish.map(|reason| {
+                let state = self.choice(index);
+                state.finished = true;
+                let tail = state.parser.finish(Some(&reason));
+                (reason, tail)
+            });
+            if let Some((_, tail)) = &finish {
+                let tail = tail.clone();
+                deltas.extend(self.deltas(index, tail));
+            }
+            let has_logprobs = logprobs.is_some();
+            let mut logprobs = logprobs;
+            for delta in deltas {
+                out.push(self.chunk(index, delta, None, logprobs.take()));
+            }
+            if let Some((reason, _)) = finish {
+                let reason = self.final_reason(index, &reason);
+                out.push(self.chunk(index, Map::new(), Some(reason), None));
+            } else if has_logprobs && let Some(l) = logprobs {
+                // Logprobs of a chunk whose text was held back still reach the client, in order.
+                out.push(self.chunk(index, Map::new(), None, Some(l)));
+            }
+        }
+        if let Some(u) = usage
+            && self.spec.client_wants_usage
+        {
+            let mut c = self.template.clone();
+            c.insert("object".into(), "chat.completion.chunk".into());
+            c.insert("choices".into(), json!([]));
+            c.insert("usage".into(), u);
+            out.push(Value::Object(c));
+        }
+        out
+    }
+
+    /// The backend's stream ended. Flushes any held-back text of choices that never got a
+    /// `finish_reason` (a lost byte is worse than a late one) and finishes them as `stop`.
+    pub fn finish(&mut self) -> Vec<Value> {
+        let open: Vec<u64> = self
+            .choices
+            .iter()
+            .filter(|(_, c)| !c.finished)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut out = Vec::new();
+        for index in open {
+            let state = self.choice(index);
+            state.finished = true;
+            let tail = state.parser.finish(None);
+            for delta in self.deltas(index, tail) {
+                out.push(self.chunk(index, delta, None, None));
+            }
+            let reason = self.final_reason(index, "stop");
+            out.push(self.chunk(index, Map::new(), Some(reason), None));
+        }
+        out
+    }
+
+    /// Flushes held-back text without closing the choices: used before an error event, so the
+    /// client still receives every byte the model produced.
+    pub fn flush_on_error(&mut self) -> Vec<Value> {
+        let open: Vec<u64> = self
+            .choices
+            .iter()
+            .filter(|(_, c)| !c.finished)
+            .map(|(i, _)| *i)
+            .collect();
+        let mut out = Vec::new();
+        for index in open {
+            let state = self.choice(index);
+            state.finished = true;
+            let tail = state.parser.finish(Some("error"));
+            for delta in self.deltas(index, tail) {
+                out.push(self.chunk(index, delta, None, None));
+            }
+        }
+        out
+    }
+
+    fn final_reason(&mut self, index: u64, reason: &str) -> String {
+        let state = self.choice(index);
+        if state.next_call > 0 {
+            "tool_calls".to_owned()
+        } else if reason == "tool_calls" {
+            // The backend claimed calls that never reached the client: don't promise them.
+            "stop".to_owned()
+        } else {
+            reason.to_owned()
+        }
+    }
+
+    /// Engine events to OpenAI deltas, merging runs of text and argument fragments.
+    fn deltas(&mut self, index: u64, events: Vec<Event>) -> Vec<Map<String, Value>> {
+        let field = self.spec.reasoning_field;
+        let mut out: Vec<Map<String, Value>> = Vec::new();
+        for event in events {
+            let state = self.choice(index);
+            let mut delta = Map::new();
+            match event {
+                Event::Content { text } => {
+                    if text.is_empty() {
+                        continue;
+                    }
+                    delta.insert("content".into(), text.into());
+                }
+                Event::Reasoning { text } => {
+                    if text.is_empty() {
+                        continue;
+                    }
+                    match field {
+                        ReasoningField::ReasoningContent => {
+                            delta.insert("reasoning_content".into(), text.into());
+                        }
+                        ReasoningField::Reasoning => {
+                            delta.insert("reasoning".into(), text.into());
+                        }
+                        ReasoningField::Both => {
+                            delta.insert("reasoning_content".into(), text.clone().into());
+                            delta.insert("reasoning".into(), text.into());
+                        }
+                        ReasoningField::None => {
+                            delta.insert("content".into(), text.into());
+                        }
+                    }
+                }
+                Event::ToolCallStarted {
+                    index: call,
+                    id,
+                    name,
+                    ..
+                } => {
+                    let out_index = state.next_call;
+                    state.next_call += 1;
+                    state.engine_calls.insert(call, out_index);
+                    delta.insert(
+                        "tool_calls".into(),
+                        json!([{"index": out_index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]),
+                    );
+                }
+                Event::ToolCallArguments {
+                    index: call,
+                    fragment,
+                } => {
+                    let Some(out_index) = state.engine_calls.get(&call).copied() else {
+                        continue;
+                    };
+                    if fragment.is_empty() {
+                        continue;
+                    }
+                    delta.insert(
+                        "tool_calls".into(),
+                        json!([{"index": out_index, "function": {"arguments": fragment}}]),
+                    );
+                }
+                Event::ToolCallFinished { .. } => continue,
+            }
+            let merged = out.last_mut().is_some_and(|last| merge(last, &delta));
+            if !merged {
+                out.push(delta);
+            }
+        }
+        out
+    }
+
+    fn upstream_tool_calls(&mut self, index: u64, calls: Vec<Value>) -> Vec<Map<String, Value>> {
+        let mut out = Vec::new();
+        for (position, mut call) in calls.into_iter().enumerate() {
+            let upstream_index = call
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(position as u64);
+            let seed = self.id_seed;
+            let state = self.choice(index);
+            let (out_index, first) = match state.upstream_calls.get(&upstream_index) {
+                Some(i) => (*i, false),
+                None => {
+                    let i = state.next_call;
+                    state.next_call += 1;
+                    state.upstream_calls.insert(upstream_index, i);
+                    (i, true)
+                }
+            };
+            let Some(obj) = call.as_object_mut() else {
+                continue;
+            };
+            obj.insert("index".into(), out_index.into());
+            if first {
+                if obj
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    obj.insert(
+                        "id".into(),
+                        super::ids::call_id(seed.wrapping_add(1_000 + out_index as u64)).into(),
+                    );
+                }
+                obj.entry("type").or_insert("function".into());
+            }
+            // `arguments` must be a string; some backends send an object.
+            if let Some(f) = obj.get_mut("function").and_then(Value::as_object_mut)
+                && let Some(args) = f.get_mut("arguments")
+                && !args.is_string()
+                && !args.is_null()
+            {
+                *args = Value::String(args.to_string());
+            }
+            let mut delta = Map::new();
+            delta.insert("tool_calls".into(), Value::Array(vec![call]));
+            out.push(delta);
+        }
+        out
+    }
+
+    fn chunk(
+        &mut self,
+        index: u64,
+        mut delta: Map<String, Value>,
+        finish: Option<String>,
+        logprobs: Option<Value>,
+    ) -> Value {
+        let notices = if index == 0 {
+            std::mem::take(&mut self.spec.notices)
+        } else {
+            Vec::new()
+        };
+        let state = self.choice(index);
+        if !state.started {
+            state.started = true;
+            let mut first = Map::new();
+            first.insert("role".into(), "assistant".into());
+            if !notices.is_empty() {
+                let mut text: String = notices.iter().map(|n| format!("⚠ {n}\n\n")).collect();
+                if let Some(Value::String(c)) = delta.remove("content") {
+                    text.push_str(&c);
+                }
+                first.insert("content".into(), text.into());
+            }
+            first.extend(delta);
+            delta = first;
+        }
+        let mut c = self.template.clone();
+        c.insert("object".into(), "chat.completion.chunk".into());
+        c.insert(
+            "choices".into(),
+            json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]),
+        );
+        Value::Object(c)
+    }
+}
+
+/// Appends `next` to `last` when both carry only text of the same fields, or only argument
+/// fragments of the same call; returns whether it did.
+fn merge(last: &mut Map<String, Value>, next: &Map<String, Value>) -> bool {
+    const TEXT: [&str; 3] = ["content", "reasoning_content", "reasoning"];
+    let text_only = |d: &Map<String, Value>| {
+        d.iter()
+            .all(|(k, v)| TEXT.contains(&k.as_str()) && v.is_string())
+    };
+    if text_only(last) && text_only(next) && last.keys().eq(next.keys()) {
+        for (k, v) in next {
+            if let (Some(Value::String(a)), Value::String(b)) = (last.get_mut(k), v) {
+                a.push_str(b);
+            }
+        }
+        return true;
+    }
+    let fragment_of = |d: &Map<String, Value>| -> Option<(u64, bool)> {
+        let [call] = d.get("tool_calls")?.as_array()?.as_slice() else {
+            return None;
+        };
+        (d.len() == 1).then_some((call.get("index")?.as_u64()?, call.get("id").is_some()))
+    };
+    let (Some((a, _)), Some((b, false))) = (fragment_of(last), fragment_of(next)) else {
+        return false;
+    };
+    if a != b {
+        return false;
+    }
+    let fragment = next["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    match last
+        .get_mut("tool_calls")
+        .and_then(|c| c.pointer_mut("/0/function/arguments"))
+    {
+        Some(Value::String(args)) => {
+            args.push_str(&fragment);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Assembles output chunks into one `chat.completion`, the way an OpenAI SDK accumulates a stream.
+#[derive(Debug, Default)]
+pub struct Folder {
+    template: Map<String, Value>,
+    choices: BTreeMap<u64, FoldedChoice>,
+    usage: Option<Value>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct FoldedChoice {
+    pub content: String,
+    pub reasoning_content: Option<String>,
+    pub reasoning: Option<String>,
+    pub tool_calls: Vec<FoldedCall>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct FoldedCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
+}
+
+impl Folder {
+    pub fn push(&mut self, chunk: &Value) {
+        for key in ["id", "created", "model", "system_fingerprint"] {
+            if let Some(v) = chunk.get(key) {
+                self.template.entry(key).or_insert_with(|| v.clone());
+            }
+        }
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+            return;
+        };
+        for choice in choices {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let folded = self.choices.entry(index).or_default();
+            let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
+            if let Some(t) = delta.get("content").and_then(Value::as_str) {
+                folded.content.push_str(t);
+            }
+            if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
+                folded
+                    .reasoning_content
+                    .get_or_insert_with(String::new)
+                    .push_str(t);
+            }
+            if let Some(t) = delta.get("reasoning").and_then(Value::as_str) {
+                folded.reasoning.get_or_insert_with(String::new).push_str(t);
+            }
+            for call in delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let i = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                if folded.tool_calls.len() <= i {
+                    folded.tool_calls.resize(i + 1, FoldedCall::default());
+                }
+                let slot = &mut folded.tool_calls[i];
+                if let Some(id) = call.get("id").and_then(Value::as_str) {
+                    slot.id = id.to_owned();
+                }
+                if let Some(f) = call.get("function") {
+                    if let Some(n) = f.get("name").and_then(Value::as_str) {
+                        slot.name.push_str(n);
+                    }
+                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                        slot.arguments.push_str(a);
+                    }
+                }
+            }
+            if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
+                folded.finish_reason = Some(r.to_owned());
+            }
+        }
+    }
+
+    pub fn choice(&self, index: u64) -> Option<&FoldedChoice> {
+        self.choices.get(&index)
+    }
+
+    pub fn set_usage(&mut self, usage: Option<&Value>) {
+        if self.usage.is_none() {
+            self.usage = usage.cloned();
+        }
+    }
+
+    /// The folded response as a `chat.completion` object.
+    pub fn completion(&self) -> Value {
+        let mut c = self.template.clone();
+        c.insert("object".into(), "chat.completion".into());
+        let choices: Vec<Value> = self
+            .choices
+            .iter()
+            .map(|(index, f)| {
+                let mut message = Map::new();
+                message.insert("role".into(), "assistant".into());
+                let content = if f.content.is_empty() && !f.tool_calls.is_empty() {
+                    Value::Null
+                } else {
+                    f.content.clone().into()
+                };
+                message.insert("content".into(), content);
+                if let Some(r) = &f.reasoning_content {
+                    message.insert("reasoning_content".into(), r.clone().into());
+                }
+                if let Some(r) = &f.reasoning {
+                    message.insert("reasoning".into(), r.clone().into());
+                }
+                if !f.tool_calls.is_empty() {
+                    let calls: Vec<Value> = f
+                        .tool_calls
+                        .iter()
+                        .map(|t| {
+                            let args = if t.arguments.is_empty() { "{}".to_owned() } else { t.arguments.clone() };
+                            json!({"id": t.id, "type": "function", "function": {"name": t.name, "arguments": args}})
+                        })
+                        .collect();
+                    message.insert("tool_calls".into(), calls.into());
+                }
+                json!({"index": index, "message": message, "logprobs": null, "finish_reason": f.finish_reason.clone().unwrap_or_else(|| "stop".into())})
+            })
+            .collect();
+        c.insert("choices".into(), choices.into());
+        if let Some(u) = &self.usage {
+            c.insert("usage".into(), u.clone());
+        }
+        Value::Object(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(tools: bool) -> TransformSpec {
+        let mut body = Map::new();
+        if tools {
+            body.insert(
+                "tools".into(),
+                json!([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]),
+            );
+        }
+        TransformSpec::from_request(&body, &[], ReasoningField::ReasoningContent)
+    }
+
+    fn upstream(content: &str, finish: Option<&str>) -> Map<String, Value> {
+        json!({"id":"x","created":1,"model":"m","choices":[{"index":0,"delta":{"content":content},"finish_reason":finish}]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn plain_text_passes_through_with_role_first() {
+        let mut t = Translator::new(spec(false), 1);
+        let out = t.on_chunk(upstream("Hello", None));
+        assert_eq!(
+            out[0]["choices"][0]["delta"],
+            json!({"role":"assistant","content":"Hello"})
+        );
+        let out = t.on_chunk(upstream(" world", Some("stop")));
+        let mut f = Folder::default();
+        for c in &out {
+            f.push(c);
+        }
+        assert_eq!(
+            f.choice(0).map(|c| c.finish_reason.clone()),
+            Some(Some("stop".into()))
+        );
+    }
+
+    #[test]
+    fn notices_lead_the_content() {
+        let mut s = spec(false);
+        s.notices.push("Memory pressure: 91% used".into());
+        let mut t = Translator::new(s, 1);
+        let mut f = Folder::default();
+        for c in t.on_chunk(upstream("Hi", Some("stop"))) {
+            f.push(&c);
+        }
+        assert_eq!(
+            f.completion()["choices"][0]["message"]["content"],
+            "⚠ Memory pressure: 91% used\n\nHi"
+        );
+    }
+
+    #[test]
+    fn usage_only_chunk_is_kept_for_the_log_but_not_sent_unless_asked() {
+        let mut t = Translator::new(spec(false), 1);
+        let usage = json!({"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}});
+        assert!(
+            t.on_chunk(usage.as_object().cloned().unwrap_or_default())
+                .is_empty()
+        );
+        assert_eq!(t.usage().and_then(|u| u["total_tokens"].as_u64()), Some(5));
+    }
+
+    #[test]
+    fn structured_tool_calls_are_reindexed_and_given_ids() {
+        let mut t = Translator::new(spec(true), 7);
+        let chunk = json!({"id":"x","choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"function":{"name":"get_weather","arguments":{"city":"Paris"}}}]},"finish_reason":"tool_calls"}]});
+        let mut f = Folder::default();
+        for c in t.on_chunk(chunk.as_object().cloned().unwrap_or_default()) {
+            f.push(&c);
+        }
+        let done = f.completion();
+        let call = &done["choices"][0]["message"]["tool_calls"][0];
+        assert!(
+            call["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("call_"))
+        );
+        assert_eq!(call["function"]["arguments"], "{\"city\":\"Paris\"}");
+        assert_eq!(done["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(done["choices"][0]["message"]["content"], Value::Null);
+    }
+}

@@ -1,0 +1,220 @@
+//! Starting and stopping the proxy: bind, serve, drain, flush.
+
+use crate::{
+    config::{LiveSettings, Settings},
+    http,
+    observe::{Hub, Snapshot, TrafficLog},
+    pipeline::{admission::Gate, upstream},
+    state::{AppState, Tasks},
+};
+use axum::serve::ListenerExt;
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    net::TcpListener,
+    sync::{Mutex, watch},
+};
+
+#[derive(Debug)]
+pub enum StartError {
+    PortInUse {
+        addr: SocketAddr,
+    },
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::PortInUse { addr } => write!(
+                f,
+                "port {} is already in use on {}: stop the other program or choose another port with --port / PORT",
+                addr.port(),
+                addr.ip()
+            ),
+            StartError::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running proxy. Cheap to clone; [`ServerHandle::shutdown`] stops it for every clone.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    state: AppState,
+    stop: Arc<watch::Sender<bool>>,
+    finished: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+/// Binds the configured address and starts serving in the background.
+pub async fn start(settings: Settings) -> Result<ServerHandle, StartError> {
+    let addr = SocketAddr::new(settings.host, settings.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::AddrInUse => StartError::PortInUse { addr },
+            _ => StartError::Bind { addr, error },
+        })?;
+    Ok(start_on(listener, settings))
+}
+
+/// Serves on an already-bound listener (tests bind port 0).
+pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(settings.host, settings.port));
+    settings.port = addr.port();
+    let state = build_state(settings);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let router = http::router(state.clone());
+    // Small SSE writes must leave at once, not wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let grace = Duration::from_secs_f64(state.settings.current().shutdown_grace_secs);
+    let tasks = state.tasks.clone();
+    let serve_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let mut serve_stop = serve_stop;
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = serve_stop.wait_for(|s| *s).await;
+        });
+        let serving = tokio::spawn(async move { serve.await });
+        let _ = stop_rx.wait_for(|s| *s).await;
+        // Accepting has stopped; in-flight requests get the grace period, then are cut.
+        if tokio::time::timeout(grace, async {
+            tasks.idle().await;
+        })
+        .await
+        .is_err()
+        {
+            tracing::warn!(
+                remaining = tasks.running(),
+                "shutdown grace period over; cutting remaining requests"
+            );
+        }
+        match tokio::time::timeout(Duration::from_millis(500), serving).await {
+            Ok(_) => {}
+            Err(_) => tracing::debug!("connections still open after the drain; closing"),
+        }
+    });
+    let background = crate::background::spawn(state.clone(), stop_tx.subscribe());
+    let finished = tokio::spawn(async move {
+        let _ = server.await;
+        background.stop().await;
+    });
+    ServerHandle {
+        addr,
+        state,
+        stop: Arc::new(stop_tx),
+        finished: Arc::new(Mutex::new(Some(finished))),
+    }
+}
+
+fn build_state(settings: Settings) -> AppState {
+    // The writer thread ends by itself once the last sender is gone; `shutdown` flushes it.
+    let (log, _writer) = TrafficLog::spawn(
+        settings.log_file.clone(),
+        settings.log_max_mb.saturating_mul(1 << 20),
+    );
+    let snapshot = Snapshot {
+        version: env!("CARGO_PKG_VERSION"),
+        model_name: settings.model_name.clone(),
+        listen_url: settings.listen_url(),
+        backend: crate::observe::BackendStatus {
+            url: settings.backend_url.clone(),
+            up: None,
+            kind: "unknown".into(),
+        },
+        tokens: crate::observe::Tokens {
+            warn_threshold: settings.token_warn_threshold,
+            hard_threshold: settings.token_hard_threshold,
+            ..Default::default()
+        },
+        memory: crate::observe::Memory {
+            warn_percent: settings.memory_warn_percent,
+            critical_percent: settings.memory_critical_percent,
+            pressure: "normal".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let hub = Hub::new(log, snapshot);
+    let gate = Gate::new(settings.max_concurrent, settings.max_queue, hub.clone());
+    let client = upstream::client(&settings);
+    AppState {
+        settings: LiveSettings::new(settings),
+        client,
+        hub,
+        gate,
+        tasks: Tasks::default(),
+    }
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn base_url(&self) -> String {
+        let host = if self.addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            self.addr.ip().to_string()
+        };
+        if self.addr.is_ipv6() && !self.addr.ip().is_unspecified() {
+            format!("http://[{host}]:{}", self.addr.port())
+        } else {
+            format!("http://{host}:{}", self.addr.port())
+        }
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("{}/v1", self.base_url())
+    }
+
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/ui/", self.base_url())
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.state.hub
+    }
+
+    pub fn settings(&self) -> &LiveSettings {
+        &self.state.settings
+    }
+
+    pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
+        self.state.hub.snapshot()
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, flushes the log.
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        let finished = self.finished.lock().await.take();
+        if let Some(f) = finished {
+            let _ = f.await;
+        }
+        self.state.hub.log().flush().await;
+    }
+
+    /// Waits until the server has stopped (after [`ServerHandle::shutdown`] from anywhere).
+    pub async fn stopped(&self) {
+        let mut rx = self.stop.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+        self.shutdown().await;
+    }
+}

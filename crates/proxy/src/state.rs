@@ -1,0 +1,70 @@
+//! The shared state every handler and stage sees, and the owner of request tasks.
+
+use crate::{config::LiveSettings, observe::Hub, pipeline::admission::Gate};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub settings: LiveSettings,
+    pub client: reqwest::Client,
+    pub hub: Hub,
+    pub gate: Gate,
+    pub tasks: Tasks,
+}
+
+/// Counts the request tasks in flight so shutdown can wait for them to finish.
+#[derive(Debug, Clone, Default)]
+pub struct Tasks {
+    inner: Arc<TasksInner>,
+}
+
+#[derive(Debug, Default)]
+struct TasksInner {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+struct Running(Arc<TasksInner>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Tasks {
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
+        self.inner.running.fetch_add(1, Ordering::AcqRel);
+        let guard = Running(self.inner.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            fut.await;
+        });
+    }
+
+    pub fn running(&self) -> usize {
+        self.inner.running.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no task is running.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
