@@ -196,7 +196,7 @@ pub const KEYS: &[Key] = &[
         "reasoning_content",
         "reasoning_content | reasoning | both | none",
     ),
-    key(
+    fixed(
         "connect_timeout_secs",
         "CONNECT_TIMEOUT_SECS",
         "10",
