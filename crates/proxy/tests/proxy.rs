@@ -153,6 +153,19 @@ async fn other_v1_paths_pass_through_with_bodies_and_status() {
     // The client's own key never reaches the backend.
     assert!(headers.get("authorization").is_none());
     handle.shutdown().await;
+    // Forwarded requests are in the traffic log too.
+    let records = log_records(&dir.path().join("logs").join("proxy.log"));
+    let paths: Vec<(String, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(paths.contains(&("/v1/models".into(), 200)), "{paths:?}");
+    assert!(paths.contains(&("/v1/embeddings".into(), 201)), "{paths:?}");
 }
 
 async fn error_of(r: reqwest::Response) -> (u16, Value) {

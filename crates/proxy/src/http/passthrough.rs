@@ -4,17 +4,19 @@
 
 use crate::{
     error::ApiError,
-    pipeline::{self, admission::Entry, upstream},
+    observe::{RequestRecord, Timings},
+    pipeline::{self, RequestCtx, admission::Entry, upstream},
     state::AppState,
 };
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderName, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use futures_util::StreamExt;
-use std::time::Duration;
+use serde_json::{Value, json};
+use std::{net::SocketAddr, time::Duration};
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus ones we set ourselves.
 const HOP_BY_HOP: &[&str] = &[
@@ -46,12 +48,79 @@ fn is_generation(path: &str) -> bool {
     )
 }
 
+/// Writes the traffic-log record of a forwarded request when the exchange ends, however it ends:
+/// an early error, the body fully sent, or the client gone mid-body.
+struct Recorded {
+    state: AppState,
+    ctx: Option<RequestCtx>,
+    status: u16,
+    error: Option<ApiError>,
+    bytes: u64,
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        let Some(ctx) = self.ctx.take() else { return };
+        let total_ms = ctx.elapsed_ms();
+        let mut summary = ctx.summary(if self.status < 400 { "done" } else { "failed" });
+        summary.status = Some(self.status);
+        summary.duration_ms = Some(total_ms);
+        self.state.hub.finished(RequestRecord {
+            summary,
+            client_addr: ctx.client_addr.map(|a| a.to_string()),
+            request: Value::Null,
+            output: json!({"bytes": self.bytes}),
+            raw_text: None,
+            trace: Value::Null,
+            timings: Timings {
+                queue_ms: ctx.queue_ms,
+                ttft_ms: ctx.ttft_ms,
+                total_ms,
+            },
+            usage: None,
+            finish_reason: None,
+            error: self.error.as_ref().map(ApiError::body_json),
+        });
+    }
+}
+
 pub async fn forward(State(state): State<AppState>, request: Request) -> Response {
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let ctx = RequestCtx::new(state.settings.current(), request.uri().path(), client_addr);
+    let mut recorded = Recorded {
+        state: state.clone(),
+        ctx: Some(ctx),
+        status: 0,
+        error: None,
+        bytes: 0,
+    };
+    match forward_inner(&state, request, &mut recorded).await {
+        Ok(response) => response,
+        Err(e) => {
+            recorded.status = e.status.as_u16();
+            recorded.error = Some(e.clone());
+            e.into_response()
+        }
+    }
+}
+
+async fn forward_inner(
+    state: &AppState,
+    request: Request,
+    recorded: &mut Recorded,
+) -> Result<Response, ApiError> {
     let settings = state.settings.current();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     let slot = if is_generation(&path) {
-        let id = pipeline::ids::request_id(pipeline::ids::next_seed());
+        let id = recorded
+            .ctx
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
         match state.gate.enter(&id, "") {
             Ok(Entry::Admitted(slot)) => Some(slot),
             Ok(Entry::Queued(ticket)) => {
@@ -60,7 +129,7 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
                     Ok(slot) => Some(slot),
                     Err(_) => {
                         state.hub.update(|s| s.rejections.queue_timeout += 1);
-                        return ApiError::new(
+                        return Err(ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
                             crate::error::Source::Proxy,
                             "queue_timeout",
@@ -69,14 +138,13 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
                                 settings.queue_timeout_secs
                             ),
                         )
-                        .with_retry_after(1)
-                        .into_response();
+                        .with_retry_after(1));
                     }
                 }
             }
             Err(pipeline::admission::Refused::QueueFull { max_queue }) => {
                 state.hub.update(|s| s.rejections.queue_full += 1);
-                return pipeline::queue_full(max_queue, settings.max_concurrent).into_response();
+                return Err(pipeline::queue_full(max_queue, settings.max_concurrent));
             }
         }
     } else {
@@ -137,21 +205,27 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
         Ok(Err(e)) => {
             if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
             {
-                return ApiError::new(
+                return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     crate::error::Source::Client,
                     "request_too_large",
                     format!(
                         "the request body is larger than {limit} bytes (BLOCKOPS_MAX_BODY_BYTES)"
                     ),
-                )
-                .into_response();
+                ));
             }
-            return upstream::classify(&e, &backend, settings.connect_timeout_secs).into_response();
+            return Err(upstream::classify(
+                &e,
+                &backend,
+                settings.connect_timeout_secs,
+            ));
         }
         Err(_) => {
-            return upstream::timeout(&backend, "first byte", settings.first_byte_timeout_secs)
-                .into_response();
+            return Err(upstream::timeout(
+                &backend,
+                "first byte",
+                settings.first_byte_timeout_secs,
+            ));
         }
     };
     let status =
@@ -162,12 +236,28 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
             builder = builder.header(name, value);
         }
     }
-    // The slot rides along with the body: freed when the body is done or the client goes away.
+    if let Some(ctx) = recorded.ctx.as_mut() {
+        ctx.queue_ms = ctx.elapsed_ms();
+        ctx.ttft_ms = Some(ctx.elapsed_ms());
+    }
+    // The slot and the log record ride along with the body: both end when the body is done or
+    // the client goes away.
+    let mut record = Recorded {
+        state: state.clone(),
+        ctx: recorded.ctx.take(),
+        status: status.as_u16(),
+        error: None,
+        bytes: 0,
+    };
     let body = response.bytes_stream().map(move |chunk| {
-        let _held = &slot;
+        // Naming both whole values makes the closure own them (not just the fields it touches).
+        let (_held, record) = (&slot, &mut record);
+        if let Ok(c) = &chunk {
+            record.bytes += c.len() as u64;
+        }
         chunk
     });
     builder
         .body(Body::from_stream(body))
-        .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
