@@ -69,7 +69,8 @@ pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
         .unwrap_or_else(|_| SocketAddr::new(settings.host, settings.port));
     settings.port = addr.port();
     let state = build_state(settings);
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let stop_tx = state.stopping.clone();
+    let mut stop_rx = stop_tx.subscribe();
     let router = http::router(state.clone());
     // Small SSE writes must leave at once, not wait for Nagle.
     let listener = listener.tap_io(|tcp| {
@@ -114,7 +115,7 @@ pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
     ServerHandle {
         addr,
         state,
-        stop: Arc::new(stop_tx),
+        stop: stop_tx,
         finished: Arc::new(Mutex::new(Some(finished))),
     }
 }
@@ -156,6 +157,7 @@ fn build_state(settings: Settings) -> AppState {
         hub,
         gate,
         tasks: Tasks::default(),
+        stopping: Arc::new(watch::channel(false).0),
     }
 }
 

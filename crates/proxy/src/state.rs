@@ -8,7 +8,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
     },
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -16,7 +16,19 @@ pub struct AppState {
     pub client: reqwest::Client,
     pub hub: Hub,
     pub gate: Gate,
+    /// Request tasks: shutdown waits for these to finish.
     pub tasks: Tasks,
+    /// Set once when the server starts shutting down; long-lived streams (the dashboard's
+    /// event stream) end on it instead of holding shutdown up.
+    pub stopping: Arc<watch::Sender<bool>>,
+}
+
+impl AppState {
+    /// Resolves when the server starts shutting down.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
 }
 
 /// Counts the request tasks in flight so shutdown can wait for them to finish.

@@ -540,3 +540,23 @@ async fn body_over_the_limit_is_413() {
     );
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_open_dashboard_event_stream_does_not_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (handle, base) = proxy(settings(&dead_url().await, &dir)).await;
+    let mut events = client()
+        .get(format!("{base}/admin/api/events"))
+        .send()
+        .await
+        .unwrap();
+    let first = events.chunk().await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains(": keep-alive")
+            || String::from_utf8_lossy(&first).contains("snapshot")
+    );
+    // The grace period is 30 s; the event stream must end at once instead.
+    tokio::time::timeout(Duration::from_secs(5), handle.shutdown())
+        .await
+        .expect("shutdown waited for the event stream");
+}

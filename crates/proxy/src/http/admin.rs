@@ -148,7 +148,9 @@ pub async fn events(State(state): State<AppState>) -> Response {
         "snapshot",
         &serde_json::to_value(hub.current_snapshot()).unwrap_or_default(),
     );
-    state.tasks.spawn(async move {
+    let stop = state.clone();
+    // Not a request task: shutdown ends it instead of waiting for it.
+    tokio::spawn(async move {
         if tx.send(first).await.is_err() {
             return;
         }
@@ -158,6 +160,7 @@ pub async fn events(State(state): State<AppState>) -> Response {
             let wake = tokio::time::sleep_until(next_snapshot);
             let f = tokio::select! {
                 () = tx.closed() => return,
+                () = stop.stopped() => return,
                 e = events.recv() => match e {
                     Ok(event) => frame("proxy", &serde_json::to_value(&event).unwrap_or_default()),
                     Err(RecvError::Lagged(missed)) => frame("lagged", &json!({"missed": missed})),
