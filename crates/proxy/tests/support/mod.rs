@@ -39,11 +39,12 @@ pub async fn dead_url() -> String {
 
 /// Settings for a test proxy: the given backend, a private log file, no config file.
 pub fn settings(backend_url: &str, dir: &tempfile::TempDir) -> Settings {
-    let mut s = Settings::default();
-    s.backend_url = backend_url.to_owned();
-    s.log_file = dir.path().join("logs").join("proxy.log");
-    s.config_path = Some(dir.path().join("config.toml"));
-    s
+    Settings {
+        backend_url: backend_url.to_owned(),
+        log_file: dir.path().join("logs").join("proxy.log"),
+        config_path: Some(dir.path().join("config.toml")),
+        ..Settings::default()
+    }
 }
 
 /// A proxy on a free loopback port.
