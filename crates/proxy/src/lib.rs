@@ -14,6 +14,7 @@
 //!                http/            SSE + heartbeats, or the fold as one chat.completion
 //!
 //! observe/      the hub: events (broadcast), snapshot (watch), recent requests, traffic log
+//! guard.rs      security middleware: Host (DNS rebinding), Origin (CSRF), CORS, API key
 //! config/       settings: flags > env > file > defaults; live, watchable, persisted on PATCH
 //! server.rs     bind, serve, graceful shutdown; the handle the tray app holds
 //! background.rs tasks owned by the server (backend health)
@@ -28,6 +29,7 @@ pub mod background;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod observe;
 pub mod pipeline;

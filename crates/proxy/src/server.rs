@@ -71,7 +71,7 @@ pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
     let state = build_state(settings);
     let stop_tx = state.stopping.clone();
     let mut stop_rx = stop_tx.subscribe();
-    let router = http::router(state.clone());
+    let router = crate::guard::protect(http::router(state.clone()), state.clone());
     // Small SSE writes must leave at once, not wait for Nagle.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
