@@ -20,6 +20,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/{*path}", any(passthrough::forward))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/admin/api/status", get(admin::status))
         .route("/admin/api/events", get(admin::events))
         .route("/admin/api/requests/{id}", get(admin::request))
@@ -42,6 +43,18 @@ async fn not_found(uri: axum::http::Uri) -> Response {
         uri.path()
     ))
     .into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::observe::metrics::CONTENT_TYPE,
+        )],
+        state.hub.metrics().render(),
+    )
+        .into_response()
 }
 
 /// `GET /health`: the proxy is up; whether the backend answered.

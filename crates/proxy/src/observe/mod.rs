@@ -5,9 +5,11 @@
 //! request), the recent requests in full for the dashboard's translation view, and feeds the
 //! lossless sinks (traffic log) directly so that no record depends on a subscriber keeping up.
 
+pub mod metrics;
 mod time;
 pub mod traffic_log;
 
+pub use metrics::Metrics;
 pub use time::rfc3339;
 pub use traffic_log::TrafficLog;
 
@@ -230,6 +232,7 @@ struct HubInner {
     snapshot: watch::Sender<Snapshot>,
     records: Mutex<VecDeque<Arc<RequestRecord>>>,
     log: TrafficLog,
+    metrics: Metrics,
     started: Instant,
 }
 
@@ -237,18 +240,32 @@ impl Hub {
     pub fn new(log: TrafficLog, initial: Snapshot) -> Hub {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let (snapshot, _) = watch::channel(initial);
+        let metrics = Metrics::new(snapshot.subscribe());
         Hub {
             inner: Arc::new(HubInner {
                 events,
                 snapshot,
                 records: Mutex::new(VecDeque::with_capacity(RECENT_REQUESTS)),
                 log,
+                metrics,
                 started: Instant::now(),
             }),
         }
     }
 
     pub fn publish(&self, event: ProxyEvent) {
+        self.inner.metrics.observe(&event);
+        // The traffic table shows a request's state as it moves: queued → running → done/failed.
+        match &event {
+            ProxyEvent::Admitted { request_id, .. } => self.update_request(request_id, |r| {
+                r.state = "running".into();
+            }),
+            ProxyEvent::FirstByte {
+                request_id,
+                ttft_ms,
+            } => self.update_request(request_id, |r| r.ttft_ms = Some(*ttft_ms)),
+            _ => {}
+        }
         // No subscriber is fine: the event has already updated whatever it needed to.
         let _ = self.inner.events.send(event);
     }
@@ -282,6 +299,7 @@ impl Hub {
     /// A request finished: into the traffic log (lossless), the recent list, and the event stream.
     pub fn finished(&self, mut record: RequestRecord) {
         traffic_log::redact(&mut record.request);
+        self.inner.metrics.request_finished(&record);
         if let Ok(line) = serde_json::to_value(&record) {
             self.inner.log.write(line);
         }
@@ -331,5 +349,26 @@ impl Hub {
 
     pub fn log(&self) -> &TrafficLog {
         &self.inner.log
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Changes the traffic-table row of a request under way, if it is still listed.
+    fn update_request(&self, id: &str, f: impl FnOnce(&mut RequestSummary)) {
+        self.inner.snapshot.send_if_modified(|s| {
+            match s
+                .requests
+                .iter_mut()
+                .find(|r| r.id == id && r.status.is_none())
+            {
+                Some(r) => {
+                    f(r);
+                    true
+                }
+                None => false,
+            }
+        });
     }
 }
