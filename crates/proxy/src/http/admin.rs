@@ -116,6 +116,7 @@ pub async fn patch_config(State(state): State<AppState>, request: Request) -> Re
 }
 
 pub async fn test_backend(State(state): State<AppState>, request: Request) -> Response {
+    let phases = super::timing::phases_of(request.extensions());
     let body = match json_body(request).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
@@ -134,6 +135,7 @@ pub async fn test_backend(State(state): State<AppState>, request: Request) -> Re
         }
     };
     let settings = state.settings.current();
+    let _wait = phases.upstream();
     Json(backend::probe(&state.client, &url, settings.upstream_api_key.as_deref()).await)
         .into_response()
 }

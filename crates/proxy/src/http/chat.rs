@@ -26,7 +26,8 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
     };
     match parse_chat_body(&parts.headers, &bytes) {
         Ok(body) => {
-            let ctx = RequestCtx::new(settings, parts.uri.path(), client_addr);
+            let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr);
+            ctx.phases = super::timing::phases_of(&parts.extensions);
             pipeline::chat(state, ctx, body).await
         }
         Err(e) => e.into_response(),

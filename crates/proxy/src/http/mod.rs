@@ -3,6 +3,7 @@
 mod admin;
 mod chat;
 mod passthrough;
+pub mod timing;
 mod ui;
 
 use crate::{backend, error::ApiError, state::AppState};
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ui/", get(ui::index))
         .route("/ui/{*path}", get(ui::file))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(timing::server_timing))
         .with_state(state)
 }
 
@@ -58,14 +60,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /health`: the proxy is up; whether the backend answered.
-async fn health(State(state): State<AppState>) -> Response {
+async fn health(
+    State(state): State<AppState>,
+    phases: Option<axum::Extension<std::sync::Arc<timing::Phases>>>,
+) -> Response {
     let settings = state.settings.current();
+    let wait = phases.map(|p| p.upstream());
     let probe = backend::probe(
         &state.client,
         &settings.backend_url,
         settings.upstream_api_key.as_deref(),
     )
     .await;
+    drop(wait);
     state.hub.update(|s| {
         s.backend.up = Some(probe.reachable);
         if probe.reachable {

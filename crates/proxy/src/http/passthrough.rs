@@ -4,7 +4,7 @@
 
 use crate::{
     error::ApiError,
-    observe::{RequestRecord, Timings},
+    observe::{ProxyEvent, RequestRecord, Timings},
     pipeline::{self, RequestCtx, admission::Entry, upstream},
     state::AppState,
 };
@@ -89,7 +89,19 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let ctx = RequestCtx::new(state.settings.current(), request.uri().path(), client_addr);
+    let mut ctx = RequestCtx::new(state.settings.current(), request.uri().path(), client_addr);
+    ctx.phases = super::timing::phases_of(request.extensions());
+    state.hub.publish(ProxyEvent::Received {
+        request_id: ctx.id.clone(),
+        model: ctx.model.clone(),
+        stream: ctx.stream,
+        path: ctx.path.clone(),
+    });
+    // Shown in the traffic table while it runs; generation waits at the gate first.
+    let gated = is_generation(&ctx.path);
+    state
+        .hub
+        .started(ctx.summary(if gated { "queued" } else { "running" }));
     let mut recorded = Recorded {
         state: state.clone(),
         ctx: Some(ctx),
@@ -115,13 +127,19 @@ async fn forward_inner(
     let settings = state.settings.current();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
+    let phases = recorded
+        .ctx
+        .as_ref()
+        .map(|c| c.phases.clone())
+        .unwrap_or_else(super::timing::Phases::new);
     let slot = if is_generation(&path) {
         let id = recorded
             .ctx
             .as_ref()
             .map(|c| c.id.clone())
             .unwrap_or_default();
-        match state.gate.enter(&id, "") {
+        let _queue_wait = phases.queue();
+        let slot = match state.gate.enter(&id, "") {
             Ok(Entry::Admitted(slot)) => Some(slot),
             Ok(Entry::Queued(ticket)) => {
                 let wait = Duration::from_secs_f64(settings.queue_timeout_secs);
@@ -146,7 +164,15 @@ async fn forward_inner(
                 state.hub.update(|s| s.rejections.queue_full += 1);
                 return Err(pipeline::queue_full(max_queue, settings.max_concurrent));
             }
+        };
+        if let Some(ctx) = recorded.ctx.as_mut() {
+            ctx.queue_ms = ctx.elapsed_ms();
+            state.hub.publish(ProxyEvent::Admitted {
+                request_id: ctx.id.clone(),
+                queue_ms: ctx.queue_ms,
+            });
         }
+        slot
     } else {
         None
     };
@@ -200,7 +226,11 @@ async fn forward_inner(
     upstream_request = upstream_request.body(reqwest::Body::wrap_stream(body_stream));
 
     let first_byte = Duration::from_secs_f64(settings.first_byte_timeout_secs);
-    let response = match tokio::time::timeout(first_byte, upstream_request.send()).await {
+    let sent = {
+        let _wait = phases.upstream();
+        tokio::time::timeout(first_byte, upstream_request.send()).await
+    };
+    let response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
@@ -237,7 +267,6 @@ async fn forward_inner(
         }
     }
     if let Some(ctx) = recorded.ctx.as_mut() {
-        ctx.queue_ms = ctx.elapsed_ms();
         ctx.ttft_ms = Some(ctx.elapsed_ms());
     }
     // The slot and the log record ride along with the body: both end when the body is done or

@@ -19,6 +19,7 @@ pub mod upstream;
 use crate::{
     config::Settings,
     error::{ApiError, Source},
+    http::timing::Phases,
     observe::{ProxyEvent, RequestRecord, RequestSummary, Timings, rfc3339},
     state::AppState,
 };
@@ -64,6 +65,8 @@ pub struct RequestCtx {
     pub notices: Vec<String>,
     pub queue_ms: u64,
     pub ttft_ms: Option<u64>,
+    /// Where the time before the response headers went (`Server-Timing`).
+    pub phases: Arc<Phases>,
 }
 
 impl RequestCtx {
@@ -82,6 +85,7 @@ impl RequestCtx {
             notices: Vec::new(),
             queue_ms: 0,
             ttft_ms: None,
+            phases: Phases::new(),
         }
     }
 
@@ -304,6 +308,7 @@ async fn run(
     let settings = ex.ctx.settings.clone();
 
     // 1. admission
+    let queue_wait = ex.ctx.phases.queue();
     let _slot = match state.gate.enter(&ex.ctx.id, &ex.ctx.model) {
         Ok(Entry::Admitted(slot)) => slot,
         Ok(Entry::Queued(ticket)) => {
@@ -337,6 +342,7 @@ async fn run(
             return Err(queue_full(max_queue, settings.max_concurrent).into());
         }
     };
+    drop(queue_wait);
     ex.ctx.queue_ms = ex.ctx.elapsed_ms();
     state.hub.publish(ProxyEvent::Admitted {
         request_id: ex.ctx.id.clone(),
@@ -371,14 +377,21 @@ async fn run(
         .then(|| ex.ctx.received + Duration::from_secs_f64(settings.total_timeout_secs));
     let first_byte = Duration::from_secs_f64(settings.first_byte_timeout_secs);
     let first_byte_deadline = Instant::now() + first_byte;
-    let response = match within(deadline, first_byte_deadline, request.send()).await {
+    let sent = {
+        let _wait = ex.ctx.phases.upstream();
+        within(deadline, first_byte_deadline, request.send()).await
+    };
+    let response = match sent {
         Some(Ok(r)) => r,
         Some(Err(e)) => {
             return Err(upstream::classify(&e, &backend, settings.connect_timeout_secs).into());
         }
         None => return Err(timeout_error(deadline, &backend, &settings).into()),
     };
-    let mut response = upstream::check_status(response, &backend).await?;
+    let mut response = {
+        let _wait = ex.ctx.phases.upstream();
+        upstream::check_status(response, &backend).await?
+    };
     out.commit();
 
     // 4. transform
@@ -393,7 +406,11 @@ async fn run(
         } else {
             first_byte_deadline
         };
-        let chunk = match within(deadline, wait_until, response.chunk()).await {
+        let read = {
+            let _wait = ex.ctx.phases.upstream();
+            within(deadline, wait_until, response.chunk()).await
+        };
+        let chunk = match read {
             Some(Ok(Some(c))) => c,
             Some(Ok(None)) => break,
             Some(Err(e)) => {
