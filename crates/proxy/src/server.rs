@@ -120,7 +120,8 @@ pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
     }
 }
 
-fn build_state(settings: Settings) -> AppState {
+/// The state a server runs on, without serving: tests drive `http::router(state)` with it.
+pub fn build_state(settings: Settings) -> AppState {
     // The writer thread ends by itself once the last sender is gone; `shutdown` flushes it.
     let (log, _writer) = TrafficLog::spawn(
         settings.log_file.clone(),

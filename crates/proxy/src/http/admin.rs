@@ -79,7 +79,11 @@ pub async fn patch_config(State(state): State<AppState>, request: Request) -> Re
         Err(e) => return e.into_response(),
     };
     match state.settings.patch(&patch).await {
-        Ok((settings, keys)) => {
+        Ok((_, keys)) => {
+            // Applied from the settings now in force, not this PATCH's: when two PATCHes race,
+            // whichever handler gets here last applies the latest, so the gate never keeps a
+            // stale limit.
+            let settings = state.settings.current();
             state
                 .gate
                 .resize(settings.max_concurrent, settings.max_queue);
