@@ -185,33 +185,54 @@ fn row<'a>(status: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row {id} in {status}"))
 }
 
-/// Reads SSE frames from a body until one contains `needle`; returns every frame read.
-async fn frames_until(body: &mut Body, needle: &str) -> Vec<String> {
-    let mut buf = String::new();
-    let mut frames = Vec::new();
-    tokio::time::timeout(BOUND, async {
-        loop {
-            while let Some(end) = buf.find("\n\n") {
-                let frame: String = buf.drain(..end + 2).collect();
-                let done = frame.contains(needle);
-                frames.push(frame);
-                if done {
-                    return;
+/// Reads an SSE body frame by frame.
+struct Frames {
+    body: Body,
+    buf: String,
+}
+
+impl Frames {
+    fn new(body: Body) -> Frames {
+        Frames {
+            body,
+            buf: String::new(),
+        }
+    }
+
+    /// Reads until a frame contains `needle`; returns every frame read.
+    async fn until(&mut self, needle: &str) -> Vec<String> {
+        let mut frames = Vec::new();
+        let found = tokio::time::timeout(BOUND, async {
+            loop {
+                while let Some(end) = self.buf.find("\n\n") {
+                    let frame: String = self.buf.drain(..end + 2).collect();
+                    let done = frame.contains(needle);
+                    frames.push(frame);
+                    if done {
+                        return;
+                    }
+                }
+                let frame = self
+                    .body
+                    .frame()
+                    .await
+                    .expect("the stream ended")
+                    .expect("body error");
+                if let Ok(data) = frame.into_data() {
+                    self.buf.push_str(std::str::from_utf8(&data).unwrap());
                 }
             }
-            let frame = body
-                .frame()
-                .await
-                .expect("the stream ended")
-                .expect("body error");
-            if let Ok(data) = frame.into_data() {
-                buf.push_str(std::str::from_utf8(&data).unwrap());
-            }
+        })
+        .await;
+        if found.is_err() {
+            let tail = &frames[frames.len().saturating_sub(5)..];
+            panic!(
+                "no {needle:?} in {} frames; the last: {tail:?}",
+                frames.len()
+            );
         }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {needle:?} in {frames:?}"));
-    frames
+        frames
+    }
 }
 
 #[tokio::test]
@@ -330,8 +351,8 @@ async fn the_event_stream_starts_with_the_snapshot_then_sends_events() {
         response.headers()[header::CONTENT_TYPE],
         "text/event-stream"
     );
-    let mut body = response.into_body();
-    let frames = frames_until(&mut body, "event: snapshot").await;
+    let mut body = Frames::new(response.into_body());
+    let frames = body.until("event: snapshot").await;
     assert!(
         frames[..frames.len() - 1]
             .iter()
@@ -353,7 +374,7 @@ async fn the_event_stream_starts_with_the_snapshot_then_sends_events() {
         kind: "memory".into(),
         text: "Memory pressure: 91% used".into(),
     });
-    let frames = frames_until(&mut body, "event: proxy").await;
+    let frames = body.until("event: proxy").await;
     let event = frames.last().unwrap();
     assert!(event.contains(r#""type":"noticed""#), "{event}");
     assert!(event.contains("Memory pressure: 91% used"), "{event}");
@@ -748,8 +769,8 @@ async fn a_stalled_event_subscriber_lags_and_never_slows_requests() {
     let dir = tempfile::tempdir().unwrap();
     let backend = immediate("A", Recorder::default()).await;
     let state = build_state(settings(&backend, &dir));
-    let mut events = send(&state, get_req("/admin/api/events")).await.into_body();
-    frames_until(&mut events, "event: snapshot").await;
+    let mut events = Frames::new(send(&state, get_req("/admin/api/events")).await.into_body());
+    events.until("event: snapshot").await;
 
     // The subscriber reads nothing more. Requests run and stages publish far more events than
     // its buffers hold; every request still completes promptly.
@@ -770,7 +791,7 @@ async fn a_stalled_event_subscriber_lags_and_never_slows_requests() {
         .expect("a request was held up by a stalled subscriber");
         assert_eq!(response.0, StatusCode::OK);
     }
-    let frames = frames_until(&mut events, "event: lagged").await;
+    let frames = events.until("event: lagged").await;
     let lagged = frames.last().unwrap();
     let data: Value = serde_json::from_str(
         lagged
@@ -780,13 +801,21 @@ async fn a_stalled_event_subscriber_lags_and_never_slows_requests() {
     )
     .unwrap();
     assert!(data["missed"].as_u64().unwrap() > 0, "{lagged}");
+    // The state follows at once, so the dashboard is whole again.
+    let frames = events.until("event: snapshot").await;
+    assert_eq!(
+        frames.len(),
+        1,
+        "the snapshot comes right after the gap: {frames:?}"
+    );
+    assert!(frames[0].contains(r#""completion":20"#), "{}", frames[0]);
     // And it keeps going after the gap: the latest state still arrives.
     state.hub.publish(ProxyEvent::Noticed {
         request_id: None,
         kind: "test".into(),
         text: "after the gap".into(),
     });
-    frames_until(&mut events, "after the gap").await;
+    events.until("after the gap").await;
 }
 
 /// The whole server: a backend switch and a storm of PATCHes while requests run.

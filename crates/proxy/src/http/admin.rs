@@ -169,7 +169,17 @@ pub async fn events(State(state): State<AppState>) -> Response {
                 () = stop.stopped() => return,
                 e = events.recv() => match e {
                     Ok(event) => frame("proxy", &serde_json::to_value(&event).unwrap_or_default()),
-                    Err(RecvError::Lagged(missed)) => frame("lagged", &json!({"missed": missed})),
+                    Err(RecvError::Lagged(missed)) => {
+                        // The state now sums up what was missed: it follows at once, so the
+                        // dashboard is whole again without waiting for the next change.
+                        snapshot_due = false;
+                        next_snapshot = tokio::time::Instant::now() + SNAPSHOT_EVERY;
+                        snapshots.mark_unchanged();
+                        let snapshot = serde_json::to_value(hub.current_snapshot()).unwrap_or_default();
+                        let mut both = frame("lagged", &json!({"missed": missed})).to_vec();
+                        both.extend_from_slice(&frame("snapshot", &snapshot));
+                        Bytes::from(both)
+                    }
                     Err(RecvError::Closed) => return,
                 },
                 changed = snapshots.changed(), if !snapshot_due => {

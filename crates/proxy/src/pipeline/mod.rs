@@ -651,15 +651,15 @@ fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ApiError>)
         .and_then(|t| t.raw_text(0).map(str::to_owned));
     let trace = translator.as_ref().map(|t| t.trace(0)).unwrap_or_default();
     let tool_names: Vec<String> = choice.tool_calls.iter().map(|c| c.name.clone()).collect();
-    for (call, span) in choice
-        .tool_calls
-        .iter()
-        .zip(trace.iter().filter(|s| s.kind == "tool_call"))
-    {
+    // Calls the engine found in text have a trace span each, in order; calls the backend sent
+    // already structured have none, and count as `structured`.
+    let mut spans = trace.iter().filter(|s| s.kind == "tool_call");
+    for call in &choice.tool_calls {
+        let format = spans.next().and_then(|s| s.format).unwrap_or("structured");
         state.hub.publish(ProxyEvent::ToolCallTranslated {
             request_id: ctx.id.clone(),
             name: call.name.clone(),
-            format: span.format.unwrap_or("structured").to_owned(),
+            format: format.to_owned(),
         });
     }
     let total_ms = ctx.elapsed_ms();
