@@ -761,6 +761,8 @@ async fn metrics_are_prometheus_text_and_move_after_a_request() {
         get(r#"blockops_e2e_request_latency_seconds_bucket{model="fake",le="+Inf"}"#),
         2.0
     );
+    assert_eq!(get("blockops_proxy_overhead_seconds_count"), 2.0);
+    assert!(get("blockops_proxy_overhead_seconds_sum") < 1.0);
     assert_eq!(get("blockops_num_requests_running"), 0.0);
 }
 

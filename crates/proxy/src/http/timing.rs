@@ -5,6 +5,7 @@
 //! ```
 //! - `queue`: waiting for a free slot at the backend (only on requests that pass the gate);
 //! - `upstream`: waiting for the backend (only on requests that reach it);
+//! - `client`: blocked on a slow client taking the reply (rare before headers; only if it happened);
 //! - `proxy`: everything else, i.e. the proxy's own added time: reading and checking the body,
 //!   admission, building the upstream request, translating, writing the response.
 //!
@@ -33,6 +34,7 @@ pub struct Phases {
     start: Instant,
     queue: Wait,
     upstream: Wait,
+    client: Wait,
 }
 
 /// One kind of waiting: finished waits summed, plus the one under way if any.
@@ -57,6 +59,7 @@ pub struct Waiting {
 enum Kind {
     Queue,
     Upstream,
+    Client,
 }
 
 impl Phases {
@@ -65,6 +68,7 @@ impl Phases {
             start: Instant::now(),
             queue: Wait::default(),
             upstream: Wait::default(),
+            client: Wait::default(),
         })
     }
 
@@ -72,6 +76,7 @@ impl Phases {
         match kind {
             Kind::Queue => &self.queue,
             Kind::Upstream => &self.upstream,
+            Kind::Client => &self.client,
         }
     }
 
@@ -99,6 +104,22 @@ impl Phases {
         self.begin(Kind::Upstream)
     }
 
+    /// Marks the time until the guard drops as waiting for a slow client to take a frame.
+    pub fn client(self: &Arc<Self>) -> Waiting {
+        self.begin(Kind::Client)
+    }
+
+    /// The proxy's own time so far: everything that was not waiting for a slot, the backend or
+    /// the client. At the end of a request this is its whole added cost.
+    pub fn own_time(&self) -> std::time::Duration {
+        let now = self.now_us();
+        let waited: u64 = [Kind::Queue, Kind::Upstream, Kind::Client]
+            .into_iter()
+            .filter_map(|k| self.waited_us(k, now))
+            .sum();
+        std::time::Duration::from_micros(now.saturating_sub(waited))
+    }
+
     /// Microseconds of this kind of wait so far, the one under way included; `None` if none.
     fn waited_us(&self, kind: Kind, now_us: u64) -> Option<u64> {
         let w = self.wait(kind);
@@ -119,13 +140,16 @@ impl Phases {
         let now = self.now_us();
         let queue = self.waited_us(Kind::Queue, now);
         let upstream = self.waited_us(Kind::Upstream, now);
+        let client = self.waited_us(Kind::Client, now);
         let proxy = now
             .saturating_sub(queue.unwrap_or(0))
-            .saturating_sub(upstream.unwrap_or(0));
+            .saturating_sub(upstream.unwrap_or(0))
+            .saturating_sub(client.unwrap_or(0));
         let mut out = String::new();
         for (name, us) in [
             ("queue", queue),
             ("upstream", upstream),
+            ("client", client),
             ("proxy", Some(proxy)),
         ] {
             if let Some(us) = us {
@@ -209,6 +233,16 @@ mod tests {
                 ("upstream".into(), 150.0),
                 ("proxy".into(), 3.0)
             ]
+        );
+        {
+            let _c = p.client();
+            tokio::time::advance(Duration::from_millis(7)).await;
+        }
+        tokio::time::advance(Duration::from_micros(250)).await;
+        assert_eq!(p.own_time(), Duration::from_micros(3250));
+        assert!(
+            p.header_value()
+                .contains(", client;dur=7.00, proxy;dur=3.25")
         );
     }
 

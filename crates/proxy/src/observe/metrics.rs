@@ -45,6 +45,11 @@ const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
     20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
 ];
+/// The proxy's own time per request: tens of microseconds normally; a millisecond is a lot.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
+];
 /// Queue waits: zero for most requests, up to `QUEUE_TIMEOUT_SECS` under load.
 const QUEUE_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
@@ -97,6 +102,7 @@ struct Inner {
     generation_tokens: Family<ModelLabel, Counter>,
     tool_calls: Family<FormatLabel, Counter>,
     truncations: Counter,
+    overhead: Histogram,
     notices: Family<KindLabel, Counter>,
     purges: Family<PurgeLabels, Counter>,
 }
@@ -114,6 +120,7 @@ impl Metrics {
         let generation_tokens = Family::<ModelLabel, Counter>::default();
         let tool_calls = Family::<FormatLabel, Counter>::default();
         let truncations = Counter::default();
+        let overhead = Histogram::new(OVERHEAD_BUCKETS.to_vec());
         let notices = Family::<KindLabel, Counter>::default();
         let purges = Family::<PurgeLabels, Counter>::default();
         // Counter names get `_total` from the encoder.
@@ -158,6 +165,11 @@ impl Metrics {
             truncations.clone(),
         );
         registry.register(
+            "proxy_overhead_seconds",
+            "The proxy's own time per chat completion: the total minus waiting for a slot, the backend and the client",
+            overhead.clone(),
+        );
+        registry.register(
             "notices",
             "Notices shown to users or the dashboard, by kind",
             notices.clone(),
@@ -180,6 +192,7 @@ impl Metrics {
                 generation_tokens,
                 tool_calls,
                 truncations,
+                overhead,
                 notices,
                 purges,
             }),
@@ -256,6 +269,11 @@ impl Metrics {
         m.queue_time
             .get_or_create(&label)
             .observe(record.timings.queue_ms as f64 / 1000.0);
+    }
+
+    /// Records the proxy's own time for one chat completion.
+    pub fn proxy_overhead(&self, secs: f64) {
+        self.inner.overhead.observe(secs);
     }
 
     /// The label for a model name: itself for the first [`MAX_MODELS`] names seen, then `other`.

@@ -139,6 +139,8 @@ struct Exchange {
 struct Out {
     frames: Option<mpsc::Sender<Bytes>>,
     head: Option<oneshot::Sender<Head>>,
+    /// Time blocked on a slow client is the client's, not the proxy's.
+    phases: Arc<Phases>,
 }
 
 enum Head {
@@ -163,6 +165,7 @@ impl Out {
         }
         if let Some(tx) = &self.frames {
             let frame = Bytes::from(format!("data: {chunk}\n\n"));
+            let _wait = self.phases.client();
             tx.send(frame).await.map_err(|_| Failure::ClientGone)?;
         }
         Ok(())
@@ -199,6 +202,7 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
         let out = Out {
             frames: Some(frames_tx.clone()),
             head: Some(head_tx),
+            phases: exchange.ctx.phases.clone(),
         };
         let task_state = state.clone();
         state.tasks.spawn(async move {
@@ -225,6 +229,7 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
     let out = Out {
         frames: None,
         head: None,
+        phases: exchange.ctx.phases.clone(),
     };
     let task_state = state.clone();
     let (closed_tx, closed_rx) = oneshot::channel::<()>();
@@ -663,6 +668,10 @@ fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ApiError>)
         });
     }
     let total_ms = ctx.elapsed_ms();
+    state
+        .hub
+        .metrics()
+        .proxy_overhead(ctx.phases.own_time().as_secs_f64());
     let mut summary = ctx.summary(if status == 200 { "done" } else { "failed" });
     summary.status = Some(status);
     summary.duration_ms = Some(total_ms);
