@@ -44,6 +44,8 @@ pub enum ProxyEvent {
         request_id: String,
         queue_ms: u64,
     },
+    /// What shaping decided (estimate, messages dropped, tokens before and after). A `detail`
+    /// with `"truncated": true` counts in `blockops_context_truncations_total`.
     Shaped {
         request_id: String,
         detail: Value,
