@@ -156,7 +156,8 @@ export class DetailView {
     } else {
       out.push(h('p', { class: 'empty', id: 'detail-no-calls' }, 'No tool calls.'));
     }
-    if (output.content) {
+    // With no raw_text the raw pane already is the content; show it once.
+    if (output.content && rec.raw_text != null) {
       out.push(h('div', { class: 'out-block' }, h('h4', null, 'Content'), h('pre', { class: 'text', id: 'detail-content' }, output.content)));
     }
     if (output.reasoning) {

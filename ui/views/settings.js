@@ -152,6 +152,9 @@ export class SettingsView {
       this.fill(config, { force: true });
       setText($('#settings-state'), `Saved ${new Date().toLocaleTimeString([], { hour12: false })}`);
       this.toast(`Saved: ${Object.keys(patch).join(', ')}`, 'good');
+      // The proxy checks a backend's health when /health is asked; ask now so the header's
+      // health dot reflects the new backend instead of "unknown".
+      if ('backend_url' in patch) fetch('/health', { cache: 'no-store' }).catch(() => {});
     } catch (e) {
       setText($('#settings-state'), 'Not saved');
       if (e instanceof ApiError && e.param && this.fieldError(e.param, e.message)) {

@@ -1,0 +1,265 @@
+// Browser tests for the dashboard at /ui/: the real proxy with its demo backend, Debian's
+// chromium through playwright-core, node's test runner. Run: see README.md in this folder.
+
+import { describe, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  ARTIFACTS, startProxy, startDemoBackend, launchBrowser, chat, getJson, until,
+} from './harness.mjs';
+
+const WAIT = { timeout: 10000 };
+
+describe('dashboard', () => {
+  let proxy;
+  let second;
+  let browser;
+  let page;
+  const consoleErrors = []; // {text, phase}
+  let phase = 'load';
+  const expectedErrors = []; // regexes allowed in a phase: [{phase, re}]
+
+  before(async () => {
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    proxy = await startProxy({ tokensPerSec: 20 });
+    browser = await launchBrowser();
+    page = browser.context.pages()[0] || (await browser.context.newPage());
+    page.setDefaultTimeout(10000);
+    page.on('console', (m) => {
+      if (m.type() === 'error') consoleErrors.push({ text: m.text(), phase, url: m.location()?.url });
+    });
+    page.on('pageerror', (e) => consoleErrors.push({ text: `uncaught: ${e.message}`, phase }));
+    page.on('requestfailed', (r) => {
+      // A purposely aborted fetch is not an error; anything else is.
+      const failure = r.failure()?.errorText || '';
+      if (!/ERR_ABORTED/.test(failure)) consoleErrors.push({ text: `request failed: ${r.url()} ${failure}`, phase });
+    });
+  });
+
+  after(async () => {
+    if (browser) await browser.context.close().catch(() => {});
+    if (browser) fs.rmSync(browser.userDataDir, { recursive: true, force: true });
+    if (second) await second.child.stop();
+    if (proxy) await proxy.child.stop();
+    // Keep the proxy's log with the artifacts: it explains a failure.
+    if (proxy) {
+      const logs = path.join(ARTIFACTS, 'logs');
+      fs.mkdirSync(logs, { recursive: true });
+      for (const f of fs.readdirSync(proxy.dir).filter((n) => n.endsWith('.log'))) {
+        fs.copyFileSync(path.join(proxy.dir, f), path.join(logs, `browser-${f}`));
+      }
+    }
+  });
+
+  const unexpectedErrors = () => consoleErrors.filter(
+    (e) => !expectedErrors.some((x) => x.phase === e.phase && x.re.test(e.text)),
+  );
+
+  test('the page loads at / with no console errors and shows the live header', async () => {
+    const res = await page.goto(`${proxy.base}/`, { waitUntil: 'load' });
+    assert.ok(res && res.ok(), `GET / → ${res && res.status()}`);
+    assert.match(page.url(), /\/ui\/$/, 'the root redirects to /ui/');
+    assert.equal(await page.title(), 'blockops');
+    await page.waitForSelector('#conn[data-state="live"]', WAIT);
+    const status = await getJson(proxy.base, '/admin/api/status');
+    await until(async () => (await page.textContent('#backend-url')) === status.backend.url, { what: 'the backend URL in the header' });
+    assert.equal(await page.locator('[data-slot]').count(), status.slots.total);
+    assert.equal(await page.locator('[data-slot][data-busy="false"]').count(), status.slots.total);
+    // Give late module errors and resource loads a moment to surface.
+    await page.waitForLoadState('networkidle', { timeout: 3000 }).catch(() => {});
+    assert.deepEqual(unexpectedErrors(), [], 'no console errors while loading');
+  });
+
+  test('slots fill while slow streaming requests run, and free up afterwards', async () => {
+    phase = 'slots';
+    const total = await page.locator('[data-slot]').count();
+    // One more request than there are slots, so one of them waits in the queue.
+    const runs = Array.from({ length: total + 1 }, () => chat(proxy.base, { stream: true }));
+    await page.waitForFunction(
+      (n) => document.querySelectorAll('[data-slot][data-busy="true"]').length >= n,
+      total, { timeout: 5000 },
+    );
+    const busy = page.locator('[data-slot][data-busy="true"]').first();
+    assert.match(await busy.locator('.slot-time').textContent(), /\d/, 'a busy slot shows how long it has been busy');
+    await page.waitForSelector('#queue li', { timeout: 5000 });
+    assert.match(await page.textContent('#queue li'), /\d/, 'the queued request shows its wait');
+    const results = await Promise.all(runs);
+    for (const r of results) assert.equal(r.status, 200);
+    await page.waitForFunction(
+      () => document.querySelectorAll('[data-slot][data-busy="true"]').length === 0
+        && document.querySelectorAll('#queue li').length === 0,
+      null, { timeout: 15000 },
+    );
+    assert.equal(await page.locator('#traffic-body tr[data-request-id][data-state="done"]').count() >= total + 1, true);
+  });
+
+  test('a tool-call request shows in the traffic table within 2 s, and its translation view shows the span and the call', async () => {
+    phase = 'toolcall';
+    const before = new Set(await page.locator('#traffic-body tr[data-request-id]').evaluateAll(
+      (rows) => rows.map((r) => r.dataset.requestId),
+    ));
+    const started = Date.now();
+    const run = chat(proxy.base, { stream: true, tools: true, content: 'What is the weather in Paris?' });
+    const handle = await page.waitForFunction(
+      (known) => Array.from(document.querySelectorAll('#traffic-body tr[data-request-id]'))
+        .map((r) => r.dataset.requestId).find((id) => !known.includes(id)),
+      [...before], { timeout: 2000 },
+    );
+    const id = await handle.jsonValue();
+    assert.ok(Date.now() - started <= 2500, 'the row appeared within 2 s');
+    const done = await run;
+    assert.equal(done.status, 200);
+    const row = page.locator(`#traffic-body tr[data-request-id="${id}"]`);
+    await until(async () => (await row.getAttribute('data-state')) === 'done', { timeout: 10000, what: 'the row to finish' });
+    await row.locator('[data-tool="get_weather"]').waitFor({ timeout: 5000 });
+
+    // Keyboard: focus the row and press Enter.
+    await row.focus();
+    await page.keyboard.press('Enter');
+    await page.waitForSelector(`#detail[data-request-id="${id}"][data-state="loaded"]`, WAIT);
+    assert.equal(await row.getAttribute('aria-current'), 'true');
+
+    const span = page.locator('#detail-raw [data-span-kind="tool_call"]').first();
+    await span.waitFor(WAIT);
+    const spanText = await span.textContent();
+    assert.match(spanText, /get_weather/, 'the raw tool-call span is highlighted');
+    assert.match(spanText, /Paris/);
+    // The highlighted span is exactly the bytes the trace names.
+    const record = await getJson(proxy.base, `/admin/api/requests/${id}`);
+    const traceSpan = record.trace.find((s) => s.kind === 'tool_call');
+    const raw = record.raw_text ?? record.output.content ?? '';
+    const bytes = new TextEncoder().encode(raw).subarray(traceSpan.start, traceSpan.end);
+    const expected = new TextDecoder().decode(bytes);
+    assert.equal((await span.evaluate((el) => el.dataset.start + '-' + el.dataset.end)), `${traceSpan.start}-${traceSpan.end}`);
+    assert.ok(spanText.endsWith(expected), 'the highlight covers the traced bytes');
+
+    const call = page.locator('#detail-calls [data-tool-call="get_weather"]');
+    await call.waitFor(WAIT);
+    const args = await call.locator('.call-args').textContent();
+    assert.deepEqual(JSON.parse(args), { city: 'Paris' }, 'the structured call shows pretty JSON arguments');
+    assert.match(args, /\n {2}"city"/, 'arguments are pretty-printed');
+  });
+
+  test('a bad setting shows the server\'s message beside its field', async () => {
+    phase = 'validation';
+    // The browser logs the 400 response itself; that is this test's point, not an error.
+    expectedErrors.push({ phase, re: /status of 400/ });
+    const field = page.locator('#cfg-max_concurrent');
+    const original = await field.inputValue();
+    await field.fill('0');
+    await page.click('#settings-save');
+    const err = page.locator('#err-max_concurrent');
+    await err.waitFor({ state: 'visible', timeout: 5000 });
+    assert.match(await err.textContent(), /max_concurrent/);
+    assert.equal(await field.getAttribute('aria-invalid'), 'true');
+    await field.fill(original);
+    assert.equal(await err.isHidden(), true, 'editing the field clears its error');
+    assert.equal(await page.locator('#settings-save').isDisabled(), true, 'nothing left to save');
+  });
+
+  test('the purge button reaches the backend and shows the result', async () => {
+    phase = 'purge';
+    await page.click('#purge');
+    const result = page.locator('#purge-result');
+    await page.waitForSelector('#purge-result:not([hidden]):not([data-status="pending"])', WAIT);
+    assert.equal(await result.getAttribute('data-status'), 'purged', await result.textContent());
+    assert.match(await result.textContent(), /purged/);
+  });
+
+  test('a new backend URL, tested then saved in the form, takes the next request without a restart', async () => {
+    phase = 'switch';
+    second = await startDemoBackend({ dir: proxy.dir, tokensPerSec: 40 });
+    // The built-in demo backend has served several requests by now; the new one has served none,
+    // and the demo numbers its replies per backend (chatcmpl-demo0, -demo1, …).
+    const warm = await chat(proxy.base, { stream: false });
+    assert.equal(warm.status, 200);
+    assert.notEqual(warm.json.id, 'chatcmpl-demo0', 'the first backend has served before');
+
+    const url = page.locator('#cfg-backend_url');
+    await url.fill(second.base);
+    await page.click('#backend-test');
+    await page.waitForSelector('#backend-test-result[data-reachable="true"]', WAIT);
+    assert.match(await page.textContent('#backend-test-result'), /demo/, 'the probe lists the backend\'s models');
+    await page.click('#settings-save');
+    await until(async () => (await getJson(proxy.base, '/admin/api/config')).backend_url === second.base,
+      { timeout: 5000, what: 'the saved backend_url' });
+    await page.waitForSelector('#settings-save:disabled', WAIT);
+    await until(async () => (await page.textContent('#backend-url')) === second.base,
+      { timeout: 5000, what: 'the header to show the new backend' });
+
+    const next = await chat(proxy.base, { stream: false });
+    assert.equal(next.status, 200);
+    assert.equal(next.json.id, 'chatcmpl-demo0', 'the next request went to the new backend');
+    const status = await getJson(proxy.base, '/admin/api/status');
+    assert.equal(status.backend.url, second.base);
+  });
+
+  test('screenshots at 420×640 and 1440×900', async () => {
+    phase = 'screenshots';
+    // Something to look at: a tool call selected, requests under way.
+    const toolRun = chat(proxy.base, { stream: false, tools: true, content: 'What is the weather in Lisbon?' });
+    await toolRun;
+    const runs = [1, 2].map(() => chat(proxy.base, { stream: true }));
+    await page.waitForSelector('[data-slot][data-busy="true"]', WAIT);
+    const shots = [];
+    for (const scheme of ['light', 'dark']) {
+      await page.emulateMedia({ colorScheme: scheme });
+      await page.setViewportSize({ width: 1440, height: 900 });
+      // The finished tool-call request (the newest rows are the two still running).
+      const first = page.locator('#traffic-body tr[data-request-id][data-state="done"]').first();
+      await first.click();
+      await page.waitForSelector('#detail[data-state="loaded"], #detail[data-state="pending"]', WAIT);
+      await page.evaluate(() => window.scrollTo(0, 0));
+      const wide = path.join(ARTIFACTS, `dashboard-1440x900${scheme === 'dark' ? '-dark' : ''}.png`);
+      await page.screenshot({ path: wide, animations: 'disabled' });
+      shots.push(wide);
+      await page.setViewportSize({ width: 420, height: 640 });
+      await page.click('#tab-live');
+      await page.evaluate(() => window.scrollTo(0, 0));
+      const narrow = path.join(ARTIFACTS, `dashboard-420x640${scheme === 'dark' ? '-dark' : ''}.png`);
+      await page.screenshot({ path: narrow, animations: 'disabled' });
+      shots.push(narrow);
+      if (scheme === 'light') {
+        await page.click('#tab-traffic');
+        const p = path.join(ARTIFACTS, 'dashboard-420x640-traffic.png');
+        await page.screenshot({ path: p, animations: 'disabled' });
+        shots.push(p);
+        // The narrow layout is one column: nothing wider than the window.
+        const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        assert.ok(overflow <= 0, `no horizontal scrolling at 420 px (overflow ${overflow}px)`);
+        await page.click('#tab-live');
+      }
+    }
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.setViewportSize({ width: 1440, height: 900 });
+    for (const s of shots) {
+      const buf = fs.readFileSync(s);
+      assert.ok(buf.length > 10000, `${s} is a real image`);
+      assert.equal(buf.subarray(1, 4).toString(), 'PNG');
+    }
+    await Promise.all(runs);
+  });
+
+  test('no unexpected console errors during the whole session', () => {
+    assert.deepEqual(unexpectedErrors(), []);
+  });
+
+  test('losing the proxy shows "disconnected — reconnecting", and the page recovers when it is back', async () => {
+    phase = 'reconnect';
+    // Errors while the proxy is down are the point of this test.
+    expectedErrors.push({ phase, re: /.*/ });
+    const { port, dir } = proxy;
+    await proxy.child.stop();
+    await page.waitForSelector('#conn[data-state="reconnecting"]', WAIT);
+    assert.equal(await page.isVisible('#disconnected-banner'), true);
+    assert.match(await page.textContent('#disconnected-banner'), /Disconnected/);
+    proxy = await startProxy({ port, dir, tokensPerSec: 20 });
+    await page.waitForSelector('#conn[data-state="live"]', { timeout: 20000 });
+    assert.equal(await page.isVisible('#disconnected-banner'), false);
+    // The page has fresh data from the new process (its uptime starts again).
+    const status = await getJson(proxy.base, '/admin/api/status');
+    await until(async () => (await page.textContent('#backend-url')) === status.backend.url,
+      { timeout: 5000, what: 'the header to show the restarted proxy\'s backend' });
+  });
+});
