@@ -34,6 +34,19 @@ const HOP_BY_HOP: &[&str] = &[
     "content-length",
 ];
 
+/// The client's body went over the limit while it was being sent (the error is nested in
+/// reqwest's and hyper's).
+fn hit_length_limit(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.is::<http_body_util::LengthLimitError>() || e.to_string().contains("length limit") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP
         .iter()
@@ -127,6 +140,22 @@ async fn forward_inner(
     let settings = state.settings.current();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
+    // A declared length over the limit is refused before a slot or the backend is involved.
+    let limit = settings.max_body_bytes;
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            crate::error::Source::Client,
+            "request_too_large",
+            format!("the request body is larger than {limit} bytes (BLOCKOPS_MAX_BODY_BYTES)"),
+        ));
+    }
     let phases = recorded
         .ctx
         .as_ref()
@@ -197,7 +226,6 @@ async fn forward_inner(
         upstream_request = upstream_request.header(header::CONTENT_LENGTH, len);
     }
     // Stream the client's body to the backend without buffering it, bounded by the body limit.
-    let limit = settings.max_body_bytes;
     let mut seen = 0usize;
     let data = http_body_util::Limited::new(body, limit);
     let stream = http_body_util::BodyStream::new(data).filter_map(move |frame| {
@@ -233,8 +261,7 @@ async fn forward_inner(
     let response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
-            if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
-            {
+            if hit_length_limit(&e) {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     crate::error::Source::Client,

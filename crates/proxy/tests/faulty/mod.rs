@@ -28,6 +28,10 @@ pub enum Fault {
     Silent,
     /// Sends headers and `before` content pieces, then stalls (the socket stays open).
     StallAfter { before: usize },
+    /// Sends headers and these content pieces, then stalls.
+    StallWith(Vec<String>),
+    /// Waits until [`FaultyBackend::release`], then answers like `Healthy`.
+    HeldThenHealthy(Vec<String>),
     /// Sends headers and two content pieces, then resets the connection (RST).
     ResetMidStream,
     /// Sends lines that are not SSE at all, then closes.
@@ -55,6 +59,8 @@ struct Shared {
     closed_early: AtomicUsize,
     closed: Notify,
     answering: AtomicUsize,
+    sent_bytes: AtomicUsize,
+    released: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
 }
 
 /// The running backend.
@@ -70,6 +76,7 @@ impl FaultyBackend {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let shared = Arc::new(Shared::default());
         *shared.fault.lock().unwrap() = Some(fault);
+        *shared.released.lock().unwrap() = Some(tokio::sync::watch::channel(false).0);
         let s = shared.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
@@ -85,6 +92,18 @@ impl FaultyBackend {
     /// The fault for the next requests.
     pub fn set(&self, fault: Fault) {
         *self.shared.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// Lets every `HeldThenHealthy` request (waiting or future) answer.
+    pub fn release(&self) {
+        if let Some(tx) = self.shared.released.lock().unwrap().as_ref() {
+            tx.send_replace(true);
+        }
+    }
+
+    /// Body bytes written so far by `Huge` replies.
+    pub fn sent_bytes(&self) -> usize {
+        self.shared.sent_bytes.load(Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> usize {
@@ -133,8 +152,9 @@ fn finish() -> String {
 
 const DONE: &str = "data: [DONE]\n\n";
 
-/// Reads one request (head and `Content-Length` body); `None` when the peer closed first.
-async fn read_request(socket: &mut TcpStream) -> Option<Vec<u8>> {
+/// Reads one request (head and `Content-Length` body); returns its request line, or `None`
+/// when the peer closed first.
+async fn read_request(socket: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let head_end = loop {
@@ -153,6 +173,16 @@ async fn read_request(socket: &mut TcpStream) -> Option<Vec<u8>> {
         .find_map(|l| l.strip_prefix("content-length:"))
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
+    if head.contains("transfer-encoding: chunked") {
+        // A chunked body ends with the zero-length chunk.
+        while !buf.ends_with(b"0\r\n\r\n") {
+            let n = socket.read(&mut tmp).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    }
     while buf.len() < head_end + len {
         let n = socket.read(&mut tmp).await.ok()?;
         if n == 0 {
@@ -160,7 +190,7 @@ async fn read_request(socket: &mut TcpStream) -> Option<Vec<u8>> {
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    Some(buf[head_end..].to_vec())
+    Some(head.lines().next().unwrap_or_default().to_owned())
 }
 
 /// Decrements the answering count however the connection ends.
@@ -173,7 +203,18 @@ impl Drop for Answering {
 
 async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let _ = socket.set_nodelay(true);
-    if read_request(&mut socket).await.is_none() {
+    let Some(request_line) = read_request(&mut socket).await else {
+        return Ok(());
+    };
+    if !request_line.starts_with("post /v1/chat/completions") {
+        // Health probes and model lists are answered normally: the faults are for generation.
+        let body = r#"{"object":"list","data":[{"id":"faulty","object":"model"}]}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        socket.write_all(head.as_bytes()).await?;
+        socket.write_all(body.as_bytes()).await?;
         return Ok(());
     }
     shared.requests.fetch_add(1, Ordering::SeqCst);
@@ -186,7 +227,39 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
         .clone()
         .unwrap_or(Fault::Healthy(vec!["ok".into()]));
     const SSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    let fault = match fault {
+        Fault::HeldThenHealthy(pieces) => {
+            let mut rx = shared
+                .released
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|tx| tx.subscribe())
+                .expect("release channel");
+            let mut tmp = [0u8; 64];
+            // Notice a proxy that hangs up while the request is held.
+            loop {
+                tokio::select! {
+                    r = rx.wait_for(|r| *r) => { let _ = r; break; }
+                    n = socket.read(&mut tmp) => if matches!(n, Ok(0) | Err(_)) {
+                        note_closed(&shared);
+                        return Ok(());
+                    }
+                }
+            }
+            Fault::Healthy(pieces)
+        }
+        other => other,
+    };
     match fault {
+        Fault::HeldThenHealthy(_) => unreachable!("resolved above"),
+        Fault::StallWith(pieces) => {
+            socket.write_all(SSE_HEAD.as_bytes()).await?;
+            for p in &pieces {
+                socket.write_all(content(p).as_bytes()).await?;
+            }
+            wait_for_close(&mut socket, &shared).await;
+        }
         Fault::Healthy(pieces) => {
             socket.write_all(SSE_HEAD.as_bytes()).await?;
             let mut body = chunk(
@@ -299,6 +372,7 @@ async fn serve(mut socket: TcpStream, shared: Arc<Shared>) -> std::io::Result<()
                     return Ok(());
                 }
                 sent += piece;
+                shared.sent_bytes.fetch_add(frame.len(), Ordering::SeqCst);
             }
             socket
                 .write_all(format!("{}{DONE}", finish()).as_bytes())
