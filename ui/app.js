@@ -3,7 +3,7 @@
 import { onKeyNeeded, setApiKey, apiKey } from './api.js';
 import { LiveStream } from './stream.js';
 import { $, $$, h, setText } from './util.js';
-import { renderHeader, tickHeader, renderSlots, tickSlots, renderTokens, renderMemory } from './views/live.js';
+import { renderHeader, tickHeader, renderSlots, tickSlots, renderTokens, renderThroughput, renderMemory } from './views/live.js';
 import { TrafficTable } from './views/traffic.js';
 import { DetailView } from './views/detail.js';
 import { SettingsView } from './views/settings.js';
@@ -152,6 +152,7 @@ function main() {
     renderHeader(s, age);
     renderSlots(s, age);
     renderTokens(s);
+    renderThroughput(s.requests);
     renderMemory(s);
     traffic.render(s.requests);
     setText($('#traffic-api-url'), `${s.listen_url || location.origin}/v1`);

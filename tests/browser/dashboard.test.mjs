@@ -5,11 +5,13 @@ import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import {
   ARTIFACTS, startProxy, startDemoBackend, launchBrowser, chat, getJson, until,
 } from './harness.mjs';
 
 const WAIT = { timeout: 10000 };
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 
 describe('dashboard', () => {
   let proxy;
@@ -239,6 +241,30 @@ describe('dashboard', () => {
       assert.equal(buf.subarray(1, 4).toString(), 'PNG');
     }
     await Promise.all(runs);
+  });
+
+  test('accessibility: axe finds no WCAG 2.1 A/AA violations, light and dark, wide and narrow', async () => {
+    phase = 'a11y';
+    // Reduced motion: the row flash and sweeps must not be caught mid-animation by the contrast check.
+    await page.emulateMedia({ reducedMotion: 'reduce' });
+    await page.addScriptTag({ path: AXE });
+    const found = [];
+    for (const scheme of ['light', 'dark']) {
+      await page.emulateMedia({ colorScheme: scheme });
+      for (const [width, height, tab] of [[1440, 900, null], [420, 640, 'traffic'], [420, 640, 'settings']]) {
+        await page.setViewportSize({ width, height });
+        if (tab) await page.click(`#tab-${tab}`);
+        const result = await page.evaluate(() => window.axe.run(document, {
+          runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+        }));
+        for (const v of result.violations) {
+          found.push(`${scheme} ${width}px${tab ? ` ${tab}` : ''}: ${v.id} (${v.impact}) ${v.nodes.slice(0, 3).map((n) => n.target.join(' ')).join(', ')}`);
+        }
+      }
+    }
+    await page.emulateMedia({ colorScheme: 'light', reducedMotion: 'no-preference' });
+    await page.setViewportSize({ width: 1440, height: 900 });
+    assert.deepEqual(found, []);
   });
 
   test('no unexpected console errors during the whole session', () => {

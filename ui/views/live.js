@@ -144,6 +144,41 @@ export function renderTokens(s) {
   placeMark($('#tokens-mark-hard'), hard, scale);
 }
 
+/** Completion tokens per second of the recent finished requests, oldest on the left. */
+export function renderThroughput(requests) {
+  const rates = (requests || [])
+    .filter((r) => r.state === 'done' && r.completion_tokens > 0 && r.duration_ms > (r.ttft_ms || 0))
+    .slice(0, 40)
+    .map((r) => ({ id: r.id, rate: (r.completion_tokens * 1000) / (r.duration_ms - (r.ttft_ms || 0)) }))
+    .reverse();
+  const key = rates.map((x) => x.id).join(',');
+  const root = $('#tokens-chart');
+  if (root.dataset.key === key) return;
+  root.dataset.key = key;
+  const W = 300;
+  const H = 60;
+  const slots = 40;
+  const bw = W / slots;
+  const max = Math.max(...rates.map((x) => x.rate), 1);
+  const nodes = [svg('line', { x1: 0, x2: W, y1: H - 0.5, y2: H - 0.5, class: 'gridline' })];
+  rates.forEach((x, i) => {
+    const hgt = Math.max(1.5, (x.rate / max) * (H - 4));
+    const bar = svg('rect', { x: (slots - rates.length + i) * bw + 1, y: H - hgt, width: Math.max(bw - 2, 1), height: hgt, class: 'bar', rx: 1 });
+    const title = document.createElementNS(SVGNS, 'title');
+    title.textContent = `${x.id}: ${x.rate.toFixed(1)} tok/s`;
+    bar.append(title);
+    nodes.push(bar);
+  });
+  root.replaceChildren(...nodes);
+  const avg = rates.length ? rates.reduce((a, x) => a + x.rate, 0) / rates.length : 0;
+  setText($('#tokens-chart-caption'), rates.length
+    ? `tok/s per request · last ${rates.length} · peak ${max.toFixed(1)} · mean ${avg.toFixed(1)}`
+    : 'tok/s per request: none finished yet');
+  setAttr(root, 'aria-label', rates.length
+    ? `Completion tokens per second of the last ${rates.length} requests: mean ${avg.toFixed(1)}, peak ${max.toFixed(1)}`
+    : 'Completion tokens per second of recent requests: none yet');
+}
+
 function placeMark(el, value, scale) {
   el.hidden = !(value > 0);
   el.style.left = `${clamp((value / scale) * 100, 0, 100)}%`;
@@ -198,7 +233,7 @@ function renderChart(m) {
   for (const [pct, cls] of [[m.warn_percent, 'warn'], [m.critical_percent, 'crit']]) {
     if (pct > 0) nodes.push(svg('line', { x1: 0, x2: W, y1: y(pct), y2: y(pct), class: `thr thr-${cls}` }));
   }
-  for (const g of [25, 50, 75]) nodes.push(svg('line', { x1: 0, x2: W, y1: y(g), y2: y(g), class: 'grid' }));
+  for (const g of [25, 50, 75]) nodes.push(svg('line', { x1: 0, x2: W, y1: y(g), y2: y(g), class: 'gridline' }));
   if (hist.length >= 2) {
     const t0 = hist[0][0];
     const t1 = hist[hist.length - 1][0];

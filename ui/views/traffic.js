@@ -129,7 +129,9 @@ function fillRow(tr, r) {
     h('td', { class: 'c-stream' }, r.stream
       ? h('span', { class: 'stream-yes', title: 'streaming', 'aria-label': 'streaming' }, 'SSE')
       : h('span', { class: 'stream-no', title: 'not streaming', 'aria-label': 'not streaming' }, 'JSON')),
-    h('td', { class: 'c-status' }, statusCell(r)),
+    h('td', { class: 'c-status' }, statusCell(r), notices.length
+      ? h('span', { class: 'note-icon status-note', title: notices.join('\n'), 'aria-hidden': 'true' }, '!')
+      : null),
     h('td', { class: 'c-dur num' }, fmtMs(r.duration_ms)),
     h('td', { class: 'c-ttft num' }, fmtMs(r.ttft_ms)),
     h('td', { class: 'c-tok num' }, tokensCell(r)),
