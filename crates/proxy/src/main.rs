@@ -11,6 +11,7 @@ use std::{path::PathBuf, process::ExitCode};
 fn cli() -> Command {
     let mut serve_args: Vec<Arg> = vec![
         Arg::new("config").long("config").value_name("PATH").help("TOML config file [env: BLOCKOPS_CONFIG] [default: ~/.blockops/config.toml when it exists]"),
+        Arg::new("ignore_bad_config").long("ignore-bad-config").action(ArgAction::SetTrue).help("if the config file is invalid, report it and start without it (defaults, environment, flags) instead of exiting [env: BLOCKOPS_IGNORE_BAD_CONFIG=1]"),
         Arg::new("demo").long("demo").action(ArgAction::SetTrue).help("run the built-in demo backend in-process and use it as the backend"),
         Arg::new("demo_tokens_per_sec")
             .long("demo-tokens-per-sec")
@@ -107,11 +108,36 @@ async fn serve(m: &ArgMatches) -> ExitCode {
             sources.flags.push((k.name.to_owned(), v.clone()));
         }
     }
+    let ignore_bad_config = m.get_flag("ignore_bad_config")
+        || std::env::var("BLOCKOPS_IGNORE_BAD_CONFIG").is_ok_and(|v| v == "1" || v == "true");
     let mut settings = match config::load(&sources) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("blockops-proxy: configuration error: {e}");
-            return ExitCode::from(2);
+            // Only a broken file may be skipped, only when asked, and never silently.
+            let fallback = (ignore_bad_config && config::check_file(&sources).is_err())
+                .then(|| config::load_without_file(&sources));
+            match fallback {
+                Some(Ok(s)) => {
+                    eprintln!(
+                        "blockops-proxy: warning: ignoring the config file because of --ignore-bad-config / BLOCKOPS_IGNORE_BAD_CONFIG; \
+                         running on defaults, environment and flags until it is fixed"
+                    );
+                    s
+                }
+                Some(Err(e)) => {
+                    eprintln!("blockops-proxy: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+                None => {
+                    if !ignore_bad_config && config::check_file(&sources).is_err() {
+                        eprintln!(
+                            "blockops-proxy: fix the file, or start anyway without it with --ignore-bad-config"
+                        );
+                    }
+                    return ExitCode::from(2);
+                }
+            }
         }
     };
     let mut demo_task = None;

@@ -730,18 +730,60 @@ impl Sources {
 
 /// Builds the settings from all sources: flag > env > file > default.
 pub fn load(sources: &Sources) -> Result<Settings, ConfigError> {
-    let mut settings = Settings::default();
+    load_from(sources, true)
+}
+
+/// Like [`load`] but without the config file: defaults, environment and flags only. For
+/// `--ignore-bad-config`, after [`check_file`] has reported what is wrong with the file. The
+/// path is kept, and [`persist`] refuses to overwrite a file that does not parse.
+pub fn load_without_file(sources: &Sources) -> Result<Settings, ConfigError> {
+    load_from(sources, false)
+}
+
+/// The config file's own problems (syntax, unknown keys, bad values), if it exists.
+pub fn check_file(sources: &Sources) -> Result<(), ConfigError> {
     let path = sources
         .config_path
         .clone()
         .unwrap_or_else(default_config_path);
     if path.exists() {
-        for (k, v) in read_file(&path)? {
-            settings.set(&k, &v).map_err(|message| ConfigError {
-                key: format!("{} in {}", k, path.display()),
-                message,
-            })?;
-        }
+        apply_file(&mut Settings::default(), &path)?;
+    }
+    Ok(())
+}
+
+fn apply_file(settings: &mut Settings, path: &Path) -> Result<(), ConfigError> {
+    for (k, v) in read_file(path)? {
+        settings.set(&k, &v).map_err(|message| ConfigError {
+            key: format!("{k} in {}{}", path.display(), line_of(path, &k)),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
+/// ` (line N)` for the line that sets `key`, found again in the file (errors only).
+fn line_of(path: &Path, key: &str) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .or_else(|| l.trim_start().strip_prefix(&format!("\"{key}\"")))
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| format!(" (line {})", i + 1))
+        .unwrap_or_default()
+}
+
+fn load_from(sources: &Sources, with_file: bool) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    let path = sources
+        .config_path
+        .clone()
+        .unwrap_or_else(default_config_path);
+    if with_file && path.exists() {
+        apply_file(&mut settings, &path)?;
     }
     settings.config_path = Some(path);
     for (source, pairs) in [("environment", &sources.env), ("flag", &sources.flags)] {
@@ -822,7 +864,14 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
 /// file in the same folder is renamed over the old one, so a crash never leaves half a file.
 pub fn persist(path: &Path, updates: &BTreeMap<String, toml::Value>) -> std::io::Result<()> {
     let mut table: toml::Table = match std::fs::read_to_string(path) {
-        Ok(text) => text.parse().unwrap_or_default(),
+        // A file that does not parse is the user's to fix: never replace it with our keys only.
+        Ok(text) => text.parse().map_err(|e: toml::de::Error| {
+            std::io::Error::other(format!(
+                "{} is not valid TOML ({}); fix or remove it, then change settings again",
+                path.display(),
+                e.message()
+            ))
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
         Err(e) => return Err(e),
     };

@@ -6,6 +6,9 @@ mod passthrough;
 pub mod timing;
 mod ui;
 
+/// Public for the fuzz targets and property tests (crates/proxy/fuzz).
+pub use chat::parse_chat_body;
+
 use crate::{backend, error::ApiError, state::AppState};
 use axum::{
     Json, Router,
