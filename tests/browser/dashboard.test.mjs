@@ -289,3 +289,55 @@ describe('dashboard', () => {
       { timeout: 5000, what: 'the header to show the restarted proxy\'s backend' });
   });
 });
+
+describe('dashboard behind BLOCKOPS_API_KEY', () => {
+  const KEY = 'browser-test-key';
+  let proxy;
+  let browser;
+  let page;
+  const errors = [];
+
+  before(async () => {
+    proxy = await startProxy({ tokensPerSec: 0, apiKey: KEY });
+    browser = await launchBrowser();
+    page = browser.context.pages()[0] || (await browser.context.newPage());
+    page.setDefaultTimeout(10000);
+    page.on('console', (m) => {
+      // The 401s that make the page ask for the key are the browser's own log lines.
+      if (m.type() === 'error' && !/status of 401/.test(m.text())) errors.push(m.text());
+    });
+    page.on('pageerror', (e) => errors.push(`uncaught: ${e.message}`));
+  });
+
+  after(async () => {
+    if (browser) await browser.context.close().catch(() => {});
+    if (browser) fs.rmSync(browser.userDataDir, { recursive: true, force: true });
+    if (proxy) await proxy.child.stop();
+  });
+
+  test('the page asks for the key once, refuses a wrong one, then goes live over an authorised stream', async () => {
+    await page.goto(`${proxy.base}/ui/`);
+    await page.waitForSelector('#auth-dialog[open]', WAIT);
+    // The status and the settings both got a 401: one form, not two.
+    assert.equal(await page.locator('#auth-dialog[open]').count(), 1);
+    await page.fill('#auth-key', 'not-the-key');
+    await page.press('#auth-key', 'Enter');
+    await page.waitForSelector('#auth-error:not([hidden])', WAIT);
+    await page.fill('#auth-key', KEY);
+    await page.press('#auth-key', 'Enter');
+    await page.waitForSelector('#conn[data-state="live"]', WAIT);
+    assert.equal(await page.locator('#auth-dialog[open]').count(), 0);
+    await until(async () => (await page.inputValue('#cfg-max_concurrent')) !== '', { what: 'the settings to load with the key' });
+
+    // Live updates arrive through the fetch()-read stream (EventSource cannot send the header).
+    const r = await chat(proxy.base, { stream: false, apiKey: KEY });
+    assert.equal(r.status, 200);
+    await page.waitForSelector('#traffic-body tr[data-request-id]', { timeout: 5000 });
+
+    // The key lives in sessionStorage: a reload does not ask again.
+    await page.reload();
+    await page.waitForSelector('#conn[data-state="live"]', WAIT);
+    assert.equal(await page.locator('#auth-dialog[open]').count(), 0);
+    assert.deepEqual(errors, []);
+  });
+});

@@ -91,7 +91,7 @@ async function waitHealthy(url, child, timeout = 30000) {
 }
 
 /** The proxy with its built-in demo backend, on a free port, with its own config and log. */
-export async function startProxy({ port, dir, tokensPerSec = 20 } = {}) {
+export async function startProxy({ port, dir, tokensPerSec = 20, apiKey } = {}) {
   if (!fs.existsSync(BIN)) {
     throw new Error(`no proxy binary at ${BIN}: build it (cargo build -p blockops-proxy) or set BLOCKOPS_BIN`);
   }
@@ -101,12 +101,12 @@ export async function startProxy({ port, dir, tokensPerSec = 20 } = {}) {
     BLOCKOPS_LOG_FILE: path.join(d, 'traffic.jsonl'),
     BLOCKOPS_CONFIG: path.join(d, 'config.toml'),
     // The dashboard's open mode; an inherited key would put the page behind the key form.
-    BLOCKOPS_API_KEY: undefined,
+    BLOCKOPS_API_KEY: apiKey,
     RUST_LOG: process.env.RUST_LOG || 'info',
   }, path.join(d, `proxy-${Date.now()}.log`));
   const base = `http://127.0.0.1:${p}`;
   await waitHealthy(`${base}/health`, child);
-  return { base, port: p, dir: d, child };
+  return { base, port: p, dir: d, child, apiKey };
 }
 
 /** `blockops-proxy demo-backend --port Q`: a second, separate backend. */
@@ -143,12 +143,12 @@ const WEATHER_TOOL = {
 };
 
 /** A chat completion through the proxy; resolves when the whole response has been read. */
-export async function chat(base, { stream = true, tools = false, content = 'Tell me something about proxies.', timeout = 60000 } = {}) {
+export async function chat(base, { stream = true, tools = false, content = 'Tell me something about proxies.', timeout = 60000, apiKey } = {}) {
   const body = { model: 'demo', stream, messages: [{ role: 'user', content }] };
   if (tools) body.tools = [WEATHER_TOOL];
   const res = await fetch(`${base}/v1/chat/completions`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...(apiKey ? { authorization: `Bearer ${apiKey}` } : {}) },
     body: JSON.stringify(body),
     signal: AbortSignal.timeout(timeout),
   });
