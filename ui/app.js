@@ -7,6 +7,7 @@ import { renderHeader, tickHeader, renderSlots, tickSlots, renderTokens, renderT
 import { TrafficTable } from './views/traffic.js';
 import { DetailView } from './views/detail.js';
 import { SettingsView } from './views/settings.js';
+import { ActivityLog } from './views/activity.js';
 
 const state = {
   snapshot: null,
@@ -145,6 +146,18 @@ function main() {
     },
   });
 
+  const activity = new ActivityLog({
+    onOpenRequest: (id) => {
+      if (!traffic.rows.has(id)) {
+        toast('That request is no longer in the table', 'info');
+        return;
+      }
+      if (narrow.matches) selectTab('traffic');
+      traffic.select(id, { fromKeyboard: true });
+      traffic.rows.get(id).tr.focus({ preventScroll: true });
+    },
+  });
+
   const onSnapshot = (s) => {
     state.snapshot = s;
     state.receivedAt = performance.now();
@@ -163,6 +176,7 @@ function main() {
   };
 
   const onEvent = (e) => {
+    activity.onProxyEvent(e);
     switch (e.type) {
       case 'finished':
         if (e.request) {
@@ -186,8 +200,9 @@ function main() {
   const stream = new LiveStream({
     onSnapshot,
     onEvent,
-    onLagged: () => {
-      // Events were missed: the next snapshot (sent right after) brings the page up to date.
+    onLagged: (missed) => {
+      // The next snapshot (sent right after) brings the numbers up to date; say what was skipped.
+      activity.add('lagged', `The page fell behind and skipped ${missed} event${missed === 1 ? '' : 's'}`, { tone: 'warn' });
     },
     onState: (st, detailText) => {
       const was = document.body.dataset.conn;
