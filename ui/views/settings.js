@@ -80,6 +80,7 @@ export class SettingsView {
     for (const el of this.fields) {
       el.closest('[data-field]')?.toggleAttribute('data-dirty', keys.includes(el.name));
     }
+    this.form.toggleAttribute('data-dirty', keys.length > 0);
     $('#settings-save').disabled = this.saving || keys.length === 0;
     $('#settings-reset').disabled = this.saving || keys.length === 0;
     setText($('#settings-dirty'), keys.length ? `${keys.length} unsaved change${keys.length === 1 ? '' : 's'}` : '');
