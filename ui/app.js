@@ -32,6 +32,11 @@ const narrow = window.matchMedia('(max-width: 760px)');
 
 function selectTab(name, { focus = false } = {}) {
   document.body.dataset.tab = name;
+  try {
+    sessionStorage.setItem('blockops.tab', name);
+  } catch {
+    /* no storage: the tab resets on reload */
+  }
   for (const tab of $$('[role="tab"]')) {
     const on = tab.dataset.tabTarget === name;
     tab.setAttribute('aria-selected', String(on));
@@ -68,7 +73,13 @@ function wireTabs() {
     });
   }
   narrow.addEventListener('change', syncPanels);
-  syncPanels();
+  let saved = null;
+  try {
+    saved = sessionStorage.getItem('blockops.tab');
+  } catch {
+    /* ignore */
+  }
+  selectTab(tabs.some((t) => t.dataset.tabTarget === saved) ? saved : 'live');
 }
 
 // ---------------------------------------------------------------- connection state
@@ -156,6 +167,15 @@ function main() {
       traffic.select(id, { fromKeyboard: true });
       traffic.rows.get(id).tr.focus({ preventScroll: true });
     },
+  });
+
+  // Escape in the translation view closes it and returns to the selected row.
+  $('#detail').addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape' || !detail.id) return;
+    const id = detail.id;
+    traffic.clearSelection();
+    detail.clear();
+    traffic.rows.get(id)?.tr.focus();
   });
 
   const onSnapshot = (s) => {

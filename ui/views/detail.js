@@ -52,6 +52,8 @@ export class DetailView {
       this.record = rec;
       this.render(rec);
       this.setState('loaded');
+      const n = (rec.output?.tool_calls || []).length;
+      setText($('#detail-status'), `Translation of ${id} shown: ${n} tool call${n === 1 ? '' : 's'}, status ${rec.status ?? rec.state}.`);
     } catch (e) {
       if (e.name === 'AbortError' || this.id !== id) return;
       this.setState('error');
