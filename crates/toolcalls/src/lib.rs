@@ -1,9 +1,38 @@
 //! The translation engine: text tool calls in, OpenAI-shaped events out. Sans-IO.
 //!
-//! API contract (the proxy depends on exactly this surface):
-//! - [`ToolSpec::from_openai_tools`] reads the request's `tools` array.
-//! - [`Parser::new`], [`Parser::feed`], [`Parser::finish`], [`Parser::trace`].
-//! - [`parse`] runs the same core over a whole text.
+//! Models served locally write tool calls as text, in two dozen dialects. [`Parser`] reads a
+//! response as it streams (`feed` each delta, then `finish`), sniffs the dialect per call, and
+//! emits [`Event`]s: content, reasoning, and complete tool calls. [`parse`] runs the same core over
+//! a whole text, so streaming and non-streaming always agree.
+//!
+//! The contract, each held by tests (`tests/corpus.rs`, `tests/properties.rs`):
+//! - **Lossless**: every byte of output is content, reasoning, part of a tool call, or markup
+//!   (the tags and the whitespace that only separates them); [`Parser::trace`] partitions the
+//!   output into such spans, and a span that is not a valid call (bad JSON beyond repair, an
+//!   undeclared name, cut off at the end) goes back to content, in order, with its reason.
+//! - **Chunk-invariant**: any split of the input gives the same events, folded, as one piece. Only
+//!   the shortest suffix that could still open a marker is held back.
+//! - **Conservative**: only declared tools, never inside code, strings stay strings.
+//!
+//! Calls are emitted whole, when their span is complete and validated, not as argument
+//! fragments while the model writes them: a span can still turn out invalid (or be cut off by
+//! the token limit) until its closing marker, and an event, once sent to a client, cannot be
+//! taken back. Sending only complete, valid calls is what makes "an invalid span goes back to
+//! content" possible at all. The proxy keeps the client's connection alive with heartbeats
+//! while a long call is being generated.
+//!
+//! Fuzzing: `fuzz/` holds a cargo-fuzz target for the scanner (nightly:
+//! `cargo +nightly fuzz run scanner`); the same body runs on stable in `tests/properties.rs`.
+
+mod cli;
+mod coerce;
+mod formats;
+mod ids;
+mod json;
+mod scan;
+
+pub use cli::parse_cli_line;
+pub use ids::call_id;
 
 use serde::Serialize;
 
@@ -46,6 +75,8 @@ pub struct Options {
     pub prefill_think: bool,
     /// `parallel_tool_calls: false` keeps only the first call; the rest go back to content.
     pub parallel_tool_calls: bool,
+    /// Seed for generated call ids (`None`: a fresh one per parser).
+    pub id_seed: Option<u64>,
 }
 
 impl Default for Options {
@@ -56,8 +87,14 @@ impl Default for Options {
             split_reasoning: true,
             prefill_think: false,
             parallel_tool_calls: true,
+            id_seed: None,
         }
     }
+}
+
+/// Every tool-call format the engine knows (the `PARSER_FORMATS` vocabulary).
+pub fn known_formats() -> Vec<&'static str> {
+    formats::known()
 }
 
 /// What the engine produced from the text seen so far. Events are final: never retracted.
@@ -74,7 +111,8 @@ pub enum Event {
 /// One classified span of the raw output, for the traffic log and the dashboard.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TraceSpan {
-    /// `content`, `reasoning`, `tool_call` or `rejected`.
+    /// `content`, `reasoning`, `tool_call`, `rejected` (content that looked like a call), or
+    /// `markup` (tags and separating whitespace).
     pub kind: &'static str,
     pub format: Option<&'static str>,
     /// Byte offsets into the raw model output.
@@ -86,43 +124,32 @@ pub struct TraceSpan {
 /// The incremental parser for one choice of one response.
 #[derive(Debug)]
 pub struct Parser {
-    tools: Vec<ToolSpec>,
-    options: Options,
-    trace: Vec<TraceSpan>,
-    offset: usize,
+    scanner: scan::Scanner,
 }
 
 impl Parser {
     pub fn new(tools: Vec<ToolSpec>, options: Options) -> Self {
-        Parser { tools, options, trace: Vec::new(), offset: 0 }
+        Parser { scanner: scan::Scanner::new(tools, options) }
     }
 
     /// Feeds a delta of model text; returns the events that are now final.
     pub fn feed(&mut self, delta: &str) -> Vec<Event> {
-        let _ = (&self.tools, &self.options);
-        if delta.is_empty() {
-            return Vec::new();
-        }
-        self.trace.push(TraceSpan {
-            kind: "content",
-            format: None,
-            start: self.offset,
-            end: self.offset + delta.len(),
-            reason: None,
-        });
-        self.offset += delta.len();
-        vec![Event::Content { text: delta.to_owned() }]
+        self.scanner.feed(delta)
     }
 
     /// Ends the response (`finish_reason` as the backend sent it); flushes held-back text.
     pub fn finish(&mut self, finish_reason: Option<&str>) -> Vec<Event> {
-        let _ = finish_reason;
-        Vec::new()
+        self.scanner.finish(finish_reason)
     }
 
     /// The per-response trace so far.
     pub fn trace(&self) -> &[TraceSpan] {
-        &self.trace
+        self.scanner.trace()
+    }
+
+    /// How many tool calls have been emitted.
+    pub fn calls_emitted(&self) -> usize {
+        self.scanner.calls_emitted()
     }
 }
 
@@ -146,8 +173,21 @@ pub struct ParsedCall {
 
 /// Parses a whole text through the same core as [`Parser::feed`].
 pub fn parse(text: &str, tools: Vec<ToolSpec>, options: Options, finish_reason: Option<&str>) -> Parsed {
+    parse_chunks(std::iter::once(text), tools, options, finish_reason)
+}
+
+/// Feeds the given pieces in order, then finishes: what a streaming client would assemble.
+pub fn parse_chunks<'a>(
+    chunks: impl IntoIterator<Item = &'a str>,
+    tools: Vec<ToolSpec>,
+    options: Options,
+    finish_reason: Option<&str>,
+) -> Parsed {
     let mut parser = Parser::new(tools, options);
-    let mut events = parser.feed(text);
+    let mut events = Vec::new();
+    for c in chunks {
+        events.extend(parser.feed(c));
+    }
     events.extend(parser.finish(finish_reason));
     fold(events, parser.trace().to_vec())
 }

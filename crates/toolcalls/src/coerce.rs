@@ -1,0 +1,131 @@
+//! Schema-aware, conservative typing of argument values.
+//!
+//! XML and key-value formats write every value as text; the request's JSON schema says what type
+//! it should be. A value takes the schema's type only when it converts cleanly; strings stay
+//! strings (`"02134"` is a zip code, not a number); anything unconvertible stays a string.
+
+use crate::json::parse_lenient;
+use serde_json::{Map, Number, Value};
+
+/// The schema of one property of a tool's parameters, if declared.
+pub fn property_schema<'a>(parameters: &'a Value, key: &str) -> Option<&'a Value> {
+    parameters.get("properties")?.get(key)
+}
+
+/// Types a raw text value by its property schema.
+pub fn coerce_text(raw: &str, schema: Option<&Value>) -> Value {
+    let Some(schema) = schema else { return Value::String(raw.to_owned()) };
+    let types = allowed_types(schema);
+    if types.is_empty() || types.iter().any(|t| t == "string") {
+        // A declared string (or an unknown type) stays exactly what the model wrote, except a
+        // bare `null` where null is also allowed.
+        if types.iter().any(|t| t == "null") && raw.trim() == "null" {
+            return Value::Null;
+        }
+        return Value::String(raw.to_owned());
+    }
+    let text = raw.trim();
+    for t in &types {
+        if let Some(v) = convert(text, t) {
+            return v;
+        }
+    }
+    Value::String(raw.to_owned())
+}
+
+/// Fixes JSON-format arguments only where the schema demands it (`"5"` for an integer).
+pub fn coerce_json_arguments(args: Map<String, Value>, parameters: &Value) -> Map<String, Value> {
+    args.into_iter()
+        .map(|(k, v)| {
+            let fixed = match (&v, property_schema(parameters, &k)) {
+                (Value::String(s), Some(schema)) => {
+                    let types = allowed_types(schema);
+                    if types.is_empty() || types.iter().any(|t| t == "string") {
+                        v
+                    } else {
+                        types.iter().find_map(|t| convert(s.trim(), t)).unwrap_or(v)
+                    }
+                }
+                _ => v,
+            };
+            (k, fixed)
+        })
+        .collect()
+}
+
+/// The types a schema allows, in order: `type` (string or list), then `anyOf`/`oneOf` members.
+fn allowed_types(schema: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    match schema.get("type") {
+        Some(Value::String(t)) => out.push(t.clone()),
+        Some(Value::Array(ts)) => out.extend(ts.iter().filter_map(|t| t.as_str().map(str::to_owned))),
+        _ => {}
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(Value::Array(options)) = schema.get(key) {
+            for o in options {
+                out.extend(allowed_types(o));
+            }
+        }
+    }
+    if out.is_empty() && schema.get("enum").is_some() {
+        out.push("string".into());
+    }
+    out
+}
+
+fn convert(text: &str, ty: &str) -> Option<Value> {
+    match ty {
+        "integer" => {
+            if let Ok(i) = text.parse::<i64>() {
+                return Some(Value::from(i));
+            }
+            let f = text.parse::<f64>().ok()?;
+            (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then(|| Value::from(f as i64))
+        }
+        "number" => {
+            if let Ok(i) = text.parse::<i64>() {
+                return Some(Value::from(i));
+            }
+            let f = text.parse::<f64>().ok()?;
+            Number::from_f64(f).map(Value::Number)
+        }
+        "boolean" => match text {
+            "true" | "True" | "TRUE" => Some(Value::Bool(true)),
+            "false" | "False" | "FALSE" => Some(Value::Bool(false)),
+            _ => None,
+        },
+        "null" => matches!(text, "null" | "None").then_some(Value::Null),
+        "array" => parse_lenient(text).filter(Value::is_array),
+        "object" => parse_lenient(text).filter(Value::is_object),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn conservative_coercion() {
+        let s = |t: Value| Some(t);
+        assert_eq!(coerce_text("02134", s(json!({"type": "string"})).as_ref()), json!("02134"));
+        assert_eq!(coerce_text("3.0", s(json!({"type": "integer"})).as_ref()), json!(3));
+        assert_eq!(coerce_text("2.5", s(json!({"type": "number"})).as_ref()), json!(2.5));
+        assert_eq!(coerce_text("True", s(json!({"type": "boolean"})).as_ref()), json!(true));
+        assert_eq!(coerce_text("maybe", s(json!({"type": "boolean"})).as_ref()), json!("maybe"));
+        assert_eq!(coerce_text("['a', 'b']", s(json!({"type": "array"})).as_ref()), json!(["a", "b"]));
+        assert_eq!(coerce_text("null", s(json!({"anyOf": [{"type": "integer"}, {"type": "null"}]})).as_ref()), json!(null));
+        assert_eq!(coerce_text("7", s(json!({"type": ["integer", "null"]})).as_ref()), json!(7));
+        assert_eq!(coerce_text("null", s(json!({"type": ["string", "null"]})).as_ref()), json!(null));
+        assert_eq!(coerce_text("x", None), json!("x"));
+    }
+
+    #[test]
+    fn json_arguments_are_fixed_only_where_the_schema_demands() {
+        let params = json!({"properties": {"n": {"type": "integer"}, "zip": {"type": "string"}}});
+        let args = json!({"n": "5", "zip": "02134", "other": "7"}).as_object().cloned().unwrap_or_default();
+        assert_eq!(Value::Object(coerce_json_arguments(args, &params)), json!({"n": 5, "zip": "02134", "other": "7"}));
+    }
+}

@@ -1,0 +1,115 @@
+//! Llama 3.x JSON tool calls: after `<|python_tag|>` (`{"name": …, "parameters": {…}}`, several
+//! separated by `;`), or as a bare JSON object that is the *entire* message (Llama 3.1/3.2's
+//! custom tool format, and many fine-tunes). A bare object counts only when nothing else is in
+//! the message and every name is declared, so an answer that happens to be JSON stays content.
+
+use super::{Call, Ctx, Format, Opener, Scan, WholeMessage};
+use crate::json::{End, value_end};
+
+pub struct PythonTag;
+
+const TAG: &str = "<|python_tag|>";
+const ENDS: &[&str] = &["<|eom_id|>", "<|eot_id|>"];
+
+impl Format for PythonTag {
+    fn names(&self) -> &'static [&'static str] {
+        &["llama3"]
+    }
+
+    fn openers(&self) -> &'static [Opener] {
+        &[Opener { text: TAG, line_start: false }]
+    }
+
+    fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+        let mut pos = TAG.len();
+        let mut calls = Vec::new();
+        loop {
+            let rest = &text[pos..];
+            let ws = rest.len() - rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';').len();
+            let r = &rest[ws..];
+            if let Some(end) = ENDS.iter().find(|e| r.starts_with(**e)) {
+                pos += ws + end.len();
+                break;
+            }
+            if r.starts_with('{') {
+                match value_end(r) {
+                    End::Complete(n) => match ctx.calls_from_json_text(&r[..n]) {
+                        Ok(mut c) => {
+                            calls.append(&mut c);
+                            pos += ws + n;
+                        }
+                        Err(reason) => return Scan::Reject { len: pos + ws + n, reason },
+                    },
+                    _ => return ctx.unterminated(text, TAG),
+                }
+                continue;
+            }
+            if r.is_empty() || ENDS.iter().any(|e| e.starts_with(r)) {
+                if !ctx.at_end {
+                    return Scan::NeedMore;
+                }
+                pos = text.len();
+            }
+            // Anything else ends the span; whitespace before it stays with the text after.
+            break;
+        }
+        if calls.is_empty() {
+            return Scan::Reject { len: TAG.len(), reason: "<|python_tag|> is not followed by a JSON call".into() };
+        }
+        Scan::Calls { len: pos, format: "llama3", calls }
+    }
+}
+
+/// A message that is nothing but one or more JSON calls.
+pub struct BareJson;
+
+impl WholeMessage for BareJson {
+    fn name(&self) -> &'static str {
+        "llama3_json"
+    }
+
+    fn may_start_with(&self, c: char) -> bool {
+        c == '{' || c == '['
+    }
+
+    fn parse(&self, text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
+        let mut calls: Vec<Call> = Vec::new();
+        let mut rest = text.trim();
+        while !rest.is_empty() {
+            let End::Complete(n) = value_end(rest) else {
+                return Err("the message is not only JSON tool calls".into());
+            };
+            calls.extend(ctx.calls_from_json_text(&rest[..n])?);
+            rest = rest[n..].trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        }
+        if calls.is_empty() {
+            return Err("no calls".into());
+        }
+        Ok(calls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{calls, tools};
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn python_tag_with_several_calls() {
+        let t = "<|python_tag|>{\"name\": \"search\", \"parameters\": {\"query\": \"a\"}}; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"b\"}}<|eom_id|>";
+        let (len, _, c) = calls(&PythonTag, t);
+        assert_eq!((len, c.len()), (t.len(), 2));
+    }
+
+    #[test]
+    fn bare_json_only_when_it_is_the_whole_message() {
+        let tools = tools();
+        let all = |_: &str| true;
+        let ctx = Ctx { tools: &tools, at_end: true, enabled: &all };
+        let c = BareJson.parse("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}\n", &ctx).unwrap();
+        assert_eq!(serde_json::Value::Object(c[0].arguments.clone()), json!({"city": "Paris"}));
+        assert!(BareJson.parse("{\"name\": \"get_weather\", \"parameters\": {}} and more", &ctx).is_err());
+        assert!(BareJson.parse("{\"answer\": 42}", &ctx).is_err());
+    }
+}

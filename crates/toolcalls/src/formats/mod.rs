@@ -1,0 +1,188 @@
+//! The tool-call dialects. Each module knows its opening markers and how to read one span that
+//! starts with them; the scanner (`scan.rs`) finds the markers and never needs to know more.
+//! Adding a format = one module here, one line in [`ALL`] (or [`WHOLE`]), and its tests.
+
+mod deepseek;
+mod kimi;
+mod line;
+mod llama;
+mod mistral;
+mod pythonic;
+mod tagged;
+
+use crate::{ToolSpec, coerce, json};
+use serde_json::{Map, Value};
+
+/// A marker that opens a span of some format.
+#[derive(Debug)]
+pub struct Opener {
+    pub text: &'static str,
+    /// The marker counts only at the start of a line (`TOOL_CALL:`), so prose mentioning it
+    /// mid-sentence stays prose.
+    pub line_start: bool,
+}
+
+/// One call read from text, before ids and indices are assigned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub name: String,
+    pub arguments: Map<String, Value>,
+    /// An id the model wrote itself (Kimi's `functions.f:0`), carried through.
+    pub id: Option<String>,
+}
+
+/// What a format made of the text at an opener.
+#[derive(Debug)]
+pub enum Scan {
+    /// The span is not complete yet.
+    NeedMore,
+    /// A complete span of `len` bytes, holding these calls, in format `format`.
+    Calls { len: usize, format: &'static str, calls: Vec<Call> },
+    /// `len` bytes from the opener are not a valid call and go back to content, for this reason.
+    Reject { len: usize, reason: String },
+}
+
+/// What a format may ask about the request.
+pub struct Ctx<'a> {
+    pub tools: &'a [ToolSpec],
+    /// No more text will come.
+    pub at_end: bool,
+    pub enabled: &'a dyn Fn(&str) -> bool,
+}
+
+impl Ctx<'_> {
+    pub fn tool(&self, name: &str) -> Result<&ToolSpec, String> {
+        self.tools
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| format!("tool {name:?} was not declared in the request"))
+    }
+
+    /// A span that ends without its closing marker: wait for more, or at the end give it back.
+    pub fn unterminated(&self, text: &str, what: &str) -> Scan {
+        if self.at_end {
+            Scan::Reject { len: text.len(), reason: format!("{what} was never closed (the output ended inside the call)") }
+        } else {
+            Scan::NeedMore
+        }
+    }
+
+    /// Builds a call from an object like `{"name": …, "arguments": {…}}` (also `args`,
+    /// `parameters`, `input`, and the nested `{"function": {…}}` form).
+    pub fn call_from_json(&self, value: &Value) -> Result<Call, String> {
+        let obj = value.as_object().ok_or("a tool call must be a JSON object")?;
+        let inner = obj.get("function").and_then(Value::as_object).unwrap_or(obj);
+        let name = inner
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or("the call has no \"name\"")?
+            .trim()
+            .to_owned();
+        let tool = self.tool(&name)?;
+        let raw = ["arguments", "args", "parameters", "input"].iter().find_map(|k| inner.get(*k));
+        let arguments = arguments_object(raw)?;
+        let id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
+        Ok(Call { name, arguments: coerce::coerce_json_arguments(arguments, &tool.parameters), id })
+    }
+
+    /// Reads a JSON value (or a list of them) of calls.
+    pub fn calls_from_json_text(&self, text: &str) -> Result<Vec<Call>, String> {
+        let value = json::parse_lenient(text).ok_or_else(|| "the call is not valid JSON".to_owned())?;
+        match &value {
+            Value::Array(items) if !items.is_empty() => items.iter().map(|v| self.call_from_json(v)).collect(),
+            Value::Array(_) => Err("an empty list of calls".into()),
+            v => Ok(vec![self.call_from_json(v)?]),
+        }
+    }
+
+    /// Builds a call from a name and raw `key → text` pairs, typed by the tool's schema.
+    pub fn call_from_text_pairs(&self, name: &str, pairs: Vec<(String, String)>, id: Option<String>) -> Result<Call, String> {
+        let tool = self.tool(name)?;
+        let arguments = pairs
+            .into_iter()
+            .map(|(k, v)| {
+                let typed = coerce::coerce_text(&v, coerce::property_schema(&tool.parameters, &k));
+                (k, typed)
+            })
+            .collect();
+        Ok(Call { name: name.to_owned(), arguments, id })
+    }
+}
+
+/// `arguments` as an object: absent → `{}`, a JSON string holding an object → that object.
+pub fn arguments_object(raw: Option<&Value>) -> Result<Map<String, Value>, String> {
+    match raw {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(Map::new()),
+        Some(Value::String(s)) => match json::parse_lenient(s) {
+            Some(Value::Object(m)) => Ok(m),
+            _ => Err("\"arguments\" is a string that does not hold a JSON object".into()),
+        },
+        Some(_) => Err("\"arguments\" must be an object".into()),
+    }
+}
+
+/// A dialect found by its opening markers.
+pub trait Format: Sync {
+    /// The format names this module produces (the `PARSER_FORMATS` vocabulary).
+    fn names(&self) -> &'static [&'static str];
+    fn openers(&self) -> &'static [Opener];
+    /// Reads the span starting at `text[0]` (which begins with `opener`).
+    fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan;
+}
+
+/// A dialect that is a call only when it is the entire message (a bare JSON object, a Python
+/// list of calls): recognised at the end, so prose that merely starts with `{` stays prose.
+pub trait WholeMessage: Sync {
+    fn name(&self) -> &'static str;
+    /// Could a message starting with this character be a call in this format?
+    fn may_start_with(&self, c: char) -> bool;
+    fn parse(&self, text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String>;
+}
+
+pub static ALL: &[&dyn Format] =
+    &[&tagged::Tagged, &line::Line, &mistral::Mistral, &kimi::Kimi, &deepseek::DeepSeek, &llama::PythonTag];
+
+pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];
+
+/// Every format name, for `PARSER_FORMATS` and the README.
+pub fn known() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = ALL.iter().flat_map(|f| f.names().iter().copied()).collect();
+    names.extend(WHOLE.iter().map(|w| w.name()));
+    names
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use serde_json::json;
+
+    pub fn tools() -> Vec<ToolSpec> {
+        vec![
+            ToolSpec {
+                name: "get_weather".into(),
+                parameters: json!({"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}),
+            },
+            ToolSpec { name: "search".into(), parameters: json!({"type": "object", "properties": {"query": {"type": "string"}}}) },
+        ]
+    }
+
+    pub fn scan(format: &dyn Format, text: &str, at_end: bool) -> Scan {
+        let tools = tools();
+        let all = |_: &str| true;
+        let ctx = Ctx { tools: &tools, at_end, enabled: &all };
+        let opener = format.openers().iter().find(|o| text.starts_with(o.text)).expect("text starts with an opener");
+        format.scan(text, opener, &ctx)
+    }
+
+    /// `(len, format, [(name, arguments)])` of a successful scan.
+    pub fn calls(format: &dyn Format, text: &str) -> (usize, &'static str, Vec<(String, Value)>) {
+        match scan(format, text, true) {
+            Scan::Calls { len, format, calls } => {
+                (len, format, calls.into_iter().map(|c| (c.name, Value::Object(c.arguments))).collect())
+            }
+            other => panic!("expected calls from {text:?}, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! JSON helpers for text that models write: find where a value ends (string-aware, so a brace
+//! inside a string never closes an object), and parse leniently where models are sloppy
+//! (trailing commas, Python literals, single quotes) without ever guessing content.
+
+use serde_json::Value;
+
+/// Where a JSON object or array that starts at byte 0 ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The value is complete and this many bytes long.
+    Complete(usize),
+    /// The text ends inside the value.
+    Incomplete,
+    /// Byte 0 does not open an object or array.
+    NotAValue,
+}
+
+/// Scans a JSON object/array (or Python-style dict/list) starting at byte 0, tracking strings in
+/// double or single quotes and nesting depth.
+pub fn value_end(s: &str) -> End {
+    let bytes = s.as_bytes();
+    match bytes.first() {
+        Some(b'{') | Some(b'[') => {}
+        _ => return End::NotAValue,
+    }
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == q {
+                quote = None;
+            }
+        } else {
+            match b {
+                b'"' | b'\'' => quote = Some(b),
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return End::Complete(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    End::Incomplete
+}
+
+/// Parses JSON, repairing only what is unambiguous: trailing commas, Python's `True`/`False`/
+/// `None`, and single-quoted strings. Returns `None` when the text is not JSON even then.
+pub fn parse_lenient(s: &str) -> Option<Value> {
+    if let Ok(v) = serde_json::from_str::<Value>(s) {
+        return Some(v);
+    }
+    let repaired = repair(s)?;
+    serde_json::from_str::<Value>(&repaired).ok()
+}
+
+fn repair(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len() + 8);
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    let mut changed = false;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '"' => {
+                // Copy a double-quoted string verbatim.
+                out.push(c);
+                i += 1;
+                while i < chars.len() {
+                    let d = chars[i];
+                    out.push(d);
+                    i += 1;
+                    if d == '\\' && i < chars.len() {
+                        out.push(chars[i]);
+                        i += 1;
+                    } else if d == '"' {
+                        break;
+                    }
+                }
+                continue;
+            }
+            '\'' => {
+                // A single-quoted string becomes a double-quoted one.
+                changed = true;
+                out.push('"');
+                i += 1;
+                while i < chars.len() {
+                    let d = chars[i];
+                    i += 1;
+                    match d {
+                        '\\' if i < chars.len() => {
+                            let e = chars[i];
+                            i += 1;
+                            if e == '\'' {
+                                out.push('\'');
+                            } else {
+                                out.push('\\');
+                                out.push(e);
+                            }
+                        }
+                        '\'' => break,
+                        '"' => out.push_str("\\\""),
+                        _ => out.push(d),
+                    }
+                }
+                out.push('"');
+                continue;
+            }
+            ',' => {
+                let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
+                if matches!(next, Some('}') | Some(']')) {
+                    changed = true;
+                    i += 1;
+                    continue;
+                }
+            }
+            'T' | 'F' | 'N' => {
+                let word: String = chars[i..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
+                let prev_ok = i == 0 || !chars[i - 1].is_ascii_alphanumeric();
+                let replacement = match word.as_str() {
+                    "True" => Some("true"),
+                    "False" => Some("false"),
+                    "None" => Some("null"),
+                    _ => None,
+                };
+                if let (Some(r), true) = (replacement, prev_ok) {
+                    changed = true;
+                    out.push_str(r);
+                    i += word.chars().count();
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push(c);
+        i += 1;
+    }
+    changed.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ends_are_string_aware() {
+        assert_eq!(value_end(r#"{"a":"}"} tail"#), End::Complete(9));
+        assert_eq!(value_end(r#"{"a":"\"}"}"#), End::Complete(11));
+        assert_eq!(value_end(r#"{"a":[1,{"b":2}]"#), End::Incomplete);
+        assert_eq!(value_end("x{}"), End::NotAValue);
+        assert_eq!(value_end("[{'a': '}'}]"), End::Complete(12));
+    }
+
+    #[test]
+    fn lenient_parse_repairs_only_the_unambiguous() {
+        assert_eq!(parse_lenient(r#"{"a": 1,}"#), Some(json!({"a": 1})));
+        assert_eq!(parse_lenient("{'a': True, 'b': None, 'c': 'it\\'s'}"), Some(json!({"a": true, "b": null, "c": "it's"})));
+        assert_eq!(parse_lenient(r#"{"a": "True"}"#), Some(json!({"a": "True"})));
+        assert_eq!(parse_lenient(r#"{"a": }"#), None);
+    }
+}
