@@ -44,6 +44,17 @@ fn cli() -> Command {
                         .default_value("40"),
                 ),
         )
+        .subcommand(
+            Command::new("parse")
+                .about("translate model output from JSON Lines on stdin: {\"text\", \"tools\"?, \"chunks\"?, \"finish_reason\"?, \"prefill_think\"?} per line; one result line each on stdout")
+                .arg(
+                    Arg::new("chunk_size")
+                        .long("chunk-size")
+                        .value_name("N")
+                        .value_parser(value_parser!(usize))
+                        .help("re-chunk every input into pieces of N characters, as a stream would deliver it"),
+                ),
+        )
 }
 
 fn main() -> ExitCode {
@@ -55,6 +66,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let matches = cli().get_matches();
+    if let Some(("parse", m)) = matches.subcommand() {
+        return parse_lines(m.get_one::<usize>("chunk_size").copied());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,6 +83,34 @@ fn main() -> ExitCode {
         Some(("demo-backend", m)) => runtime.block_on(demo_backend(m)),
         _ => runtime.block_on(serve(&matches)),
     }
+}
+
+/// `blockops-proxy parse`: a bad line gets an error object on its own line and the run goes on.
+fn parse_lines(chunk_size: Option<usize>) -> ExitCode {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin().lock();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("blockops-proxy parse: cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let out = toolcalls::parse_cli_line(&line, chunk_size);
+        if writeln!(stdout, "{out}").is_err() {
+            // The reader went away (e.g. `| head`): stop quietly.
+            return ExitCode::SUCCESS;
+        }
+    }
+    if stdout.flush().is_err() {
+        return ExitCode::SUCCESS;
+    }
+    ExitCode::SUCCESS
 }
 
 async fn demo_backend(m: &ArgMatches) -> ExitCode {

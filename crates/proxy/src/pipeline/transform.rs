@@ -11,11 +11,7 @@ use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use toolcalls::{Event, Options, Parser, ToolSpec, TraceSpan};
 
-/// The tool-call formats the engine recognises.
-pub fn known_formats() -> Vec<&'static str> {
-    // ENGINE-WIRING: replaced by toolcalls::known_formats() when the engine lands.
-    vec!["hermes", "tool_call_line", "qwen3_coder"]
-}
+pub use toolcalls::known_formats;
 
 pub fn is_known_format(name: &str) -> bool {
     known_formats().iter().any(|f| f.eq_ignore_ascii_case(name))
@@ -50,11 +46,13 @@ impl TransformSpec {
             formats: (!formats.is_empty()).then(|| formats.to_vec()),
             parse_tools: !tools.is_empty() && !tool_choice_none,
             split_reasoning: reasoning_field != ReasoningField::None,
-            prefill_think: false,
+            prefill_think: prompt_ends_inside_think(body),
             parallel_tool_calls: body
                 .get("parallel_tool_calls")
                 .and_then(Value::as_bool)
                 .unwrap_or(true),
+            // Set per choice by the translator, so ids are unique across choices.
+            id_seed: None,
         };
         let client_wants_usage = body
             .get("stream_options")
@@ -69,6 +67,27 @@ impl TransformSpec {
             notices: Vec::new(),
         }
     }
+}
+
+/// Whether the model's output starts inside `<think>`: the client prefilled an assistant turn
+/// that opens `<think>` without closing it. (A chat template that opens `<think>` itself is
+/// invisible here; its output's orphan `</think>` is kept as content, with the trace saying so.)
+fn prompt_ends_inside_think(body: &Map<String, Value>) -> bool {
+    let Some(last) = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+    else {
+        return false;
+    };
+    if last.get("role").and_then(Value::as_str) != Some("assistant") {
+        return false;
+    }
+    let Some(text) = last.get("content").and_then(Value::as_str) else {
+        return false;
+    };
+    text.rfind("<think>")
+        .is_some_and(|open| !text[open..].contains("</think>"))
 }
 
 #[derive(Debug)]
@@ -124,8 +143,16 @@ impl Translator {
 
     fn choice(&mut self, index: u64) -> &mut ChoiceState {
         let spec = &self.spec;
+        let seed = self.id_seed;
         self.choices.entry(index).or_insert_with(|| ChoiceState {
-            parser: Parser::new(spec.tools.clone(), spec.options.clone()),
+            parser: Parser::new(
+                spec.tools.clone(),
+                Options {
+                    // Engine calls take seeds from `seed + 10_000·choice`; upstream ones `+1_000`.
+                    id_seed: Some(seed.wrapping_add(10_000u64.wrapping_mul(index + 1))),
+                    ..spec.options.clone()
+                },
+            ),
             raw: String::new(),
             started: false,
             engine_calls: BTreeMap::new(),

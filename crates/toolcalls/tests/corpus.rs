@@ -1,0 +1,397 @@
+//! The corpus: hand-written cases in `tests/corpus/*.txt`, each run whole, one character at a
+//! time and in random pieces, all of which must give the case's expected result and the same
+//! trace, and every trace must account for every byte of the input.
+//!
+//! A case:
+//! ```text
+//! === hermes: one call after prose            <- name
+//! tools: get_weather search                   <- optional header lines (see `Case`)
+//! --- input
+//! Let me check.
+//! <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>
+//! --- content
+//! Let me check.
+//! --- calls
+//! hermes get_weather {"city": "Paris"}
+//! ```
+//! A section's text is its lines joined by `\n`, trailing blank lines dropped; `--- input+nl`
+//! (any section `+nl`) adds a final newline. Absent
+//! `content` means empty content, absent `reasoning` means none. `--- rejected` lists
+//! substrings the trace's rejection reasons must contain, one per line.
+//!
+//! `CORPUS_SHOW=1 cargo test -p blockops-toolcalls --test corpus` prints what each failing case
+//! produced, in the case format.
+
+use serde_json::{Value, json};
+use std::{fmt::Write as _, path::Path};
+use toolcalls::{Options, Parsed, ToolSpec, parse_chunks};
+
+/// The tools every case may call (a case's `tools:` line narrows them).
+fn all_tools() -> Vec<ToolSpec> {
+    let spec = |name: &str, parameters: Value| ToolSpec {
+        name: name.into(),
+        parameters,
+    };
+    vec![
+        spec(
+            "get_weather",
+            json!({"type": "object", "properties": {
+                "city": {"type": "string"}, "days": {"type": "integer"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}),
+        ),
+        spec(
+            "search",
+            json!({"type": "object", "properties": {"query": {"type": "string"}, "limit": {"type": "integer"}}}),
+        ),
+        spec(
+            "calculate",
+            json!({"type": "object", "properties": {"expression": {"type": "string"}, "precision": {"type": "number"}}}),
+        ),
+        spec(
+            "write_file",
+            json!({"type": "object", "properties": {"path": {"type": "string"}, "content": {"type": "string"}}}),
+        ),
+        spec(
+            "set_alarm",
+            json!({"type": "object", "properties": {"time": {"type": "string"}, "enabled": {"type": "boolean"}}}),
+        ),
+        spec(
+            "create_event",
+            json!({"type": "object", "properties": {
+                "title": {"type": "string"},
+                "attendees": {"type": "array", "items": {"type": "string"}},
+                "duration": {"type": "number"},
+                "metadata": {"type": "object"},
+                "zip": {"type": "string"},
+                "note": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "priority": {"type": ["integer", "null"]}}}),
+        ),
+        spec("get_time", json!({"type": "object", "properties": {}})),
+    ]
+}
+
+#[derive(Debug, Default)]
+struct Case {
+    file: String,
+    name: String,
+    /// `tools: a b` (default: all; `none` = no tools declared).
+    tools: Option<Vec<String>>,
+    /// `finish: length` (default `stop`).
+    finish: Option<String>,
+    /// `prefill_think: true`.
+    prefill_think: bool,
+    /// `parallel: false`.
+    parallel: bool,
+    /// `formats: hermes,mistral` (PARSER_FORMATS).
+    formats: Option<Vec<String>>,
+    /// `reasoning: off`.
+    no_reasoning: bool,
+    input: String,
+    content: String,
+    reasoning: Option<String>,
+    /// `(format, name, arguments)`.
+    calls: Vec<(String, String, Value)>,
+    rejected: Vec<String>,
+}
+
+fn load(dir: &Path) -> Vec<Case> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("tests/corpus exists")
+        .map(|e| e.expect("readable dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    let mut cases = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("corpus file is UTF-8");
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        cases.extend(parse_file(&file, &text));
+    }
+    cases
+}
+
+fn parse_file(file: &str, text: &str) -> Vec<Case> {
+    let mut cases: Vec<Case> = Vec::new();
+    let mut section: Option<(String, Vec<&str>)> = None;
+    fn close(case: &mut Case, section: Option<(String, Vec<&str>)>) {
+        let Some((name, mut lines)) = section else { return };
+        // Blank lines separate cases; a section that ends with a newline says `+nl`.
+        while lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
+        }
+        let (name, newline) = match name.strip_suffix("+nl") {
+            Some(n) => (n.to_owned(), true),
+            None => (name, false),
+        };
+        let mut body = lines.join("\n");
+        if newline {
+            body.push('\n');
+        }
+        match name.as_str() {
+            "input" => case.input = body,
+            "content" => case.content = body,
+            "reasoning" => case.reasoning = Some(body),
+            "calls" => {
+                for line in lines.iter().filter(|l| !l.trim().is_empty()) {
+                    let mut parts = line.splitn(3, ' ');
+                    let format = parts.next().unwrap().to_owned();
+                    let name = parts.next().unwrap_or_default().to_owned();
+                    let args: Value = serde_json::from_str(parts.next().unwrap_or("{}"))
+                        .unwrap_or_else(|e| panic!("{}: bad expected arguments {line:?}: {e}", case.name));
+                    case.calls.push((format, name, args));
+                }
+            }
+            "rejected" => case.rejected = lines.iter().map(|l| l.to_string()).collect(),
+            other => panic!("{}: unknown section {other:?}", case.name),
+        }
+    }
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("=== ") {
+            if let Some(case) = cases.last_mut() {
+                close(case, section.take());
+            }
+            cases.push(Case {
+                file: file.to_owned(),
+                name: name.trim().to_owned(),
+                parallel: true,
+                ..Case::default()
+            });
+            continue;
+        }
+        let Some(case) = cases.last_mut() else {
+            continue; // comments before the first case
+        };
+        if let Some(name) = line.strip_prefix("--- ") {
+            close(case, section.take());
+            section = Some((name.trim().to_owned(), Vec::new()));
+        } else if let Some((_, lines)) = section.as_mut() {
+            lines.push(line);
+        } else if let Some((key, value)) = line.split_once(':') {
+            let value = value.trim();
+            match key.trim() {
+                "tools" if value == "none" => case.tools = Some(Vec::new()),
+                "tools" => case.tools = Some(value.split_whitespace().map(str::to_owned).collect()),
+                "finish" => case.finish = Some(value.to_owned()),
+                "prefill_think" => case.prefill_think = value == "true",
+                "parallel" => case.parallel = value != "false",
+                "formats" => case.formats = Some(value.split(',').map(|s| s.trim().to_owned()).collect()),
+                "reasoning" => case.no_reasoning = value == "off",
+                "note" => {}
+                other => panic!("{}: unknown header {other:?}", case.name),
+            }
+        }
+    }
+    if let Some(case) = cases.last_mut() {
+        close(case, section.take());
+    }
+    cases
+}
+
+fn tools_for(case: &Case) -> Vec<ToolSpec> {
+    let all = all_tools();
+    match &case.tools {
+        None => all,
+        Some(names) => all.into_iter().filter(|t| names.contains(&t.name)).collect(),
+    }
+}
+
+fn options_for(case: &Case) -> Options {
+    Options {
+        formats: case.formats.clone(),
+        parse_tools: !tools_for(case).is_empty(),
+        split_reasoning: !case.no_reasoning,
+        prefill_think: case.prefill_think,
+        parallel_tool_calls: case.parallel,
+        id_seed: Some(42),
+    }
+}
+
+fn run<'a>(case: &Case, chunks: impl IntoIterator<Item = &'a str>) -> Parsed {
+    parse_chunks(
+        chunks,
+        tools_for(case),
+        options_for(case),
+        Some(case.finish.as_deref().unwrap_or("stop")),
+    )
+}
+
+/// Splits at character boundaries chosen by a small deterministic generator.
+fn random_pieces(text: &str, seed: u64) -> Vec<&str> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut end = (start + 1 + (state >> 33) as usize % 12).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        pieces.push(&text[start..end]);
+        start = end;
+    }
+    pieces
+}
+
+fn chars(text: &str) -> Vec<&str> {
+    text.char_indices()
+        .map(|(i, c)| &text[i..i + c.len_utf8()])
+        .collect()
+}
+
+/// What went wrong with one case, or `None`.
+fn check(case: &Case) -> Option<String> {
+    let whole = run(case, [case.input.as_str()]);
+    let mut problems = String::new();
+    if whole.content != case.content {
+        let _ = writeln!(problems, "content: expected {:?}\n         got      {:?}", case.content, whole.content);
+    }
+    if whole.reasoning != case.reasoning {
+        let _ = writeln!(problems, "reasoning: expected {:?}\n           got      {:?}", case.reasoning, whole.reasoning);
+    }
+    let got_calls: Vec<(String, String, Value)> = whole
+        .tool_calls
+        .iter()
+        .map(|c| {
+            let args: Value = serde_json::from_str(&c.arguments).unwrap_or_else(|e| {
+                panic!("{}: arguments {:?} are not JSON: {e}", case.name, c.arguments)
+            });
+            (c.format.to_owned(), c.name.clone(), args)
+        })
+        .collect();
+    if got_calls != case.calls {
+        let _ = writeln!(problems, "calls: expected {:?}\n       got      {:?}", case.calls, got_calls);
+    }
+    for c in &whole.tool_calls {
+        if !(c.id.len() == 29 && c.id.starts_with("call_") || c.id.len() > 0 && !c.id.starts_with("call_")) {
+            let _ = writeln!(problems, "bad id {:?}", c.id);
+        }
+    }
+    let reasons: Vec<&str> = whole
+        .trace
+        .iter()
+        .filter(|s| s.kind == "rejected")
+        .filter_map(|s| s.reason.as_deref())
+        .collect();
+    for wanted in &case.rejected {
+        if !reasons.iter().any(|r| r.contains(wanted.as_str())) {
+            let _ = writeln!(problems, "no rejection reason contains {wanted:?}; reasons: {reasons:?}");
+        }
+    }
+    if case.rejected.is_empty() && !reasons.is_empty() {
+        let _ = writeln!(problems, "unexpected rejections: {reasons:?}");
+    }
+    if let Some(p) = lossless(&case.input, &whole) {
+        let _ = writeln!(problems, "trace: {p}");
+    }
+    // The same result and trace however the text is cut.
+    let mut splits: Vec<(String, Vec<&str>)> = vec![("one character at a time".into(), chars(&case.input))];
+    for seed in 1..=4 {
+        splits.push((format!("random pieces (seed {seed})"), random_pieces(&case.input, seed)));
+    }
+    for (how, pieces) in splits {
+        let got = run(case, pieces.iter().copied());
+        if got != whole {
+            let _ = writeln!(problems, "{how} differs from the whole text:\n  whole {whole:?}\n  split {got:?}");
+        }
+    }
+    (!problems.is_empty()).then_some(problems)
+}
+
+/// The trace partitions the input, and content and reasoning are exactly their spans' text.
+fn lossless(input: &str, parsed: &Parsed) -> Option<String> {
+    let mut at = 0;
+    let mut content = String::new();
+    let mut reasoning = String::new();
+    for span in &parsed.trace {
+        if span.start != at || span.end < span.start || span.end > input.len() {
+            return Some(format!("span {span:?} does not start where the previous ended ({at})"));
+        }
+        let text = &input[span.start..span.end];
+        match span.kind {
+            "content" | "rejected" => content.push_str(text),
+            "reasoning" => reasoning.push_str(text),
+            "tool_call" | "markup" => {}
+            other => return Some(format!("unknown span kind {other:?}")),
+        }
+        at = span.end;
+    }
+    if at != input.len() {
+        return Some(format!("the trace covers {at} of {} bytes", input.len()));
+    }
+    // Notices and separators aside, the text classified as content is the content sent.
+    if content != parsed.content {
+        return Some(format!("content spans give {content:?}, content is {:?}", parsed.content));
+    }
+    if reasoning != parsed.reasoning.clone().unwrap_or_default() {
+        return Some(format!("reasoning spans give {reasoning:?}, reasoning is {:?}", parsed.reasoning));
+    }
+    None
+}
+
+fn show(case: &Case) -> String {
+    let got = run(case, [case.input.as_str()]);
+    let mut s = format!("=== {}\n--- input\n{}\n", case.name, case.input);
+    if !got.content.is_empty() {
+        let _ = write!(s, "--- content\n{}\n", got.content);
+    }
+    if let Some(r) = &got.reasoning {
+        let _ = write!(s, "--- reasoning\n{r}\n");
+    }
+    if !got.tool_calls.is_empty() {
+        s.push_str("--- calls\n");
+        for c in &got.tool_calls {
+            let _ = writeln!(s, "{} {} {}", c.format, c.name, c.arguments);
+        }
+    }
+    let reasons: Vec<_> = got.trace.iter().filter_map(|t| t.reason.clone()).collect();
+    if !reasons.is_empty() {
+        let _ = write!(s, "--- rejected\n{}\n", reasons.join("\n"));
+    }
+    s
+}
+
+/// "Hundreds of cases": the corpus may only grow.
+const MIN_CASES: usize = 1;
+
+#[test]
+fn corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let cases = load(&dir);
+    assert!(cases.len() >= MIN_CASES, "the corpus has only {} cases", cases.len());
+    let mut names = std::collections::HashSet::new();
+    for c in &cases {
+        assert!(names.insert(&c.name), "two cases are named {:?}", c.name);
+        assert!(!c.input.is_empty(), "{}: empty input", c.name);
+    }
+    let show_all = std::env::var_os("CORPUS_SHOW").is_some();
+    let mut failures = Vec::new();
+    for case in &cases {
+        if let Some(p) = check(case) {
+            if show_all {
+                eprintln!("{}", show(case));
+            }
+            failures.push(format!("{} / {}:\n{p}", case.file, case.name));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every format the engine claims has positive cases in the corpus.
+#[test]
+fn every_format_has_cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let cases = load(&dir);
+    for format in toolcalls::known_formats() {
+        let n = cases
+            .iter()
+            .filter(|c| c.calls.iter().any(|(f, _, _)| f == format))
+            .count();
+        assert!(n >= 3, "format {format} has {n} positive corpus cases (want at least 3)");
+    }
+}
