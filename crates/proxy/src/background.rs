@@ -1,4 +1,5 @@
 //! Background tasks owned by the server: started with it, stopped and awaited at shutdown.
+//! The backend's health, and memory pressure (`memory::monitor`).
 
 use crate::{backend, observe::ProxyEvent, state::AppState};
 use std::time::Duration;
@@ -21,7 +22,8 @@ impl Background {
 
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Background {
     let mut tasks = JoinSet::new();
-    tasks.spawn(backend_monitor(state, stop));
+    tasks.spawn(backend_monitor(state.clone(), stop.clone()));
+    tasks.spawn(crate::memory::monitor(state, stop));
     Background { tasks }
 }
 

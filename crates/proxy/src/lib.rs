@@ -6,7 +6,7 @@
 //!                  ▼
 //!                pipeline::chat(state, ctx, body)     one task per request
 //!                  1. admission   pipeline/admission.rs  slots + FIFO queue, guards
-//!                  2. shaping     (token estimate, truncation, notices, /new)
+//!                  2. shaping     pipeline/shaping/      /new → purge, token estimate, truncation
 //!                  3. upstream    pipeline/upstream.rs   reqwest to the backend, always streaming
 //!                  4. transform   pipeline/transform.rs  SSE decode → toolcalls::Parser → chunks
 //!                  │
@@ -17,8 +17,10 @@
 //! guard.rs      security middleware: Host (DNS rebinding), Origin (CSRF), CORS, API key
 //! config/       settings: flags > env > file > defaults; live, watchable, persisted on PATCH
 //! server.rs     bind, serve, graceful shutdown; the handle the tray app holds
-//! background.rs tasks owned by the server (backend health)
+//! background.rs tasks owned by the server (backend health, memory sampling)
 //! backend.rs    probing a backend and guessing its kind
+//! memory.rs     memory pressure: sampler, watch channel, notices
+//! purge.rs      KV-cache purge adapters (generic, vLLM, llama.cpp, Ollama)
 //! demo/         the built-in demo backend (scripted text tool calls)
 //! ```
 //!
@@ -31,8 +33,10 @@ pub mod demo;
 pub mod error;
 pub mod guard;
 pub mod http;
+pub mod memory;
 pub mod observe;
 pub mod pipeline;
+pub mod purge;
 pub mod server;
 pub mod state;
 

@@ -3,7 +3,8 @@
 use crate::{
     config::{LiveSettings, Settings},
     http,
-    observe::{Hub, Snapshot, TrafficLog},
+    memory::{MemoryMonitor, MemorySample, SystemSampler},
+    observe::{Hub, PurgeOutcome, Snapshot, TrafficLog},
     pipeline::{admission::Gate, upstream},
     state::{AppState, Tasks},
 };
@@ -152,14 +153,20 @@ pub fn build_state(settings: Settings) -> AppState {
     let hub = Hub::new(log, snapshot);
     let gate = Gate::new(settings.max_concurrent, settings.max_queue, hub.clone());
     let client = upstream::client(&settings);
-    AppState {
+    let state = AppState {
         settings: LiveSettings::new(settings),
         client,
         hub,
         gate,
+        memory: MemoryMonitor::new(Box::new(SystemSampler::default())),
+        calibration: Default::default(),
+        purge_adapter: Default::default(),
         tasks: Tasks::default(),
         stopping: Arc::new(watch::channel(false).0),
-    }
+    };
+    // The first request already sees a real sample, not an empty one.
+    crate::memory::sample_blocking(&state);
+    state
 }
 
 impl ServerHandle {
@@ -202,6 +209,21 @@ impl ServerHandle {
 
     pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
         self.state.hub.snapshot()
+    }
+
+    /// The latest memory sample, updated every `MEMORY_POLL_SECS`: used and available memory,
+    /// swap and its growth, the macOS kernel level, and the [`crate::memory::Pressure`] verdict
+    /// (`normal`, `warning`, `critical`). `changed().await` on it wakes on every sample; compare
+    /// `pressure` with the previous one to notify only on a change.
+    pub fn memory(&self) -> watch::Receiver<MemorySample> {
+        self.state.memory.subscribe()
+    }
+
+    /// Purges the backend's KV cache (the tray menu's item): takes every slot, calls the
+    /// backend's purge endpoint, and reports what happened. Never an error: a backend without a
+    /// purge endpoint is `status: "unsupported"`, a failure is `status: "failed"` with the reason.
+    pub async fn purge_cache(&self) -> PurgeOutcome {
+        crate::purge::purge(&self.state, None).await
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, flushes the log.

@@ -1,6 +1,12 @@
 //! The shared state every handler and stage sees, and the owner of request tasks.
 
-use crate::{config::LiveSettings, observe::Hub, pipeline::admission::Gate};
+use crate::{
+    config::LiveSettings,
+    memory::MemoryMonitor,
+    observe::Hub,
+    pipeline::{admission::Gate, shaping::estimate::Calibration},
+    purge,
+};
 use std::{
     future::Future,
     sync::{
@@ -16,6 +22,12 @@ pub struct AppState {
     pub client: reqwest::Client,
     pub hub: Hub,
     pub gate: Gate,
+    /// The latest memory sample and where samples come from.
+    pub memory: MemoryMonitor,
+    /// Bytes per token learned from the backend's `usage.prompt_tokens`, per backend and model.
+    pub calibration: Calibration,
+    /// The purge adapter `CACHE_PURGE=auto` found, per backend URL.
+    pub purge_adapter: purge::Detected,
     /// Request tasks: shutdown waits for these to finish.
     pub tasks: Tasks,
     /// Set once when the server starts shutting down; long-lived streams (the dashboard's

@@ -144,6 +144,34 @@ pub async fn test_backend(State(state): State<AppState>, request: Request) -> Re
         .into_response()
 }
 
+/// `POST /admin/api/cache/purge`: the dashboard's button and the tray menu. The outcome's
+/// fields (`adapter`, `status`, `message`, `duration_ms`) at the top level; `purged` and
+/// `unsupported` are 200 (a backend without a purge endpoint is an answer, not an error), a
+/// failure is 502 with the usual `error` object as well.
+pub async fn purge_cache(State(state): State<AppState>, request: Request) -> Response {
+    let phases = super::timing::phases_of(request.extensions());
+    // Any body (or none) is fine: the purge takes no options.
+    drop(request);
+    let outcome = {
+        let _wait = phases.upstream();
+        crate::purge::purge(&state, None).await
+    };
+    let mut body = serde_json::to_value(&outcome).unwrap_or_default();
+    if outcome.status != "failed" {
+        return Json(body).into_response();
+    }
+    let error = ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        Source::Upstream,
+        "purge_failed",
+        format!("KV-cache purge failed: {}", outcome.message),
+    );
+    if let (Some(b), Some(e)) = (body.as_object_mut(), error.body_json().get("error")) {
+        b.insert("error".into(), e.clone());
+    }
+    (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+}
+
 /// `GET /admin/api/events`: the snapshot first, then live events and throttled snapshots.
 pub async fn events(State(state): State<AppState>) -> Response {
     let hub = state.hub.clone();

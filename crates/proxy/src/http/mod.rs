@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
             get(admin::config).merge(patch(admin::patch_config)),
         )
         .route("/admin/api/backend/test", post(admin::test_backend))
+        .route("/admin/api/cache/purge", post(admin::purge_cache))
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(ui::index))

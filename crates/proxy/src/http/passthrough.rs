@@ -93,6 +93,7 @@ impl Drop for Recorded {
             usage: None,
             finish_reason: None,
             error: self.error.as_ref().map(ApiError::body_json),
+            shaping: None,
         });
     }
 }
@@ -168,6 +169,9 @@ async fn forward_inner(
             .map(|c| c.id.clone())
             .unwrap_or_default();
         let _queue_wait = phases.queue();
+        if let Some(refusal) = crate::memory::refusal(state, &settings) {
+            return Err(refusal);
+        }
         let slot = match state.gate.enter(&id, "") {
             Ok(Entry::Admitted(slot)) => Some(slot),
             Ok(Entry::Queued(ticket)) => {

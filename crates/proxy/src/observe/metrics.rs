@@ -486,6 +486,7 @@ mod tests {
             usage: None,
             finish_reason: None,
             error: None,
+            shaping: None,
         }
     }
 

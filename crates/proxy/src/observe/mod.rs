@@ -127,6 +127,10 @@ pub struct RequestRecord {
     pub usage: Option<Value>,
     pub finish_reason: Option<String>,
     pub error: Option<Value>,
+    /// What shaping decided: estimate, action (`forwarded`, `warned`, `truncated`, `refused`,
+    /// `reset`), messages dropped, tokens before and after, and any purge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shaping: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod ids;
+pub mod shaping;
 pub mod sse;
 pub mod transform;
 pub mod upstream;
@@ -133,6 +134,10 @@ struct Exchange {
     upstream_body: Value,
     translator: Option<Translator>,
     folder: Folder,
+    /// What shaping decided (the traffic log's `shaping` field).
+    shaping: Option<Value>,
+    /// The forwarded prompt as measured, to calibrate against the backend's `prompt_tokens`.
+    measure: Option<shaping::estimate::Measure>,
 }
 
 /// Where output goes: SSE frames for a streaming client (and always the fold, for the log).
@@ -194,6 +199,8 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
         upstream_body: Value::Null,
         translator: None,
         folder: Folder::default(),
+        shaping: None,
+        measure: None,
     };
 
     if exchange.ctx.stream {
@@ -307,10 +314,32 @@ async fn drive(
 async fn run(
     state: &AppState,
     ex: &mut Exchange,
-    body: Map<String, Value>,
+    mut body: Map<String, Value>,
     out: &mut Out,
 ) -> Result<(), Failure> {
     let settings = ex.ctx.settings.clone();
+
+    // Before a slot is taken: refusals that need none, and a session reset, whose purge takes
+    // every slot itself.
+    if let Some(refusal) = crate::memory::refusal(state, &settings) {
+        return Err(refusal.into());
+    }
+    if let Some(reset) = shaping::reset_command(&body, &settings.reset_commands) {
+        let outcome = crate::purge::purge(state, Some(&ex.ctx.model)).await;
+        let line = crate::purge::sentence(&outcome);
+        ex.shaping = Some(json!({"action": "reset", "purge": outcome}));
+        match reset {
+            shaping::Reset::Only { .. } => {
+                ex.upstream_body = Value::Object(body);
+                return answer_reset(ex, out, &line).await;
+            }
+            shaping::Reset::Then { rest, .. } => {
+                shaping::replace_last_user_text(&mut body, &rest);
+                ex.ctx.notices.push(line);
+            }
+        }
+    }
+    shape_context(state, ex, &mut body)?;
 
     // 1. admission
     let queue_wait = ex.ctx.phases.queue();
@@ -354,7 +383,21 @@ async fn run(
         queue_ms: ex.ctx.queue_ms,
     });
 
-    // 2. shaping happens here (token estimate, truncation, notices, session reset).
+    // 2. shaping, the part that belongs to the moment of sending: memory as it is now. (The
+    // context was shaped above, before queueing, so a request that cannot fit is refused at
+    // once instead of after its wait.)
+    if let Some(notice) = state.memory.latest().notice(&settings) {
+        ex.ctx.notices.push(notice);
+    }
+    for text in &ex.ctx.notices {
+        let kind = notice_kind(text);
+        tracing::info!(request_id = %ex.ctx.id, kind, "{text}");
+        state.hub.publish(ProxyEvent::Noticed {
+            request_id: Some(ex.ctx.id.clone()),
+            kind: kind.to_owned(),
+            text: text.clone(),
+        });
+    }
 
     // 3. upstream
     let mut spec =
@@ -528,6 +571,116 @@ async fn run(
         out.send(&mut ex.folder, output).await?;
     }
     ex.folder.set_usage(usage.as_ref());
+    if let (Some(measure), Some(prompt)) = (
+        ex.measure,
+        usage
+            .as_ref()
+            .and_then(|u| u.get("prompt_tokens"))
+            .and_then(Value::as_u64),
+    ) {
+        state
+            .calibration
+            .observe(&settings.backend_url, &ex.ctx.model, measure, prompt);
+    }
+    Ok(())
+}
+
+/// Estimates the prompt and acts on the thresholds: a notice, dropped middle turns, or a 400.
+fn shape_context(
+    state: &AppState,
+    ex: &mut Exchange,
+    body: &mut Map<String, Value>,
+) -> Result<(), Failure> {
+    let settings = &ex.ctx.settings;
+    let bytes_per_token = state
+        .calibration
+        .bytes_per_token(&settings.backend_url, &ex.ctx.model);
+    let policy = shaping::Policy {
+        warn_tokens: settings.token_warn_threshold,
+        hard_tokens: settings.token_hard_threshold,
+        bytes_per_token,
+    };
+    let measure = shaping::estimate::measure_request(body);
+    let decision = shaping::decide(body, &policy);
+    let mut detail = decision.detail(measure, bytes_per_token, &policy);
+    if let (Some(d), Some(prior)) = (
+        detail.as_object_mut(),
+        ex.shaping.take().and_then(|v| v.as_object().cloned()),
+    ) {
+        // A `/new <text>` keeps its purge next to the context decision.
+        d.extend(prior.into_iter().filter(|(k, _)| k == "purge"));
+    }
+    state.hub.publish(ProxyEvent::Shaped {
+        request_id: ex.ctx.id.clone(),
+        detail: detail.clone(),
+    });
+    ex.shaping = Some(detail);
+    let result = match decision {
+        shaping::Decision::Forward { notice, .. } => {
+            ex.ctx.notices.extend(notice);
+            Ok(())
+        }
+        shaping::Decision::Truncate {
+            messages, notice, ..
+        } => {
+            body.insert("messages".into(), Value::Array(messages));
+            ex.ctx.notices.push(notice);
+            Ok(())
+        }
+        shaping::Decision::TooLong {
+            estimate,
+            minimum,
+            limit,
+            max_tokens,
+        } => {
+            state.hub.update(|s| s.rejections.context += 1);
+            Err(ApiError::client(
+                "context_length_exceeded",
+                format!(
+                    "the conversation is about {estimate} tokens; even the messages that must stay (system messages, the first user message, the latest turn) need about {minimum}, and with max_tokens {max_tokens} that is over TOKEN_HARD_THRESHOLD ({limit}). Shorten them, lower max_tokens, or raise TOKEN_HARD_THRESHOLD if the model's context allows it"
+                ),
+            )
+            .with_param("messages")
+            .into())
+        }
+    };
+    ex.measure = Some(shaping::estimate::measure_request(body));
+    result
+}
+
+/// Which kind of notice a line is, for the event stream and `blockops_notices_total`.
+fn notice_kind(text: &str) -> &'static str {
+    if text.starts_with("Memory") {
+        "memory"
+    } else if text.starts_with("Context trimmed") {
+        "truncation"
+    } else if text.starts_with("Long context") {
+        "context"
+    } else if text.starts_with("KV cache") {
+        "purge"
+    } else {
+        "other"
+    }
+}
+
+/// The proxy's own reply to a bare `/new`: what was purged, as one content chunk and a finish.
+async fn answer_reset(ex: &mut Exchange, out: &mut Out, line: &str) -> Result<(), Failure> {
+    let created = ex
+        .ctx
+        .time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let id = format!("chatcmpl-{}", ex.ctx.id.trim_start_matches("req_"));
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": ex.ctx.model,
+               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+    };
+    let content = json!({"role": "assistant", "content": line});
+    let finish = chunk(json!({}), json!("stop"));
+    let first = chunk(content, Value::Null);
+    out.send(&mut ex.folder, first).await?;
+    out.send(&mut ex.folder, finish).await?;
     Ok(())
 }
 
@@ -648,6 +801,8 @@ fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ApiError>)
         upstream_body,
         translator,
         folder,
+        shaping,
+        measure: _,
     } = ex;
     let choice = folder.choice(0).cloned().unwrap_or_default();
     let usage = translator.as_ref().and_then(|t| t.usage().cloned());
@@ -706,5 +861,6 @@ fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ApiError>)
         usage,
         finish_reason: choice.finish_reason.clone(),
         error: error.map(ApiError::body_json),
+        shaping,
     });
 }
