@@ -399,7 +399,15 @@ impl Scanner {
         let mut pos = 0;
         let mut line_cache = None;
         loop {
-            let Some(p) = self.next_candidate(pos, &mut line_cache) else {
+            let next = self.next_candidate(pos, &mut line_cache);
+            // Inline code ends at a line end. Checked before the text is emitted, so the
+            // decision never depends on where the pieces were cut.
+            if self.inline_code
+                && memchr::memchr(b'\n', &self.buf.as_bytes()[pos..next.unwrap_or(self.buf.len())]).is_some()
+            {
+                self.inline_code = false;
+            }
+            let Some(p) = next else {
                 let hold = self.hold_back(pos, at_end);
                 let n = self.buf.len() - hold;
                 if n == 0 {
@@ -428,11 +436,7 @@ impl Scanner {
                 continue;
             }
             if self.fence || self.inline_code {
-                // Markers inside code are examples, not calls. Inline code ends at a line end.
-                if self.inline_code && memchr::memchr(b'\n', &self.buf.as_bytes()[pos..p]).is_some() {
-                    self.inline_code = false;
-                    continue;
-                }
+                // Markers inside code are examples, not calls.
                 pos = p + 1;
                 continue;
             }

@@ -39,15 +39,20 @@ impl Format for Mistral {
                 }
             };
         }
-        // v11: name[ARGS]{json}
-        let Some(args_at) = body.find(ARGS) else {
-            let plausible = body.chars().all(|c| c.is_alphanumeric() || "_-.".contains(c)) && body.len() < 128;
-            return if plausible && !ctx.at_end {
+        // v11: name[ARGS]{json}. The name must be a plain identifier, so a later `[ARGS]` can
+        // never pull unrelated text into the name.
+        let args_at = body
+            .find(|c: char| !(c.is_alphanumeric() || "_-.".contains(c)))
+            .unwrap_or(body.len());
+        let rest = &body[args_at..];
+        if args_at == 0 || args_at > 128 || !rest.starts_with(ARGS) {
+            let may_continue = args_at > 0 && args_at <= 128 && ARGS.starts_with(rest);
+            return if may_continue && !ctx.at_end {
                 Scan::NeedMore
             } else {
                 Scan::Reject { len: OPEN.len(), reason: "[TOOL_CALLS] is followed by neither a JSON list nor name[ARGS]".into() }
             };
-        };
+        }
         let name = body[..args_at].trim();
         let json = &body[args_at + ARGS.len()..];
         match value_end(json) {

@@ -83,11 +83,21 @@ fn close(after: &str, ctx: &Ctx<'_>) -> Option<Result<usize, String>> {
     if rest.is_empty() || CLOSE.starts_with(rest) {
         return if ctx.at_end { Some(Ok(after.len())) } else { None };
     }
-    Some(Err(format!("expected </tool_call> after the call, found {:?}", preview(rest))))
+    Some(Err(format!("expected </tool_call> after the call, found {:?}", preview(rest, &[CLOSE]))))
 }
 
-fn preview(s: &str) -> String {
-    s.chars().take(24).collect()
+/// The text that showed the span was wrong: the shortest prefix of `s` that no expected marker
+/// starts with. Exactly that much had to be seen, so the reason is the same however the text
+/// arrived.
+fn preview(s: &str, expected: &[&str]) -> String {
+    let mut end = 0;
+    for (i, c) in s.char_indices() {
+        end = i + c.len_utf8();
+        if !expected.iter().any(|m| m.starts_with(&s[..end])) {
+            break;
+        }
+    }
+    s[..end].to_owned()
 }
 
 fn hermes(body: &str, ctx: &Ctx<'_>) -> Parsed {
@@ -170,7 +180,7 @@ fn qwen3_coder(body: &str, ctx: &Ctx<'_>) -> Parsed {
         } else if r.is_empty() || "<parameter=".starts_with(r) || "</function>".starts_with(r) {
             return if ctx.at_end { Parsed::Bad("the function body was never closed".into()) } else { Parsed::NeedMore };
         } else {
-            return Parsed::Bad(format!("unexpected text in the function body: {:?}", preview(r)));
+            return Parsed::Bad(format!("unexpected text in the function body: {:?}", preview(r, &["<parameter=", "</function>"])));
         }
     }
 }
