@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Scripted fake backend for the client conformance suite (Python stdlib only).
+
+An OpenAI-compatible model server that streams each scenario's `script` (scenarios.json) as the
+model's text, a few characters per SSE event, chosen by the request's `model`. It also checks what
+the proxy forwarded and answers with a loud wrong text when something is off (a `/new` that leaked
+through, a history that was or was not truncated, a tool-loop history whose ids do not match), so
+the clients' content checks catch it.
+
+  python3 backend.py --port 0      prints "listening on 127.0.0.1:PORT" first, then serves
+
+GET /_state answers {"purges": N, "chats": N, "in_flight": {model: N}} for the checkers.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "scenarios.json"), encoding="utf-8") as f:
+    SUITE = json.load(f)
+SCENARIOS = {s["name"]: s for s in SUITE["scenarios"]}
+
+LOCK = threading.Lock()
+STATE = {"purges": 0, "chats": 0, "in_flight": {}}
+
+
+def pieces(text, size=3):
+    """The script split every few characters, so markers straddle events as they do from a model."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def last_user_text(messages):
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, list):
+                return "".join(p.get("text", "") for p in c if isinstance(p, dict))
+            return c or ""
+    return ""
+
+
+def reply_text(scenario, body):
+    """The model's text for this request, or a loud wrong text when the proxy forwarded badly."""
+    messages = body.get("messages") or []
+    prefix = scenario.get("reject_user_prefix")
+    if prefix and last_user_text(messages).lstrip().startswith(prefix):
+        return "BACKEND SAW THE RESET COMMAND"
+    if "backend_checks_truncated" in scenario:
+        sent = 2 * scenario["history_turns"] + 2  # system + turns (user, assistant) + the question
+        truncated = len(messages) < sent
+        if truncated != scenario["backend_checks_truncated"]:
+            return "BACKEND GOT %d OF %d MESSAGES" % (len(messages), sent)
+    if scenario["name"] == "tool-loop" and messages and messages[-1].get("role") == "tool":
+        # The history must carry the call the proxy issued, with the id the tool result answers.
+        calls = {}
+        for m in messages:
+            for c in m.get("tool_calls") or []:
+                calls[c.get("id")] = c
+        result = messages[-1]
+        call = calls.get(result.get("tool_call_id"))
+        if call is None:
+            return "BACKEND GOT A TOOL RESULT FOR AN UNKNOWN CALL ID"
+        try:
+            args = json.loads(call["function"]["arguments"])
+        except (KeyError, TypeError, ValueError):
+            return "BACKEND GOT UNPARSABLE ARGUMENTS IN THE HISTORY"
+        content = result.get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return "In %s it is %s: take a light rain jacket." % (args.get("city"), content)
+    if scenario["name"] == "queued":
+        with LOCK:
+            busy = STATE["in_flight"].get(scenario.get("hold_model", "hold"), 0)
+        if busy:
+            return "BACKEND SERVED THE QUEUED REQUEST WHILE THE SLOT WAS TAKEN"
+    return scenario["script"]
+
+
+def chunk(delta, finish=None, usage=None):
+    c = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "fake",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        c["usage"] = usage
+    return ("data: %s\n\n" % json.dumps(c)).encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet: the suite prints its own summary
+        pass
+
+    def send_json(self, status, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def write_chunk(self, data):
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def do_GET(self):
+        if self.path.rstrip("/") in ("/v1/models", "/models"):
+            self.send_json(200, {"object": "list", "data": [
+                {"id": n, "object": "model", "owned_by": "blockops-clients"} for n in SCENARIOS
+            ]})
+        elif self.path == "/health":
+            self.send_json(200, {"status": "ok"})
+        elif self.path == "/_state":
+            with LOCK:
+                self.send_json(200, STATE)
+        else:
+            self.send_json(404, {"error": {"message": "no such path", "type": "not_found"}})
+
+    def do_DELETE(self):
+        if self.path.rstrip("/") == "/v1/cache":
+            with LOCK:
+                STATE["purges"] += 1
+            self.send_json(200, {"status": "ok", "cleared": True})
+        else:
+            self.send_json(404, {"error": {"message": "no such path", "type": "not_found"}})
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            self.send_json(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
+            return
+        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self.send_json(404, {"error": {"message": "no such path", "type": "not_found"}})
+            return
+        scenario = SCENARIOS.get(body.get("model"))
+        if scenario is None:
+            self.send_json(404, {"error": {"message": "unknown scenario %r" % body.get("model"), "type": "not_found"}})
+            return
+        name = scenario["name"]
+        self.left = False
+        with LOCK:
+            STATE["chats"] += 1
+            STATE["in_flight"][name] = STATE["in_flight"].get(name, 0) + 1
+        try:
+            self.stream(scenario, body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the proxy went away (a client cancelled): nothing to do
+        finally:
+            self.leave(name)
+
+    def leave(self, name):
+        # Once per request, whichever comes first: just before [DONE], or the handler's end.
+        if getattr(self, "left", False):
+            return
+        self.left = True
+        with LOCK:
+            STATE["in_flight"][name] -= 1
+
+    def stream(self, scenario, body):
+        text = reply_text(scenario, body)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        time.sleep(scenario.get("delay_first_byte_secs", 0))
+        self.write_chunk(chunk({"role": "assistant", "content": ""}))
+        for p in pieces(text):
+            self.write_chunk(chunk({"content": p}))
+        if scenario.get("cut_after_script"):
+            # Drop the connection mid-reply: no finish chunk, no [DONE], no terminating chunk.
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        n = len(pieces(text))
+        self.write_chunk(chunk({}, "stop", {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}))
+        # Leave the in-flight count before the last frame: once the proxy has seen [DONE] it may
+        # admit the next request, and that one must not find this one still counted.
+        self.leave(scenario["name"])
+        self.write_chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    print("listening on 127.0.0.1:%d" % server.server_address[1], flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Client conformance suite, as .ci/run calls it: real SDKs (OpenAI Python and Node, LangChain,
+# the Vercel AI SDK) against blockops-proxy in front of a scripted fake backend. Installs the
+# pinned clients itself (a venv in ~/.cache/blockops, npm ci here), builds the proxy unless
+# BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json, and ends with
+# "clients: N passed, M failed" (exit 1 when any failed).
+#   bash tests/clients/run.sh [--only scenario,scenario]
+set -uo pipefail
+cd "$(dirname "$0")"
+HERE=$(pwd)
+ROOT=$(cd ../.. && pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/blockops/target}"
+ONLY=""
+if [ "${1:-}" = "--only" ]; then ONLY="${2:-}"; fi
+
+need_apt() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+die() { echo "clients: $*"; echo "clients: 0 passed, 1 failed"; exit 1; }
+
+command -v python3 >/dev/null 2>&1 || need_apt python3
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt python3-venv
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then need_apt nodejs npm; fi
+
+# Python clients: a venv per pinned set, rebuilt when requirements.txt changes.
+VENV="${BLOCKOPS_CLIENTS_VENV:-$HOME/.cache/blockops/venv-clients}"
+STAMP=$(sha256sum python/requirements.txt | cut -c1-16)
+if [ "$(cat "$VENV/.blockops-stamp" 2>/dev/null)" != "$STAMP" ]; then
+  echo "clients: installing the Python clients into $VENV"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV" || die "cannot create a venv"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r python/requirements.txt || die "pip install failed"
+  echo "$STAMP" > "$VENV/.blockops-stamp"
+fi
+
+# Node clients, from the lock file.
+if [ ! -f node/node_modules/.package-lock.json ] || ! cmp -s node/package-lock.json node/node_modules/.blockops-lock; then
+  echo "clients: installing the Node clients"
+  (cd node && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.blockops-lock) || die "npm ci failed"
+fi
+
+if [ -z "${BLOCKOPS_BIN:-}" ]; then
+  (cd "$ROOT" && cargo build -q -p blockops-proxy) || die "cargo build -p blockops-proxy failed"
+  BLOCKOPS_BIN="$CARGO_TARGET_DIR/debug/blockops-proxy"
+fi
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# The fake backend announces its port on its first line.
+python3 backend.py --port 0 > "$WORK/backend.out" 2> "$WORK/backend.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^listening on ' "$WORK/backend.out" 2>/dev/null && break; sleep 0.05; done
+BACKEND_ADDR=$(sed -n 's/^listening on //p' "$WORK/backend.out")
+[ -n "$BACKEND_ADDR" ] || die "the fake backend did not start: $(cat "$WORK/backend.err")"
+BACKEND="http://$BACKEND_ADDR"
+
+# The proxy: one slot (so `queued` queues), fast heartbeats, low context thresholds (so the long
+# histories are trimmed or noticed), memory notices out of the way, notices in their default place.
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+env -i PATH="$PATH" HOME="$WORK" RUST_LOG=warn \
+  BACKEND_URL="$BACKEND" BLOCKOPS_HOST=127.0.0.1 PORT="$PORT" \
+  MAX_CONCURRENT=1 MAX_QUEUE=16 HEARTBEAT_INTERVAL_SECS=0.5 \
+  TOKEN_WARN_THRESHOLD=3000 TOKEN_HARD_THRESHOLD=6000 \
+  MEMORY_WARN_PERCENT=99 MEMORY_CRITICAL_PERCENT=100 \
+  BLOCKOPS_LOG_FILE="$WORK/traffic.log" \
+  "$BLOCKOPS_BIN" > "$WORK/proxy.out" 2>&1 &
+PIDS+=($!)
+PROXY="http://127.0.0.1:$PORT"
+up=""
+for _ in $(seq 200); do
+  if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' "$PROXY/health" 2>/dev/null; then up=1; break; fi
+  sleep 0.05
+done
+[ -n "$up" ] || die "the proxy did not start: $(tail -n 5 "$WORK/proxy.out")"
+echo "clients: proxy $PROXY, backend $BACKEND"
+
+ARGS=(--proxy "$PROXY" --backend "$BACKEND")
+[ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
+"$VENV/bin/python" python/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/python.log"
+(cd node && node check.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/node.log"
+
+passed=$(cat "$WORK/python.log" "$WORK/node.log" | grep -c '^PASS ')
+failed=$(cat "$WORK/python.log" "$WORK/node.log" | grep -c '^FAIL ')
+if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
+  failed=1
+  echo "clients: no case ran"
+fi
+if [ "$failed" -gt 0 ] && [ -n "${BLOCKOPS_ARTIFACTS:-}" ]; then
+  mkdir -p "$BLOCKOPS_ARTIFACTS" && cp "$WORK/proxy.out" "$BLOCKOPS_ARTIFACTS/clients-proxy.log"
+fi
+echo "clients: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
