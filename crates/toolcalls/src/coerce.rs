@@ -14,7 +14,9 @@ pub fn property_schema<'a>(parameters: &'a Value, key: &str) -> Option<&'a Value
 
 /// Types a raw text value by its property schema.
 pub fn coerce_text(raw: &str, schema: Option<&Value>) -> Value {
-    let Some(schema) = schema else { return Value::String(raw.to_owned()) };
+    let Some(schema) = schema else {
+        return Value::String(raw.to_owned());
+    };
     let types = allowed_types(schema);
     if types.is_empty() || types.iter().any(|t| t == "string") {
         // A declared string (or an unknown type) stays exactly what the model wrote, except a
@@ -58,7 +60,9 @@ fn allowed_types(schema: &Value) -> Vec<String> {
     let mut out = Vec::new();
     match schema.get("type") {
         Some(Value::String(t)) => out.push(t.clone()),
-        Some(Value::Array(ts)) => out.extend(ts.iter().filter_map(|t| t.as_str().map(str::to_owned))),
+        Some(Value::Array(ts)) => {
+            out.extend(ts.iter().filter_map(|t| t.as_str().map(str::to_owned)))
+        }
         _ => {}
     }
     for key in ["anyOf", "oneOf"] {
@@ -110,22 +114,58 @@ mod tests {
     #[test]
     fn conservative_coercion() {
         let s = |t: Value| Some(t);
-        assert_eq!(coerce_text("02134", s(json!({"type": "string"})).as_ref()), json!("02134"));
-        assert_eq!(coerce_text("3.0", s(json!({"type": "integer"})).as_ref()), json!(3));
-        assert_eq!(coerce_text("2.5", s(json!({"type": "number"})).as_ref()), json!(2.5));
-        assert_eq!(coerce_text("True", s(json!({"type": "boolean"})).as_ref()), json!(true));
-        assert_eq!(coerce_text("maybe", s(json!({"type": "boolean"})).as_ref()), json!("maybe"));
-        assert_eq!(coerce_text("['a', 'b']", s(json!({"type": "array"})).as_ref()), json!(["a", "b"]));
-        assert_eq!(coerce_text("null", s(json!({"anyOf": [{"type": "integer"}, {"type": "null"}]})).as_ref()), json!(null));
-        assert_eq!(coerce_text("7", s(json!({"type": ["integer", "null"]})).as_ref()), json!(7));
-        assert_eq!(coerce_text("null", s(json!({"type": ["string", "null"]})).as_ref()), json!(null));
+        assert_eq!(
+            coerce_text("02134", s(json!({"type": "string"})).as_ref()),
+            json!("02134")
+        );
+        assert_eq!(
+            coerce_text("3.0", s(json!({"type": "integer"})).as_ref()),
+            json!(3)
+        );
+        assert_eq!(
+            coerce_text("2.5", s(json!({"type": "number"})).as_ref()),
+            json!(2.5)
+        );
+        assert_eq!(
+            coerce_text("True", s(json!({"type": "boolean"})).as_ref()),
+            json!(true)
+        );
+        assert_eq!(
+            coerce_text("maybe", s(json!({"type": "boolean"})).as_ref()),
+            json!("maybe")
+        );
+        assert_eq!(
+            coerce_text("['a', 'b']", s(json!({"type": "array"})).as_ref()),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            coerce_text(
+                "null",
+                s(json!({"anyOf": [{"type": "integer"}, {"type": "null"}]})).as_ref()
+            ),
+            json!(null)
+        );
+        assert_eq!(
+            coerce_text("7", s(json!({"type": ["integer", "null"]})).as_ref()),
+            json!(7)
+        );
+        assert_eq!(
+            coerce_text("null", s(json!({"type": ["string", "null"]})).as_ref()),
+            json!(null)
+        );
         assert_eq!(coerce_text("x", None), json!("x"));
     }
 
     #[test]
     fn json_arguments_are_fixed_only_where_the_schema_demands() {
         let params = json!({"properties": {"n": {"type": "integer"}, "zip": {"type": "string"}}});
-        let args = json!({"n": "5", "zip": "02134", "other": "7"}).as_object().cloned().unwrap_or_default();
-        assert_eq!(Value::Object(coerce_json_arguments(args, &params)), json!({"n": 5, "zip": "02134", "other": "7"}));
+        let args = json!({"n": "5", "zip": "02134", "other": "7"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            Value::Object(coerce_json_arguments(args, &params)),
+            json!({"n": 5, "zip": "02134", "other": "7"})
+        );
     }
 }

@@ -126,7 +126,10 @@ fn repair(s: &str) -> Option<String> {
                 }
             }
             'T' | 'F' | 'N' => {
-                let word: String = chars[i..].iter().take_while(|c| c.is_ascii_alphabetic()).collect();
+                let word: String = chars[i..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphabetic())
+                    .collect();
                 let prev_ok = i == 0 || !chars[i - 1].is_ascii_alphanumeric();
                 let replacement = match word.as_str() {
                     "True" => Some("true"),
@@ -166,8 +169,14 @@ mod tests {
     #[test]
     fn lenient_parse_repairs_only_the_unambiguous() {
         assert_eq!(parse_lenient(r#"{"a": 1,}"#), Some(json!({"a": 1})));
-        assert_eq!(parse_lenient("{'a': True, 'b': None, 'c': 'it\\'s'}"), Some(json!({"a": true, "b": null, "c": "it's"})));
-        assert_eq!(parse_lenient(r#"{"a": "True"}"#), Some(json!({"a": "True"})));
+        assert_eq!(
+            parse_lenient("{'a': True, 'b': None, 'c': 'it\\'s'}"),
+            Some(json!({"a": true, "b": null, "c": "it's"}))
+        );
+        assert_eq!(
+            parse_lenient(r#"{"a": "True"}"#),
+            Some(json!({"a": "True"}))
+        );
         assert_eq!(parse_lenient(r#"{"a": }"#), None);
     }
 }

@@ -42,9 +42,12 @@ pub struct Scanner {
     /// Markers that can start anywhere / only at a line start, as (text, marker).
     markers: Vec<(&'static str, Marker, bool)>,
     longest_marker: usize,
+    /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
+    opens_marker: [bool; 256],
     line_finder: Option<memmem::Finder<'static>>,
-    /// Unclassified text; `buf[0]` is byte `base` of the output.
+    /// Unclassified text is `buf[head..]`; `buf[head]` is byte `base` of the output.
     buf: String,
+    head: usize,
     base: usize,
     mode: Mode,
     /// `buf[0]` starts a line.
@@ -65,7 +68,11 @@ pub struct Scanner {
 
 impl std::fmt::Debug for Scanner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scanner").field("base", &self.base).field("mode", &self.mode).field("calls", &self.calls).finish()
+        f.debug_struct("Scanner")
+            .field("base", &self.base)
+            .field("mode", &self.mode)
+            .field("calls", &self.calls)
+            .finish()
     }
 }
 
@@ -80,12 +87,23 @@ impl Scanner {
     pub fn new(tools: Vec<ToolSpec>, options: Options) -> Scanner {
         let parse = options.parse_tools && !tools.is_empty();
         let formats: Vec<&'static dyn Format> = if parse {
-            formats::ALL.iter().copied().filter(|f| f.names().iter().any(|n| enabled(&options, n))).collect()
+            formats::ALL
+                .iter()
+                .copied()
+                .filter(|f| f.names().iter().any(|n| enabled(&options, n)))
+                .collect()
         } else {
             Vec::new()
         };
-        let whole: Vec<&'static dyn WholeMessage> =
-            if parse { formats::WHOLE.iter().copied().filter(|w| enabled(&options, w.name())).collect() } else { Vec::new() };
+        let whole: Vec<&'static dyn WholeMessage> = if parse {
+            formats::WHOLE
+                .iter()
+                .copied()
+                .filter(|w| enabled(&options, w.name()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut markers = Vec::new();
         if options.split_reasoning {
             markers.push((THINK_OPEN, Marker::ThinkOpen, false));
@@ -97,9 +115,20 @@ impl Scanner {
             }
         }
         let longest_marker = markers.iter().map(|(t, _, _)| t.len()).max().unwrap_or(0);
-        let line_finder = markers.iter().find(|(_, _, ls)| *ls).map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
+        let mut opens_marker = [false; 256];
+        for (t, _, _) in &markers {
+            opens_marker[usize::from(t.as_bytes()[0])] = true;
+        }
+        let line_finder = markers
+            .iter()
+            .find(|(_, _, ls)| *ls)
+            .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
         let id_seed = options.id_seed.unwrap_or_else(crate::ids::next_seed);
-        let mode = if options.prefill_think && options.split_reasoning { Mode::Reasoning } else { Mode::Content };
+        let mode = if options.prefill_think && options.split_reasoning {
+            Mode::Reasoning
+        } else {
+            Mode::Content
+        };
         Scanner {
             tools,
             options,
@@ -107,8 +136,10 @@ impl Scanner {
             whole,
             markers,
             longest_marker,
+            opens_marker,
             line_finder,
             buf: String::new(),
+            head: 0,
             base: 0,
             mode,
             line_start: true,
@@ -137,7 +168,7 @@ impl Scanner {
         if self.finished || text.is_empty() {
             return out;
         }
-        self.buf.push_str(text);
+        self.buf.push_str(text); // appended after `head`
         self.run(false, &mut out);
         out
     }
@@ -158,7 +189,13 @@ impl Scanner {
 
     // ----- emission -------------------------------------------------------------------------
 
-    fn push_trace(&mut self, kind: &'static str, format: Option<&'static str>, len: usize, reason: Option<String>) {
+    fn push_trace(
+        &mut self,
+        kind: &'static str,
+        format: Option<&'static str>,
+        len: usize,
+        reason: Option<String>,
+    ) {
         if len == 0 {
             return;
         }
@@ -173,7 +210,13 @@ impl Scanner {
             last.end = end;
             return;
         }
-        self.trace.push(TraceSpan { kind, format, start, end, reason });
+        self.trace.push(TraceSpan {
+            kind,
+            format,
+            start,
+            end,
+            reason,
+        });
     }
 
     /// Emits `text` (already consumed from the buffer) as content, handling separator whitespace.
@@ -209,7 +252,12 @@ impl Scanner {
             return;
         }
         self.push_trace("reasoning", None, text.len(), None);
-        push_text(out, Event::Reasoning { text: text.to_owned() });
+        push_text(
+            out,
+            Event::Reasoning {
+                text: text.to_owned(),
+            },
+        );
     }
 
     /// Content that looked like a call but is not one.
@@ -228,22 +276,47 @@ impl Scanner {
         self.push_trace("markup", None, len, None);
     }
 
-    fn emit_calls(&mut self, span: &str, format: &'static str, calls: Vec<Call>, out: &mut Vec<Event>) {
+    fn emit_calls(
+        &mut self,
+        span: &str,
+        format: &'static str,
+        calls: Vec<Call>,
+        out: &mut Vec<Event>,
+    ) {
         if !self.options.parallel_tool_calls && self.calls > 0 {
-            self.rejected(span, "parallel_tool_calls is false: only the first call is kept".into(), out);
+            self.rejected(
+                span,
+                "parallel_tool_calls is false: only the first call is kept".into(),
+                out,
+            );
             return;
         }
         let ws = std::mem::take(&mut self.pending_ws);
         self.markup(ws.len());
         self.push_trace("tool_call", Some(format), span.len(), None);
-        let keep = if self.options.parallel_tool_calls { calls.len() } else { 1 };
+        let keep = if self.options.parallel_tool_calls {
+            calls.len()
+        } else {
+            1
+        };
         for call in calls.into_iter().take(keep) {
             let index = self.calls;
             self.calls += 1;
-            let id = call.id.filter(|i| !i.is_empty()).unwrap_or_else(|| crate::ids::call_id(self.id_seed.wrapping_add(index as u64)));
+            let id = call
+                .id
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| crate::ids::call_id(self.id_seed.wrapping_add(index as u64)));
             let arguments = serde_json::Value::Object(call.arguments).to_string();
-            out.push(Event::ToolCallStarted { index, id, name: call.name, format });
-            out.push(Event::ToolCallArguments { index, fragment: arguments });
+            out.push(Event::ToolCallStarted {
+                index,
+                id,
+                name: call.name,
+                format,
+            });
+            out.push(Event::ToolCallArguments {
+                index,
+                fragment: arguments,
+            });
             out.push(Event::ToolCallFinished { index });
         }
         self.absorb_ws = true;
@@ -266,9 +339,19 @@ impl Scanner {
     // ----- the state machine ----------------------------------------------------------------
 
     /// Consumes `n` bytes from the front of the buffer.
+    /// The text not yet classified.
+    fn pending(&self) -> &str {
+        &self.buf[self.head..]
+    }
+
     fn take(&mut self, n: usize) -> String {
-        let rest = self.buf.split_off(n);
-        let taken = std::mem::replace(&mut self.buf, rest);
+        let taken = self.pending()[..n].to_owned();
+        self.head += n;
+        // Compact now and then, not per span: a long text consumed in many spans stays linear.
+        if self.head >= 4096 && self.head * 2 >= self.buf.len() {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
         if let Some(last) = taken.as_bytes().last() {
             self.line_start = *last == b'\n';
         }
@@ -286,12 +369,12 @@ impl Scanner {
                 Mode::Content => self.step_content(at_end, out),
                 Mode::Reasoning => self.step_reasoning(at_end, out),
             };
-            if !progressed || self.buf.is_empty() {
+            if !progressed || self.pending().is_empty() {
                 break;
             }
         }
-        if at_end && !self.buf.is_empty() {
-            let rest = self.take(self.buf.len());
+        if at_end && !self.pending().is_empty() {
+            let rest = self.take(self.pending().len());
             match self.mode {
                 Mode::Content => self.content(&rest, out),
                 Mode::Reasoning => self.reasoning(&rest, out),
@@ -301,13 +384,17 @@ impl Scanner {
 
     /// Is `pos` at the start of a line?
     fn at_line_start(&self, pos: usize) -> bool {
-        if pos == 0 { self.line_start } else { self.buf.as_bytes()[pos - 1] == b'\n' }
+        if pos == 0 {
+            self.line_start
+        } else {
+            self.pending().as_bytes()[pos - 1] == b'\n'
+        }
     }
 
     /// The marker at `pos`: `Ok(Some)` matched, `Ok(None)` none, `Err(())` the buffer ends
     /// inside what could still be one.
     fn marker_at(&self, pos: usize, at_end: bool) -> Result<Option<(Marker, usize)>, ()> {
-        let rest = &self.buf.as_bytes()[pos..];
+        let rest = &self.pending().as_bytes()[pos..];
         let mut partial = false;
         for (text, marker, line_start) in &self.markers {
             if *line_start && !self.at_line_start(pos) {
@@ -328,7 +415,7 @@ impl Scanner {
     /// `line_cache` remembers the next line-start marker found while the buffer is unchanged,
     /// so text full of `<` is not searched again for `TOOL_CALL:` at every one of them.
     fn next_candidate(&self, from: usize, line_cache: &mut Option<Option<usize>>) -> Option<usize> {
-        let bytes = self.buf.as_bytes();
+        let bytes = self.pending().as_bytes();
         let a = memchr3(b'<', b'[', b'`', &bytes[from..]).map(|i| from + i);
         let b = match *line_cache {
             Some(Some(x)) if x >= from => Some(x),
@@ -349,37 +436,52 @@ impl Scanner {
             }
         };
         // A line-start marker split by the chunk end: "\nTOOL_" at the end of the buffer.
-        let c = self.line_finder.as_ref().and_then(|_| self.partial_line_marker(from));
+        let c = self
+            .line_finder
+            .as_ref()
+            .and_then(|_| self.partial_line_marker(from));
         [a, b, c].into_iter().flatten().min()
     }
 
     fn partial_line_marker(&self, from: usize) -> Option<usize> {
-        let bytes = self.buf.as_bytes();
+        let bytes = self.pending().as_bytes();
         let start = bytes.len().saturating_sub(self.longest_marker).max(from);
         (start..bytes.len()).find(|&p| {
-            self.at_line_start(p)
-                && self.markers.iter().any(|(t, _, ls)| *ls && t.as_bytes().starts_with(&bytes[p..]) && bytes.len() - p < t.len())
+            self.opens_marker[usize::from(bytes[p])]
+                && self.at_line_start(p)
+                && self.markers.iter().any(|(t, _, ls)| {
+                    *ls && t.as_bytes().starts_with(&bytes[p..]) && bytes.len() - p < t.len()
+                })
         })
     }
 
     fn step_content(&mut self, at_end: bool, out: &mut Vec<Event>) -> bool {
         // A message that may be one bare JSON object / Python list is held whole until the end.
         if !self.content_seen && self.calls == 0 && !self.whole.is_empty() && !self.fence {
-            let trimmed = self.buf.trim_start();
+            let trimmed = self.pending().trim_start();
             if let Some(c) = trimmed.chars().next() {
-                let lead = self.buf.len() - trimmed.len();
-                let is_marker = self.marker_at(lead, at_end).map(|m| m.is_some()).unwrap_or(true);
+                let lead = self.pending().len() - trimmed.len();
+                let is_marker = self
+                    .marker_at(lead, at_end)
+                    .map(|m| m.is_some())
+                    .unwrap_or(true);
                 if !is_marker && self.whole.iter().any(|w| w.may_start_with(c)) {
                     if !at_end {
                         return false;
                     }
                     let result = {
                         let en = self.ctx_enabled();
-                        let ctx = Ctx { tools: &self.tools, at_end: true, enabled: &en };
-                        self.whole.iter().find_map(|w| w.parse(&self.buf, &ctx).ok().map(|calls| (w.name(), calls)))
+                        let ctx = Ctx {
+                            tools: &self.tools,
+                            at_end: true,
+                            enabled: &en,
+                        };
+                        self.whole.iter().find_map(|w| {
+                            w.parse(self.pending(), &ctx).ok().map(|calls| (w.name(), calls))
+                        })
                     };
                     if let Some((name, calls)) = result {
-                        let all = self.take(self.buf.len());
+                        let all = self.take(self.pending().len());
                         let body = all.trim();
                         let lead = all.len() - all.trim_start().len();
                         self.pending_ws.push_str(&all[..lead]);
@@ -403,24 +505,31 @@ impl Scanner {
             // Inline code ends at a line end. Checked before the text is emitted, so the
             // decision never depends on where the pieces were cut.
             if self.inline_code
-                && memchr::memchr(b'\n', &self.buf.as_bytes()[pos..next.unwrap_or(self.buf.len())]).is_some()
+                && memchr::memchr(
+                    b'\n',
+                    &self.pending().as_bytes()[pos..next.unwrap_or(self.pending().len())],
+                )
+                .is_some()
             {
                 self.inline_code = false;
             }
             let Some(p) = next else {
                 let hold = self.hold_back(pos, at_end);
-                let n = self.buf.len() - hold;
+                let n = self.pending().len() - hold;
                 if n == 0 {
                     return false;
                 }
                 let text = self.take(n);
                 self.content(&text, out);
-                return !self.buf.is_empty() && at_end;
+                return !self.pending().is_empty() && at_end;
             };
-            let b = self.buf.as_bytes()[p];
+            let b = self.pending().as_bytes()[p];
             if b == b'`' {
-                let run = self.buf.as_bytes()[p..].iter().take_while(|c| **c == b'`').count();
-                if p + run == self.buf.len() && !at_end {
+                let run = self.pending().as_bytes()[p..]
+                    .iter()
+                    .take_while(|c| **c == b'`')
+                    .count();
+                if p + run == self.pending().len() && !at_end {
                     // The run may continue: fence or inline code? Emit what precedes and wait.
                     let text = self.take(p);
                     self.content(&text, out);
@@ -461,19 +570,35 @@ impl Scanner {
         if at_end {
             return 0;
         }
-        let bytes = self.buf.as_bytes();
-        let max = self.longest_marker.saturating_sub(1).min(bytes.len() - from);
+        let bytes = self.pending().as_bytes();
+        let max = self
+            .longest_marker
+            .saturating_sub(1)
+            .min(bytes.len() - from);
         for k in (1..=max).rev() {
             let tail = &bytes[bytes.len() - k..];
             let p = bytes.len() - k;
-            if self.markers.iter().any(|(t, _, ls)| t.as_bytes().starts_with(tail) && (!ls || self.at_line_start(p))) {
+            if !self.opens_marker[usize::from(tail[0])] {
+                continue;
+            }
+            if self
+                .markers
+                .iter()
+                .any(|(t, _, ls)| t.as_bytes().starts_with(tail) && (!ls || self.at_line_start(p)))
+            {
                 return k;
             }
         }
         0
     }
 
-    fn on_marker(&mut self, marker: Marker, len: usize, at_end: bool, out: &mut Vec<Event>) -> bool {
+    fn on_marker(
+        &mut self,
+        marker: Marker,
+        len: usize,
+        at_end: bool,
+        out: &mut Vec<Event>,
+    ) -> bool {
         match marker {
             Marker::ThinkOpen => {
                 if self.mode == Mode::Reasoning {
@@ -516,15 +641,19 @@ impl Scanner {
                 let opener = &format.openers()[oi];
                 let scan = {
                     let en = self.ctx_enabled();
-                    let ctx = Ctx { tools: &self.tools, at_end, enabled: &en };
-                    format.scan(&self.buf, opener, &ctx)
+                    let ctx = Ctx {
+                        tools: &self.tools,
+                        at_end,
+                        enabled: &en,
+                    };
+                    format.scan(self.pending(), opener, &ctx)
                 };
                 match scan {
                     Scan::NeedMore => false,
                     Scan::Calls { len, format, calls } => {
                         if self.mode == Mode::Reasoning {
                             // A call inside reasoning counts only if nothing follows it.
-                            let after = &self.buf[len..];
+                            let after = &self.pending()[len..];
                             if !after.trim().is_empty() {
                                 let t = self.take(len);
                                 self.reasoning(&t, out);
@@ -540,8 +669,10 @@ impl Scanner {
                         true
                     }
                     Scan::Reject { len, reason } => {
-                        let len = len.max(1).min(self.buf.len());
-                        let len = (len..=self.buf.len()).find(|l| self.buf.is_char_boundary(*l)).unwrap_or(self.buf.len());
+                        let len = len.max(1).min(self.pending().len());
+                        let len = (len..=self.pending().len())
+                            .find(|l| self.pending().is_char_boundary(*l))
+                            .unwrap_or(self.pending().len());
                         let t = self.take(len);
                         if self.mode == Mode::Reasoning {
                             self.reasoning(&t, out);
@@ -558,10 +689,10 @@ impl Scanner {
     fn step_reasoning(&mut self, at_end: bool, out: &mut Vec<Event>) -> bool {
         let mut pos = 0;
         loop {
-            let bytes = self.buf.as_bytes();
+            let bytes = self.pending().as_bytes();
             let Some(i) = memchr::memchr2(b'<', b'[', &bytes[pos..]) else {
                 let hold = self.hold_back(pos, at_end);
-                let n = self.buf.len() - hold;
+                let n = self.pending().len() - hold;
                 if n == 0 {
                     return false;
                 }

@@ -18,7 +18,10 @@ impl Format for DeepSeek {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener { text: BEGIN, line_start: false }]
+        &[Opener {
+            text: BEGIN,
+            line_start: false,
+        }]
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
@@ -31,32 +34,49 @@ impl Format for DeepSeek {
         while let Some(b) = body.find(CALL_BEGIN) {
             let rest = &body[b + CALL_BEGIN.len()..];
             let (Some(s), Some(e)) = (rest.find(SEP), rest.find(CALL_END)) else {
-                return Scan::Reject { len, reason: "a DeepSeek tool call without its separator or end marker".into() };
+                return Scan::Reject {
+                    len,
+                    reason: "a DeepSeek tool call without its separator or end marker".into(),
+                };
             };
             if s > e {
-                return Scan::Reject { len, reason: "a DeepSeek tool call without a separator".into() };
+                return Scan::Reject {
+                    len,
+                    reason: "a DeepSeek tool call without a separator".into(),
+                };
             }
             let head = rest[..s].trim();
             let tail = rest[s + SEP.len()..e].trim();
             // V3: "function" SEP "name\n```json\n{…}\n```"; V3.1: "name" SEP "{…}".
             let (name, args) = if head == "function" {
                 let (name, json) = tail.split_once('\n').unwrap_or((tail, ""));
-                let json = json.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```").trim();
+                let json = json
+                    .trim()
+                    .trim_start_matches("```json")
+                    .trim_start_matches("```")
+                    .trim_end_matches("```")
+                    .trim();
                 (name.trim(), json)
             } else {
                 (head, tail)
             };
-            let value = serde_json::json!({"name": name, "arguments": crate::json::parse_lenient(args)});
-            match ctx.call_from_json(&value) {
+            match ctx.call_from_args_text(name, args, None) {
                 Ok(call) => calls.push(call),
                 Err(reason) => return Scan::Reject { len, reason },
             }
             body = &rest[e + CALL_END.len()..];
         }
         if calls.is_empty() {
-            return Scan::Reject { len, reason: "an empty DeepSeek tool-call section".into() };
+            return Scan::Reject {
+                len,
+                reason: "an empty DeepSeek tool-call section".into(),
+            };
         }
-        Scan::Calls { len, format: "deepseek_v3", calls }
+        Scan::Calls {
+            len,
+            format: "deepseek_v3",
+            calls,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! <|tool_call_argument_begin|>{…}<|tool_call_end|>…<|tool_calls_section_end|>`. The model's own id
 //! (`functions.NAME:0`) is carried through, as Kimi's chat template expects it back.
 
-use super::{Call, Ctx, Format, Opener, Scan};
+use super::{Ctx, Format, Opener, Scan};
 
 pub struct Kimi;
 
@@ -18,7 +18,10 @@ impl Format for Kimi {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener { text: SECTION_BEGIN, line_start: false }]
+        &[Opener {
+            text: SECTION_BEGIN,
+            line_start: false,
+        }]
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
@@ -31,27 +34,39 @@ impl Format for Kimi {
         while let Some(b) = body.find(CALL_BEGIN) {
             let rest = &body[b + CALL_BEGIN.len()..];
             let (Some(a), Some(e)) = (rest.find(ARG_BEGIN), rest.find(CALL_END)) else {
-                return Scan::Reject { len, reason: "a Kimi tool call without its argument or end marker".into() };
+                return Scan::Reject {
+                    len,
+                    reason: "a Kimi tool call without its argument or end marker".into(),
+                };
             };
             if a > e {
-                return Scan::Reject { len, reason: "a Kimi tool call without arguments".into() };
+                return Scan::Reject {
+                    len,
+                    reason: "a Kimi tool call without arguments".into(),
+                };
             }
             let id = rest[..a].trim();
             // `functions.get_weather:0` → `get_weather`
             let name = id.strip_prefix("functions.").unwrap_or(id);
             let name = name.rsplit_once(':').map_or(name, |(n, _)| n);
-            let args = crate::json::parse_lenient(rest[a + ARG_BEGIN.len()..e].trim());
-            let value = serde_json::json!({"name": name, "arguments": args});
-            match ctx.call_from_json(&value) {
-                Ok(call) => calls.push(Call { id: Some(id.to_owned()), ..call }),
+            match ctx.call_from_args_text(name, &rest[a + ARG_BEGIN.len()..e], Some(id.to_owned()))
+            {
+                Ok(call) => calls.push(call),
                 Err(reason) => return Scan::Reject { len, reason },
             }
             body = &rest[e + CALL_END.len()..];
         }
         if calls.is_empty() {
-            return Scan::Reject { len, reason: "an empty Kimi tool-call section".into() };
+            return Scan::Reject {
+                len,
+                reason: "an empty Kimi tool-call section".into(),
+            };
         }
-        Scan::Calls { len, format: "kimi_k2", calls }
+        Scan::Calls {
+            len,
+            format: "kimi_k2",
+            calls,
+        }
     }
 }
 

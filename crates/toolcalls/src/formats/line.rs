@@ -13,7 +13,10 @@ impl Format for Line {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener { text: "TOOL_CALL:", line_start: true }]
+        &[Opener {
+            text: "TOOL_CALL:",
+            line_start: true,
+        }]
     }
 
     fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan {
@@ -27,12 +30,20 @@ impl Format for Line {
         }
         match value_end(body) {
             End::Incomplete => ctx.unterminated(text, "TOOL_CALL:"),
-            End::NotAValue => {
-                Scan::Reject { len: opener.text.len(), reason: "TOOL_CALL: is not followed by a JSON object".into() }
-            }
+            End::NotAValue => Scan::Reject {
+                len: opener.text.len(),
+                reason: "TOOL_CALL: is not followed by a JSON object".into(),
+            },
             End::Complete(n) => match ctx.calls_from_json_text(&body[..n]) {
-                Ok(calls) => Scan::Calls { len: start + n, format: "tool_call_line", calls },
-                Err(reason) => Scan::Reject { len: start + n, reason },
+                Ok(calls) => Scan::Calls {
+                    len: start + n,
+                    format: "tool_call_line",
+                    calls,
+                },
+                Err(reason) => Scan::Reject {
+                    len: start + n,
+                    reason,
+                },
             },
         }
     }
@@ -47,7 +58,9 @@ mod tests {
     #[test]
     fn aliases_for_arguments() {
         for key in ["arguments", "args", "parameters", "input"] {
-            let t = format!("TOOL_CALL: {{\"name\": \"search\", \"{key}\": {{\"query\": \"rust\"}}}}\nmore");
+            let t = format!(
+                "TOOL_CALL: {{\"name\": \"search\", \"{key}\": {{\"query\": \"rust\"}}}}\nmore"
+            );
             let (len, format, c) = calls(&Line, &t);
             assert_eq!(&t[len..], "\nmore");
             assert_eq!(format, "tool_call_line");

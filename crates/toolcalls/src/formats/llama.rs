@@ -17,7 +17,10 @@ impl Format for PythonTag {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener { text: TAG, line_start: false }]
+        &[Opener {
+            text: TAG,
+            line_start: false,
+        }]
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
@@ -25,7 +28,10 @@ impl Format for PythonTag {
         let mut calls = Vec::new();
         loop {
             let rest = &text[pos..];
-            let ws = rest.len() - rest.trim_start_matches(|c: char| c.is_whitespace() || c == ';').len();
+            let ws = rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_whitespace() || c == ';')
+                    .len();
             let r = &rest[ws..];
             if let Some(end) = ENDS.iter().find(|e| r.starts_with(**e)) {
                 pos += ws + end.len();
@@ -38,7 +44,12 @@ impl Format for PythonTag {
                             calls.append(&mut c);
                             pos += ws + n;
                         }
-                        Err(reason) => return Scan::Reject { len: pos + ws + n, reason },
+                        Err(reason) => {
+                            return Scan::Reject {
+                                len: pos + ws + n,
+                                reason,
+                            };
+                        }
                     },
                     _ => return ctx.unterminated(text, TAG),
                 }
@@ -54,9 +65,16 @@ impl Format for PythonTag {
             break;
         }
         if calls.is_empty() {
-            return Scan::Reject { len: TAG.len(), reason: "<|python_tag|> is not followed by a JSON call".into() };
+            return Scan::Reject {
+                len: TAG.len(),
+                reason: "<|python_tag|> is not followed by a JSON call".into(),
+            };
         }
-        Scan::Calls { len: pos, format: "llama3", calls }
+        Scan::Calls {
+            len: pos,
+            format: "llama3",
+            calls,
+        }
     }
 }
 
@@ -106,10 +124,29 @@ mod tests {
     fn bare_json_only_when_it_is_the_whole_message() {
         let tools = tools();
         let all = |_: &str| true;
-        let ctx = Ctx { tools: &tools, at_end: true, enabled: &all };
-        let c = BareJson.parse("{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}\n", &ctx).unwrap();
-        assert_eq!(serde_json::Value::Object(c[0].arguments.clone()), json!({"city": "Paris"}));
-        assert!(BareJson.parse("{\"name\": \"get_weather\", \"parameters\": {}} and more", &ctx).is_err());
+        let ctx = Ctx {
+            tools: &tools,
+            at_end: true,
+            enabled: &all,
+        };
+        let c = BareJson
+            .parse(
+                "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}\n",
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(c[0].arguments.clone()),
+            json!({"city": "Paris"})
+        );
+        assert!(
+            BareJson
+                .parse(
+                    "{\"name\": \"get_weather\", \"parameters\": {}} and more",
+                    &ctx
+                )
+                .is_err()
+        );
         assert!(BareJson.parse("{\"answer\": 42}", &ctx).is_err());
     }
 }

@@ -16,7 +16,10 @@ impl Format for Mistral {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener { text: OPEN, line_start: false }]
+        &[Opener {
+            text: OPEN,
+            line_start: false,
+        }]
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
@@ -29,11 +32,18 @@ impl Format for Mistral {
         if body.starts_with('[') || body.starts_with('{') {
             return match value_end(body) {
                 End::Incomplete => ctx.unterminated(text, "[TOOL_CALLS]"),
-                End::NotAValue => Scan::Reject { len: OPEN.len(), reason: "[TOOL_CALLS] without calls".into() },
+                End::NotAValue => Scan::Reject {
+                    len: OPEN.len(),
+                    reason: "[TOOL_CALLS] without calls".into(),
+                },
                 End::Complete(n) => {
                     let len = OPEN.len() + ws + n;
                     match ctx.calls_from_json_text(&body[..n]) {
-                        Ok(calls) => Scan::Calls { len, format: "mistral", calls },
+                        Ok(calls) => Scan::Calls {
+                            len,
+                            format: "mistral",
+                            calls,
+                        },
                         Err(reason) => Scan::Reject { len, reason },
                     }
                 }
@@ -50,7 +60,10 @@ impl Format for Mistral {
             return if may_continue && !ctx.at_end {
                 Scan::NeedMore
             } else {
-                Scan::Reject { len: OPEN.len(), reason: "[TOOL_CALLS] is followed by neither a JSON list nor name[ARGS]".into() }
+                Scan::Reject {
+                    len: OPEN.len(),
+                    reason: "[TOOL_CALLS] is followed by neither a JSON list nor name[ARGS]".into(),
+                }
             };
         }
         let name = body[..args_at].trim();
@@ -58,12 +71,18 @@ impl Format for Mistral {
         match value_end(json) {
             End::Incomplete => ctx.unterminated(text, "[TOOL_CALLS]"),
             End::NotAValue if json.is_empty() && !ctx.at_end => Scan::NeedMore,
-            End::NotAValue => Scan::Reject { len: OPEN.len(), reason: "[ARGS] is not followed by a JSON object".into() },
+            End::NotAValue => Scan::Reject {
+                len: OPEN.len(),
+                reason: "[ARGS] is not followed by a JSON object".into(),
+            },
             End::Complete(n) => {
                 let len = OPEN.len() + ws + args_at + ARGS.len() + n;
-                let value = serde_json::json!({"name": name, "arguments": crate::json::parse_lenient(&json[..n])});
-                match ctx.call_from_json(&value) {
-                    Ok(call) => Scan::Calls { len, format: "mistral", calls: vec![call] },
+                match ctx.call_from_args_text(name, &json[..n], None) {
+                    Ok(call) => Scan::Calls {
+                        len,
+                        format: "mistral",
+                        calls: vec![call],
+                    },
                     Err(reason) => Scan::Reject { len, reason },
                 }
             }

@@ -37,7 +37,11 @@ pub enum Scan {
     /// The span is not complete yet.
     NeedMore,
     /// A complete span of `len` bytes, holding these calls, in format `format`.
-    Calls { len: usize, format: &'static str, calls: Vec<Call> },
+    Calls {
+        len: usize,
+        format: &'static str,
+        calls: Vec<Call>,
+    },
     /// `len` bytes from the opener are not a valid call and go back to content, for this reason.
     Reject { len: usize, reason: String },
 }
@@ -61,7 +65,10 @@ impl Ctx<'_> {
     /// A span that ends without its closing marker: wait for more, or at the end give it back.
     pub fn unterminated(&self, text: &str, what: &str) -> Scan {
         if self.at_end {
-            Scan::Reject { len: text.len(), reason: format!("{what} was never closed (the output ended inside the call)") }
+            Scan::Reject {
+                len: text.len(),
+                reason: format!("{what} was never closed (the output ended inside the call)"),
+            }
         } else {
             Scan::NeedMore
         }
@@ -70,8 +77,13 @@ impl Ctx<'_> {
     /// Builds a call from an object like `{"name": …, "arguments": {…}}` (also `args`,
     /// `parameters`, `input`, and the nested `{"function": {…}}` form).
     pub fn call_from_json(&self, value: &Value) -> Result<Call, String> {
-        let obj = value.as_object().ok_or("a tool call must be a JSON object")?;
-        let inner = obj.get("function").and_then(Value::as_object).unwrap_or(obj);
+        let obj = value
+            .as_object()
+            .ok_or("a tool call must be a JSON object")?;
+        let inner = obj
+            .get("function")
+            .and_then(Value::as_object)
+            .unwrap_or(obj);
         let name = inner
             .get("name")
             .and_then(Value::as_str)
@@ -79,24 +91,58 @@ impl Ctx<'_> {
             .trim()
             .to_owned();
         let tool = self.tool(&name)?;
-        let raw = ["arguments", "args", "parameters", "input"].iter().find_map(|k| inner.get(*k));
+        let raw = ["arguments", "args", "parameters", "input"]
+            .iter()
+            .find_map(|k| inner.get(*k));
         let arguments = arguments_object(raw)?;
         let id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
-        Ok(Call { name, arguments: coerce::coerce_json_arguments(arguments, &tool.parameters), id })
+        Ok(Call {
+            name,
+            arguments: coerce::coerce_json_arguments(arguments, &tool.parameters),
+            id,
+        })
+    }
+
+    /// Builds a call from a name and the text of its JSON arguments (Mistral `[ARGS]`, Kimi,
+    /// DeepSeek): empty text means `{}`, text that is not a JSON object rejects the call rather
+    /// than becoming empty arguments.
+    pub fn call_from_args_text(
+        &self,
+        name: &str,
+        args: &str,
+        id: Option<String>,
+    ) -> Result<Call, String> {
+        let args = args.trim();
+        let value = if args.is_empty() {
+            Value::Null
+        } else {
+            json::parse_lenient(args)
+                .ok_or_else(|| "the arguments are not valid JSON".to_owned())?
+        };
+        let call = self.call_from_json(&serde_json::json!({"name": name, "arguments": value}))?;
+        Ok(Call { id, ..call })
     }
 
     /// Reads a JSON value (or a list of them) of calls.
     pub fn calls_from_json_text(&self, text: &str) -> Result<Vec<Call>, String> {
-        let value = json::parse_lenient(text).ok_or_else(|| "the call is not valid JSON".to_owned())?;
+        let value =
+            json::parse_lenient(text).ok_or_else(|| "the call is not valid JSON".to_owned())?;
         match &value {
-            Value::Array(items) if !items.is_empty() => items.iter().map(|v| self.call_from_json(v)).collect(),
+            Value::Array(items) if !items.is_empty() => {
+                items.iter().map(|v| self.call_from_json(v)).collect()
+            }
             Value::Array(_) => Err("an empty list of calls".into()),
             v => Ok(vec![self.call_from_json(v)?]),
         }
     }
 
     /// Builds a call from a name and raw `key → text` pairs, typed by the tool's schema.
-    pub fn call_from_text_pairs(&self, name: &str, pairs: Vec<(String, String)>, id: Option<String>) -> Result<Call, String> {
+    pub fn call_from_text_pairs(
+        &self,
+        name: &str,
+        pairs: Vec<(String, String)>,
+        id: Option<String>,
+    ) -> Result<Call, String> {
         let tool = self.tool(name)?;
         let arguments = pairs
             .into_iter()
@@ -105,7 +151,11 @@ impl Ctx<'_> {
                 (k, typed)
             })
             .collect();
-        Ok(Call { name: name.to_owned(), arguments, id })
+        Ok(Call {
+            name: name.to_owned(),
+            arguments,
+            id,
+        })
     }
 }
 
@@ -141,8 +191,14 @@ pub trait WholeMessage: Sync {
     fn parse(&self, text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String>;
 }
 
-pub static ALL: &[&dyn Format] =
-    &[&tagged::Tagged, &line::Line, &mistral::Mistral, &kimi::Kimi, &deepseek::DeepSeek, &llama::PythonTag];
+pub static ALL: &[&dyn Format] = &[
+    &tagged::Tagged,
+    &line::Line,
+    &mistral::Mistral,
+    &kimi::Kimi,
+    &deepseek::DeepSeek,
+    &llama::PythonTag,
+];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];
 
@@ -164,25 +220,78 @@ pub(crate) mod testing {
                 name: "get_weather".into(),
                 parameters: json!({"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}),
             },
-            ToolSpec { name: "search".into(), parameters: json!({"type": "object", "properties": {"query": {"type": "string"}}}) },
+            ToolSpec {
+                name: "search".into(),
+                parameters: json!({"type": "object", "properties": {"query": {"type": "string"}}}),
+            },
         ]
     }
 
     pub fn scan(format: &dyn Format, text: &str, at_end: bool) -> Scan {
         let tools = tools();
         let all = |_: &str| true;
-        let ctx = Ctx { tools: &tools, at_end, enabled: &all };
-        let opener = format.openers().iter().find(|o| text.starts_with(o.text)).expect("text starts with an opener");
+        let ctx = Ctx {
+            tools: &tools,
+            at_end,
+            enabled: &all,
+        };
+        let opener = format
+            .openers()
+            .iter()
+            .find(|o| text.starts_with(o.text))
+            .expect("text starts with an opener");
         format.scan(text, opener, &ctx)
     }
 
     /// `(len, format, [(name, arguments)])` of a successful scan.
     pub fn calls(format: &dyn Format, text: &str) -> (usize, &'static str, Vec<(String, Value)>) {
         match scan(format, text, true) {
-            Scan::Calls { len, format, calls } => {
-                (len, format, calls.into_iter().map(|c| (c.name, Value::Object(c.arguments))).collect())
-            }
+            Scan::Calls { len, format, calls } => (
+                len,
+                format,
+                calls
+                    .into_iter()
+                    .map(|c| (c.name, Value::Object(c.arguments)))
+                    .collect(),
+            ),
             other => panic!("expected calls from {text:?}, got {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::tools;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn argument_text_that_is_not_json_rejects_the_call_instead_of_emptying_it() {
+        let tools = tools();
+        let all = |_: &str| true;
+        let ctx = Ctx {
+            tools: &tools,
+            at_end: true,
+            enabled: &all,
+        };
+        let err = ctx
+            .call_from_args_text("search", "{\"query\": nope}", None)
+            .unwrap_err();
+        assert!(err.contains("not valid JSON"), "{err}");
+        assert!(ctx.call_from_args_text("search", "query=x", None).is_err());
+        let empty = ctx
+            .call_from_args_text("get_weather", "  ", Some("id-1".into()))
+            .unwrap();
+        assert_eq!(
+            (empty.arguments.len(), empty.id.as_deref()),
+            (0, Some("id-1"))
+        );
+        let ok = ctx
+            .call_from_args_text("get_weather", "{\"city\": \"Oslo\", \"days\": \"2\"}", None)
+            .unwrap();
+        assert_eq!(
+            Value::Object(ok.arguments),
+            json!({"city": "Oslo", "days": 2})
+        );
     }
 }

@@ -17,7 +17,10 @@ impl WholeMessage for Pythonic {
     }
 
     fn parse(&self, text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
-        let mut p = P { s: text.trim().as_bytes(), i: 0 };
+        let mut p = P {
+            s: text.trim().as_bytes(),
+            i: 0,
+        };
         p.expect(b'[')?;
         let mut calls = Vec::new();
         loop {
@@ -48,7 +51,11 @@ impl WholeMessage for Pythonic {
             }
             let tool = ctx.tool(&name)?;
             let arguments = crate::coerce::coerce_json_arguments(args, &tool.parameters);
-            calls.push(Call { name, arguments, id: None });
+            calls.push(Call {
+                name,
+                arguments,
+                id: None,
+            });
             p.ws();
             if !p.eat(b',') {
                 p.ws();
@@ -87,12 +94,20 @@ impl P<'_> {
 
     fn expect(&mut self, b: u8) -> Result<(), String> {
         self.ws();
-        if self.eat(b) { Ok(()) } else { Err(format!("expected {:?} in a pythonic call", b as char)) }
+        if self.eat(b) {
+            Ok(())
+        } else {
+            Err(format!("expected {:?} in a pythonic call", b as char))
+        }
     }
 
     fn ident(&mut self) -> Result<String, String> {
         let start = self.i;
-        while self.s.get(self.i).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.' || *b == b'-') {
+        while self
+            .s
+            .get(self.i)
+            .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.' || *b == b'-')
+        {
             self.i += 1;
         }
         if start == self.i {
@@ -148,7 +163,11 @@ impl P<'_> {
             }
             _ => {
                 let start = self.i;
-                while self.s.get(self.i).is_some_and(|b| b.is_ascii_alphanumeric() || b"+-._".contains(b)) {
+                while self
+                    .s
+                    .get(self.i)
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b"+-._".contains(b))
+                {
                     self.i += 1;
                 }
                 let word = String::from_utf8_lossy(&self.s[start..self.i]).into_owned();
@@ -207,11 +226,30 @@ mod tests {
     fn lists_of_keyword_calls() {
         let tools = tools();
         let all = |_: &str| true;
-        let ctx = Ctx { tools: &tools, at_end: true, enabled: &all };
-        let c = Pythonic.parse("[get_weather(city='Paris', days=3), search(query=\"a \\\"b\\\"\")]", &ctx).unwrap();
-        assert_eq!(Value::Object(c[0].arguments.clone()), json!({"city": "Paris", "days": 3}));
-        assert_eq!(Value::Object(c[1].arguments.clone()), json!({"query": "a \"b\""}));
+        let ctx = Ctx {
+            tools: &tools,
+            at_end: true,
+            enabled: &all,
+        };
+        let c = Pythonic
+            .parse(
+                "[get_weather(city='Paris', days=3), search(query=\"a \\\"b\\\"\")]",
+                &ctx,
+            )
+            .unwrap();
+        assert_eq!(
+            Value::Object(c[0].arguments.clone()),
+            json!({"city": "Paris", "days": 3})
+        );
+        assert_eq!(
+            Value::Object(c[1].arguments.clone()),
+            json!({"query": "a \"b\""})
+        );
         assert!(Pythonic.parse("[1, 2, 3]", &ctx).is_err());
-        assert!(Pythonic.parse("[search(query='x')] and text", &ctx).is_err());
+        assert!(
+            Pythonic
+                .parse("[search(query='x')] and text", &ctx)
+                .is_err()
+        );
     }
 }

@@ -22,7 +22,10 @@ impl Format for Tagged {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener { text: OPEN, line_start: false }]
+        &[Opener {
+            text: OPEN,
+            line_start: false,
+        }]
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
@@ -45,7 +48,10 @@ impl Format for Tagged {
             Parsed::Done { len, calls } => {
                 let len = body_start + lead + len;
                 if !(ctx.enabled)(format) {
-                    return Scan::Reject { len, reason: format!("format {format} is not enabled (PARSER_FORMATS)") };
+                    return Scan::Reject {
+                        len,
+                        reason: format!("format {format} is not enabled (PARSER_FORMATS)"),
+                    };
                 }
                 match calls {
                     Ok(calls) => Scan::Calls { len, format, calls },
@@ -55,8 +61,14 @@ impl Format for Tagged {
             Parsed::Bad(reason) => {
                 // Give back the whole span up to its closing tag (or everything, at the end).
                 match text.find(CLOSE) {
-                    Some(i) => Scan::Reject { len: i + CLOSE.len(), reason },
-                    None if ctx.at_end => Scan::Reject { len: text.len(), reason },
+                    Some(i) => Scan::Reject {
+                        len: i + CLOSE.len(),
+                        reason,
+                    },
+                    None if ctx.at_end => Scan::Reject {
+                        len: text.len(),
+                        reason,
+                    },
                     None => Scan::NeedMore,
                 }
             }
@@ -67,7 +79,10 @@ impl Format for Tagged {
 enum Parsed {
     NeedMore,
     /// `len` bytes of the body (through `</tool_call>`), with the calls or why they are invalid.
-    Done { len: usize, calls: Result<Vec<Call>, String> },
+    Done {
+        len: usize,
+        calls: Result<Vec<Call>, String>,
+    },
     /// The body is not any known dialect.
     Bad(String),
 }
@@ -81,9 +96,16 @@ fn close(after: &str, ctx: &Ctx<'_>) -> Option<Result<usize, String>> {
         return Some(Ok(ws + CLOSE.len()));
     }
     if rest.is_empty() || CLOSE.starts_with(rest) {
-        return if ctx.at_end { Some(Ok(after.len())) } else { None };
+        return if ctx.at_end {
+            Some(Ok(after.len()))
+        } else {
+            None
+        };
     }
-    Some(Err(format!("expected </tool_call> after the call, found {:?}", preview(rest, &[CLOSE]))))
+    Some(Err(format!(
+        "expected </tool_call> after the call, found {:?}",
+        preview(rest, &[CLOSE])
+    )))
 }
 
 /// The text that showed the span was wrong: the shortest prefix of `s` that no expected marker
@@ -106,7 +128,10 @@ fn hermes(body: &str, ctx: &Ctx<'_>) -> Parsed {
         End::NotAValue => Parsed::Bad("not a JSON call".into()),
         End::Complete(n) => match close(&body[n..], ctx) {
             None => Parsed::NeedMore,
-            Some(Ok(c)) => Parsed::Done { len: n + c, calls: ctx.calls_from_json_text(&body[..n]) },
+            Some(Ok(c)) => Parsed::Done {
+                len: n + c,
+                calls: ctx.calls_from_json_text(&body[..n]),
+            },
             Some(Err(e)) => Parsed::Bad(e),
         },
     }
@@ -114,7 +139,12 @@ fn hermes(body: &str, ctx: &Ctx<'_>) -> Parsed {
 
 /// Finds the end of a value whose closing tag is `close`, structurally: the closing tag counts
 /// only when whitespace and then one of `next` follow it. Returns (value end, after close tag).
-fn structural_end(s: &str, close: &str, next: &[&str], at_end: bool) -> Option<Result<(usize, usize), ()>> {
+fn structural_end(
+    s: &str,
+    close: &str,
+    next: &[&str],
+    at_end: bool,
+) -> Option<Result<(usize, usize), ()>> {
     let mut from = 0;
     while let Some(i) = s[from..].find(close) {
         let at = from + i;
@@ -125,7 +155,11 @@ fn structural_end(s: &str, close: &str, next: &[&str], at_end: bool) -> Option<R
         }
         if rest.is_empty() || next.iter().any(|n| n.starts_with(rest)) {
             // Can't tell yet whether this closing tag is structural.
-            return if at_end { Some(Ok((at, at + close.len()))) } else { None };
+            return if at_end {
+                Some(Ok((at, at + close.len())))
+            } else {
+                None
+            };
         }
         from = at + close.len();
     }
@@ -134,8 +168,13 @@ fn structural_end(s: &str, close: &str, next: &[&str], at_end: bool) -> Option<R
 
 /// Strips the one newline the layout puts after an opening tag and before a closing one.
 fn layout_trim(v: &str) -> &str {
-    let v = v.strip_prefix("\r\n").or_else(|| v.strip_prefix('\n')).unwrap_or(v);
-    v.strip_suffix("\r\n").or_else(|| v.strip_suffix('\n')).unwrap_or(v)
+    let v = v
+        .strip_prefix("\r\n")
+        .or_else(|| v.strip_prefix('\n'))
+        .unwrap_or(v);
+    v.strip_suffix("\r\n")
+        .or_else(|| v.strip_suffix('\n'))
+        .unwrap_or(v)
 }
 
 fn qwen3_coder(body: &str, ctx: &Ctx<'_>) -> Parsed {
@@ -144,7 +183,11 @@ fn qwen3_coder(body: &str, ctx: &Ctx<'_>) -> Parsed {
         return Parsed::NeedMore;
     }
     let Some(gt) = body.find('>') else {
-        return if ctx.at_end { Parsed::Bad("unterminated <function=".into()) } else { Parsed::NeedMore };
+        return if ctx.at_end {
+            Parsed::Bad("unterminated <function=".into())
+        } else {
+            Parsed::NeedMore
+        };
     };
     let name = body[FN.len()..gt].trim().to_owned();
     let mut pos = gt + 1;
@@ -155,12 +198,21 @@ fn qwen3_coder(body: &str, ctx: &Ctx<'_>) -> Parsed {
         let r = &rest[ws..];
         if let Some(after_key) = r.strip_prefix("<parameter=") {
             let Some(gt) = after_key.find('>') else {
-                return if ctx.at_end { Parsed::Bad("unterminated <parameter=".into()) } else { Parsed::NeedMore };
+                return if ctx.at_end {
+                    Parsed::Bad("unterminated <parameter=".into())
+                } else {
+                    Parsed::NeedMore
+                };
             };
             let key = after_key[..gt].trim().to_owned();
             let value_at = pos + ws + "<parameter=".len() + gt + 1;
             let value_text = &body[value_at..];
-            match structural_end(value_text, "</parameter>", &["<parameter=", "</function>"], ctx.at_end) {
+            match structural_end(
+                value_text,
+                "</parameter>",
+                &["<parameter=", "</function>"],
+                ctx.at_end,
+            ) {
                 None => return Parsed::NeedMore,
                 Some(Err(())) => return Parsed::Bad("unterminated <parameter=…> value".into()),
                 Some(Ok((end, after))) => {
@@ -172,15 +224,25 @@ fn qwen3_coder(body: &str, ctx: &Ctx<'_>) -> Parsed {
             let fn_end = pos + ws + "</function>".len();
             return match close(after_fn, ctx) {
                 None => Parsed::NeedMore,
-                Some(Ok(c)) => {
-                    Parsed::Done { len: fn_end + c, calls: ctx.call_from_text_pairs(&name, pairs, None).map(|c| vec![c]) }
-                }
+                Some(Ok(c)) => Parsed::Done {
+                    len: fn_end + c,
+                    calls: ctx
+                        .call_from_text_pairs(&name, pairs, None)
+                        .map(|c| vec![c]),
+                },
                 Some(Err(e)) => Parsed::Bad(e),
             };
         } else if r.is_empty() || "<parameter=".starts_with(r) || "</function>".starts_with(r) {
-            return if ctx.at_end { Parsed::Bad("the function body was never closed".into()) } else { Parsed::NeedMore };
+            return if ctx.at_end {
+                Parsed::Bad("the function body was never closed".into())
+            } else {
+                Parsed::NeedMore
+            };
         } else {
-            return Parsed::Bad(format!("unexpected text in the function body: {:?}", preview(r, &["<parameter=", "</function>"])));
+            return Parsed::Bad(format!(
+                "unexpected text in the function body: {:?}",
+                preview(r, &["<parameter=", "</function>"])
+            ));
         }
     }
 }
@@ -192,7 +254,9 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
     }
     let name = body[..name_end].trim().to_owned();
     if name.is_empty() || name.contains(char::is_whitespace) || name.len() > 128 {
-        return Parsed::Bad("not a tool call body (neither JSON, <function=, nor a GLM name)".into());
+        return Parsed::Bad(
+            "not a tool call body (neither JSON, <function=, nor a GLM name)".into(),
+        );
     }
     let mut pos = name_end;
     let mut pairs = Vec::new();
@@ -202,7 +266,11 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
         let r = &rest[ws..];
         if let Some(after) = r.strip_prefix("<arg_key>") {
             let Some(k_end) = after.find("</arg_key>") else {
-                return if ctx.at_end { Parsed::Bad("unterminated <arg_key>".into()) } else { Parsed::NeedMore };
+                return if ctx.at_end {
+                    Parsed::Bad("unterminated <arg_key>".into())
+                } else {
+                    Parsed::NeedMore
+                };
             };
             let key = after[..k_end].trim().to_owned();
             let after_key = &after[k_end + "</arg_key>".len()..];
@@ -210,12 +278,27 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
             let v = &after_key[vws..];
             let Some(value_text) = v.strip_prefix("<arg_value>") else {
                 if v.is_empty() || "<arg_value>".starts_with(v) {
-                    return if ctx.at_end { Parsed::Bad("an <arg_key> without <arg_value>".into()) } else { Parsed::NeedMore };
+                    return if ctx.at_end {
+                        Parsed::Bad("an <arg_key> without <arg_value>".into())
+                    } else {
+                        Parsed::NeedMore
+                    };
                 }
                 return Parsed::Bad("an <arg_key> without <arg_value>".into());
             };
-            let value_at = pos + ws + "<arg_key>".len() + k_end + "</arg_key>".len() + vws + "<arg_value>".len();
-            match structural_end(value_text, "</arg_value>", &["<arg_key>", CLOSE], ctx.at_end) {
+            let value_at = pos
+                + ws
+                + "<arg_key>".len()
+                + k_end
+                + "</arg_key>".len()
+                + vws
+                + "<arg_value>".len();
+            match structural_end(
+                value_text,
+                "</arg_value>",
+                &["<arg_key>", CLOSE],
+                ctx.at_end,
+            ) {
                 None => return Parsed::NeedMore,
                 Some(Err(())) => return Parsed::Bad("unterminated <arg_value>".into()),
                 Some(Ok((end, after))) => {
@@ -226,7 +309,12 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
         } else {
             return match close(rest, ctx) {
                 None => Parsed::NeedMore,
-                Some(Ok(c)) => Parsed::Done { len: pos + c, calls: ctx.call_from_text_pairs(&name, pairs, None).map(|c| vec![c]) },
+                Some(Ok(c)) => Parsed::Done {
+                    len: pos + c,
+                    calls: ctx
+                        .call_from_text_pairs(&name, pairs, None)
+                        .map(|c| vec![c]),
+                },
                 Some(Err(e)) => Parsed::Bad(e),
             };
         }
@@ -245,7 +333,10 @@ mod tests {
         let (len, format, c) = calls(&Tagged, t);
         assert_eq!(&t[len..], " after");
         assert_eq!(format, "hermes");
-        assert_eq!(c, vec![("get_weather".into(), json!({"city": "Paris", "days": 3}))]);
+        assert_eq!(
+            c,
+            vec![("get_weather".into(), json!({"city": "Paris", "days": 3}))]
+        );
     }
 
     #[test]
@@ -277,7 +368,10 @@ mod tests {
 
     #[test]
     fn incomplete_waits_and_bad_spans_are_rejected_whole() {
-        assert!(matches!(scan(&Tagged, "<tool_call>{\"name\": \"get_w", false), Scan::NeedMore));
+        assert!(matches!(
+            scan(&Tagged, "<tool_call>{\"name\": \"get_w", false),
+            Scan::NeedMore
+        ));
         let t = "<tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>tail";
         match scan(&Tagged, t, true) {
             Scan::Reject { len, reason } => {
