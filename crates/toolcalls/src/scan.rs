@@ -477,7 +477,9 @@ impl Scanner {
                             enabled: &en,
                         };
                         self.whole.iter().find_map(|w| {
-                            w.parse(self.pending(), &ctx).ok().map(|calls| (w.name(), calls))
+                            w.parse(self.pending(), &ctx)
+                                .ok()
+                                .map(|calls| (w.name(), calls))
                         })
                     };
                     if let Some((name, calls)) = result {

@@ -1,0 +1,99 @@
+//! Engine throughput: MB/s on tag-free prose, on call-dense text, and the same texts fed one
+//! character at a time (what a token-by-token stream costs). Targets (issue 4): >= 1 GB/s on
+//! tag-free text; per-character feeding no more than 10x slower than one piece.
+//!
+//! `cargo bench -p blockops-toolcalls --bench engine`
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::json;
+use std::hint::black_box;
+use toolcalls::{Options, Parser, ToolSpec};
+
+fn tools() -> Vec<ToolSpec> {
+    vec![
+        ToolSpec {
+            name: "get_weather".into(),
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}),
+        },
+        ToolSpec {
+            name: "search".into(),
+            parameters: json!({"type": "object", "properties": {"query": {"type": "string"}}}),
+        },
+    ]
+}
+
+/// About `size` bytes of ordinary English prose with punctuation and newlines: no marker.
+fn prose(size: usize) -> String {
+    const PARAGRAPH: &str = "The proxy sits between the client and the model server, reading every \
+        token the model writes. Most of what it sees is plain prose like this sentence, which it \
+        must pass through untouched and without delay: commas, full stops, numbers such as 3.14 \
+        and 42, quotes \"like these\", and the occasional question? Yes.\n\n";
+    PARAGRAPH.repeat(size / PARAGRAPH.len() + 1)
+}
+
+/// About `size` bytes where every few lines hold a tool call, in three formats.
+fn call_dense(size: usize) -> String {
+    const BLOCK: &str = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"days\": 3}}\n</tool_call>\n\
+        TOOL_CALL: {\"name\": \"search\", \"arguments\": {\"query\": \"rust streaming parsers\"}}\n\
+        <tool_call>\n<function=get_weather>\n<parameter=city>\nSan Francisco\n</parameter>\n<parameter=days>\n5\n</parameter>\n</function>\n</tool_call>\n";
+    BLOCK.repeat(size / BLOCK.len() + 1)
+}
+
+fn run_whole(text: &str) -> usize {
+    let mut p = Parser::new(
+        tools(),
+        Options {
+            id_seed: Some(1),
+            ..Options::default()
+        },
+    );
+    let mut n = p.feed(text).len();
+    n += p.finish(Some("stop")).len();
+    n
+}
+
+fn run_per_char(pieces: &[&str]) -> usize {
+    let mut p = Parser::new(
+        tools(),
+        Options {
+            id_seed: Some(1),
+            ..Options::default()
+        },
+    );
+    let mut n = 0;
+    for piece in pieces {
+        n += p.feed(piece).len();
+    }
+    n + p.finish(Some("stop")).len()
+}
+
+fn chars(text: &str) -> Vec<&str> {
+    text.char_indices()
+        .map(|(i, c)| &text[i..i + c.len_utf8()])
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("engine");
+    for (name, text) in [
+        ("tag-free prose", prose(1 << 20)),
+        ("call-dense", call_dense(1 << 20)),
+    ] {
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_with_input(BenchmarkId::new("one piece", name), &text, |b, t| {
+            b.iter(|| run_whole(black_box(t)))
+        });
+        let pieces = chars(&text);
+        group.bench_with_input(BenchmarkId::new("per character", name), &pieces, |b, p| {
+            b.iter(|| run_per_char(black_box(p)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);
