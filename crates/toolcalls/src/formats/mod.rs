@@ -9,6 +9,7 @@ mod llama;
 mod mistral;
 mod pythonic;
 mod tagged;
+mod xml;
 
 use crate::{ToolSpec, coerce, json};
 use serde_json::{Map, Value};

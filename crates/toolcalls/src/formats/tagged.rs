@@ -8,7 +8,8 @@
 //! Closing tags are found structurally: a `</parameter>` ends a value only when what follows is
 //! the next `<parameter=`, `</function>`; a `</tool_call>` inside a JSON string is just text.
 
-use super::{Call, Ctx, Format, Opener, Scan};
+use super::xml::{Body, Functions, close_tag, settle, structural_end};
+use super::{Ctx, Format, Opener, Scan};
 use crate::json::{End, value_end};
 
 pub struct Tagged;
@@ -29,235 +30,69 @@ impl Format for Tagged {
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
-        let body_start = OPEN.len();
-        let body = &text[body_start..];
+        let body = &text[OPEN.len()..];
         let lead = body.len() - body.trim_start().len();
         let rest = &body[lead..];
         if rest.is_empty() {
-            return ctx.unterminated(text, "<tool_call>");
+            return ctx.unterminated(text, OPEN);
         }
         let (format, parsed) = if rest.starts_with('{') || rest.starts_with('[') {
             ("hermes", hermes(rest, ctx))
-        } else if rest.starts_with("<function=") || "<function=".starts_with(rest) {
-            ("qwen3_coder", qwen3_coder(rest, ctx))
+        } else if rest.starts_with(QWEN3_CODER.function) || QWEN3_CODER.function.starts_with(rest) {
+            ("qwen3_coder", QWEN3_CODER.parse(rest, ctx))
         } else {
             ("glm45", glm(rest, ctx))
         };
-        match parsed {
-            Parsed::NeedMore => ctx.unterminated(text, "<tool_call>"),
-            Parsed::Done { len, calls } => {
-                let len = body_start + lead + len;
-                if !(ctx.enabled)(format) {
-                    return Scan::Reject {
-                        len,
-                        reason: format!("format {format} is not enabled (PARSER_FORMATS)"),
-                    };
-                }
-                match calls {
-                    Ok(calls) => Scan::Calls { len, format, calls },
-                    Err(reason) => Scan::Reject { len, reason },
-                }
-            }
-            Parsed::Bad(reason) => {
-                // Give back the whole span up to its closing tag (or everything, at the end).
-                match text.find(CLOSE) {
-                    Some(i) => Scan::Reject {
-                        len: i + CLOSE.len(),
-                        reason,
-                    },
-                    None if ctx.at_end => Scan::Reject {
-                        len: text.len(),
-                        reason,
-                    },
-                    None => Scan::NeedMore,
-                }
-            }
-        }
+        settle(text, OPEN, CLOSE, OPEN.len() + lead, format, parsed, ctx)
     }
 }
 
-enum Parsed {
-    NeedMore,
-    /// `len` bytes of the body (through `</tool_call>`), with the calls or why they are invalid.
-    Done {
-        len: usize,
-        calls: Result<Vec<Call>, String>,
-    },
-    /// The body is not any known dialect.
-    Bad(String),
-}
+/// Qwen3-Coder's body: `<function=NAME><parameter=K>V</parameter></function>`.
+const QWEN3_CODER: Functions = Functions {
+    function: "<function=",
+    function_close: "</function>",
+    parameter: "<parameter=",
+    parameter_close: "</parameter>",
+    close: CLOSE,
+};
 
-/// After a body, expects optional whitespace and `</tool_call>`. A body that simply ends (the
-/// server used `</tool_call>` as a stop sequence) is complete at the end of the output.
-fn close(after: &str, ctx: &Ctx<'_>) -> Option<Result<usize, String>> {
-    let ws = after.len() - after.trim_start().len();
-    let rest = &after[ws..];
-    if rest.starts_with(CLOSE) {
-        return Some(Ok(ws + CLOSE.len()));
-    }
-    if rest.is_empty() || CLOSE.starts_with(rest) {
-        return if ctx.at_end {
-            Some(Ok(after.len()))
-        } else {
-            None
-        };
-    }
-    Some(Err(format!(
-        "expected </tool_call> after the call, found {:?}",
-        preview(rest, &[CLOSE])
-    )))
-}
-
-/// The text that showed the span was wrong: the shortest prefix of `s` that no expected marker
-/// starts with. Exactly that much had to be seen, so the reason is the same however the text
-/// arrived.
-fn preview(s: &str, expected: &[&str]) -> String {
-    let mut end = 0;
-    for (i, c) in s.char_indices() {
-        end = i + c.len_utf8();
-        if !expected.iter().any(|m| m.starts_with(&s[..end])) {
-            break;
-        }
-    }
-    s[..end].to_owned()
-}
-
-fn hermes(body: &str, ctx: &Ctx<'_>) -> Parsed {
+fn hermes(body: &str, ctx: &Ctx<'_>) -> Body {
     match value_end(body) {
-        End::Incomplete => Parsed::NeedMore,
-        End::NotAValue => Parsed::Bad("not a JSON call".into()),
-        End::Complete(n) => match close(&body[n..], ctx) {
-            None => Parsed::NeedMore,
-            Some(Ok(c)) => Parsed::Done {
+        End::Incomplete => Body::NeedMore,
+        End::NotAValue => Body::Bad("not a JSON call".into()),
+        End::Complete(n) => match close_tag(&body[n..], CLOSE, ctx) {
+            None => Body::NeedMore,
+            Some(Ok(c)) => Body::Done {
                 len: n + c,
                 calls: ctx.calls_from_json_text(&body[..n]),
             },
-            Some(Err(e)) => Parsed::Bad(e),
+            Some(Err(e)) => Body::Bad(e),
         },
     }
 }
 
-/// Finds the end of a value whose closing tag is `close`, structurally: the closing tag counts
-/// only when whitespace and then one of `next` follow it. Returns (value end, after close tag).
-fn structural_end(
-    s: &str,
-    close: &str,
-    next: &[&str],
-    at_end: bool,
-) -> Option<Result<(usize, usize), ()>> {
-    let mut from = 0;
-    while let Some(i) = s[from..].find(close) {
-        let at = from + i;
-        let after = &s[at + close.len()..];
-        let rest = after.trim_start();
-        if next.iter().any(|n| rest.starts_with(n)) {
-            return Some(Ok((at, at + close.len())));
-        }
-        if rest.is_empty() || next.iter().any(|n| n.starts_with(rest)) {
-            // Can't tell yet whether this closing tag is structural.
-            return if at_end {
-                Some(Ok((at, at + close.len())))
-            } else {
-                None
-            };
-        }
-        from = at + close.len();
-    }
-    if at_end { Some(Err(())) } else { None }
+const NOT_A_BODY: &str = "not a tool call body (neither JSON, <function=, nor a GLM name)";
+
+/// A GLM function name: what a tool name can be, never prose.
+fn glm_name_char(c: char) -> bool {
+    c.is_alphanumeric() || "_-.:".contains(c)
 }
 
-/// Strips the one newline the layout puts after an opening tag and before a closing one.
-fn layout_trim(v: &str) -> &str {
-    let v = v
-        .strip_prefix("\r\n")
-        .or_else(|| v.strip_prefix('\n'))
-        .unwrap_or(v);
-    v.strip_suffix("\r\n")
-        .or_else(|| v.strip_suffix('\n'))
-        .unwrap_or(v)
-}
-
-fn qwen3_coder(body: &str, ctx: &Ctx<'_>) -> Parsed {
-    const FN: &str = "<function=";
-    if body.len() < FN.len() {
-        return Parsed::NeedMore;
-    }
-    let Some(gt) = body.find('>') else {
-        return if ctx.at_end {
-            Parsed::Bad("unterminated <function=".into())
-        } else {
-            Parsed::NeedMore
-        };
-    };
-    let name = body[FN.len()..gt].trim().to_owned();
-    let mut pos = gt + 1;
-    let mut pairs = Vec::new();
-    loop {
-        let rest = &body[pos..];
-        let ws = rest.len() - rest.trim_start().len();
-        let r = &rest[ws..];
-        if let Some(after_key) = r.strip_prefix("<parameter=") {
-            let Some(gt) = after_key.find('>') else {
-                return if ctx.at_end {
-                    Parsed::Bad("unterminated <parameter=".into())
-                } else {
-                    Parsed::NeedMore
-                };
-            };
-            let key = after_key[..gt].trim().to_owned();
-            let value_at = pos + ws + "<parameter=".len() + gt + 1;
-            let value_text = &body[value_at..];
-            match structural_end(
-                value_text,
-                "</parameter>",
-                &["<parameter=", "</function>"],
-                ctx.at_end,
-            ) {
-                None => return Parsed::NeedMore,
-                Some(Err(())) => return Parsed::Bad("unterminated <parameter=…> value".into()),
-                Some(Ok((end, after))) => {
-                    pairs.push((key, layout_trim(&value_text[..end]).to_owned()));
-                    pos = value_at + after;
-                }
-            }
-        } else if let Some(after_fn) = r.strip_prefix("</function>") {
-            let fn_end = pos + ws + "</function>".len();
-            return match close(after_fn, ctx) {
-                None => Parsed::NeedMore,
-                Some(Ok(c)) => Parsed::Done {
-                    len: fn_end + c,
-                    calls: ctx
-                        .call_from_text_pairs(&name, pairs, None)
-                        .map(|c| vec![c]),
-                },
-                Some(Err(e)) => Parsed::Bad(e),
-            };
-        } else if r.is_empty() || "<parameter=".starts_with(r) || "</function>".starts_with(r) {
-            return if ctx.at_end {
-                Parsed::Bad("the function body was never closed".into())
-            } else {
-                Parsed::NeedMore
-            };
-        } else {
-            return Parsed::Bad(format!(
-                "unexpected text in the function body: {:?}",
-                preview(r, &["<parameter=", "</function>"])
-            ));
-        }
-    }
-}
-
-fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
+fn glm(body: &str, ctx: &Ctx<'_>) -> Body {
     let name_end = body.find(['\n', '<']).unwrap_or(body.len());
+    let name = body[..name_end].trim_end();
+    // Decided as soon as the text shows it (`<tool_call> tags are…`), so a mention of the tag
+    // in prose never holds the stream back.
+    if !name.chars().all(glm_name_char) || name.len() > 128 {
+        return Body::NotACall(NOT_A_BODY.into());
+    }
     if name_end == body.len() && !ctx.at_end {
-        return Parsed::NeedMore;
+        return Body::NeedMore;
     }
-    let name = body[..name_end].trim().to_owned();
-    if name.is_empty() || name.contains(char::is_whitespace) || name.len() > 128 {
-        return Parsed::Bad(
-            "not a tool call body (neither JSON, <function=, nor a GLM name)".into(),
-        );
+    if name.is_empty() {
+        return Body::NotACall(NOT_A_BODY.into());
     }
+    let name = name.to_owned();
     let mut pos = name_end;
     let mut pairs = Vec::new();
     loop {
@@ -267,9 +102,9 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
         if let Some(after) = r.strip_prefix("<arg_key>") {
             let Some(k_end) = after.find("</arg_key>") else {
                 return if ctx.at_end {
-                    Parsed::Bad("unterminated <arg_key>".into())
+                    Body::Bad("unterminated <arg_key>".into())
                 } else {
-                    Parsed::NeedMore
+                    Body::NeedMore
                 };
             };
             let key = after[..k_end].trim().to_owned();
@@ -279,12 +114,12 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
             let Some(value_text) = v.strip_prefix("<arg_value>") else {
                 if v.is_empty() || "<arg_value>".starts_with(v) {
                     return if ctx.at_end {
-                        Parsed::Bad("an <arg_key> without <arg_value>".into())
+                        Body::Bad("an <arg_key> without <arg_value>".into())
                     } else {
-                        Parsed::NeedMore
+                        Body::NeedMore
                     };
                 }
-                return Parsed::Bad("an <arg_key> without <arg_value>".into());
+                return Body::Bad("an <arg_key> without <arg_value>".into());
             };
             let value_at = pos
                 + ws
@@ -299,25 +134,39 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Parsed {
                 &["<arg_key>", CLOSE],
                 ctx.at_end,
             ) {
-                None => return Parsed::NeedMore,
-                Some(Err(())) => return Parsed::Bad("unterminated <arg_value>".into()),
+                None => return Body::NeedMore,
+                Some(Err(())) => return Body::Bad("unterminated <arg_value>".into()),
                 Some(Ok((end, after))) => {
                     pairs.push((key, value_text[..end].to_owned()));
                     pos = value_at + after;
                 }
             }
+        } else if !ctx.at_end && (r.is_empty() || "<arg_key>".starts_with(r)) {
+            // `<arg_key>` or `</tool_call>`? Only more text can tell.
+            return Body::NeedMore;
         } else {
-            return match close(rest, ctx) {
-                None => Parsed::NeedMore,
-                Some(Ok(c)) => Parsed::Done {
-                    len: pos + c,
-                    calls: ctx
-                        .call_from_text_pairs(&name, pairs, None)
-                        .map(|c| vec![c]),
-                },
-                Some(Err(e)) => Parsed::Bad(e),
-            };
+            return glm_close(rest, pos, &name, pairs, ctx);
         }
+    }
+}
+
+/// The end of a GLM call: `</tool_call>`. A word followed by anything else, before any
+/// `<arg_key>`, was prose after a mention of the tag, not a call.
+fn glm_close(
+    rest: &str,
+    pos: usize,
+    name: &str,
+    pairs: Vec<(String, String)>,
+    ctx: &Ctx<'_>,
+) -> Body {
+    match close_tag(rest, CLOSE, ctx) {
+        None => Body::NeedMore,
+        Some(Ok(c)) => Body::Done {
+            len: pos + c,
+            calls: ctx.call_from_text_pairs(name, pairs, None).map(|c| vec![c]),
+        },
+        Some(Err(_)) if pairs.is_empty() => Body::NotACall(NOT_A_BODY.into()),
+        Some(Err(e)) => Body::Bad(e),
     }
 }
 
@@ -364,6 +213,53 @@ mod tests {
         let (len, format, c) = calls(&Tagged, t);
         assert_eq!((len, format), (t.len(), "glm45"));
         assert_eq!(c[0].1, json!({"city": "Paris", "days": 2}));
+    }
+
+    #[test]
+    fn a_mention_of_the_tag_in_prose_gives_back_only_the_tag_without_waiting() {
+        // Not at the end of the output: decided from the text so far, nothing held back.
+        for t in [
+            "<tool_call> tags wrap every call",
+            "<tool_call> tag.\nMore prose",
+        ] {
+            match scan(&Tagged, t, false) {
+                Scan::Reject { len, reason } => {
+                    assert_eq!(len, OPEN.len(), "{t:?}");
+                    assert!(reason.contains("not a tool call body"), "{reason}");
+                }
+                other => panic!("{t:?}: {other:?}"),
+            }
+        }
+        // A word that may still be a GLM name waits.
+        assert!(matches!(
+            scan(&Tagged, "<tool_call>get_wea", false),
+            Scan::NeedMore
+        ));
+    }
+
+    #[test]
+    fn a_broken_span_ends_at_the_next_opening_tag() {
+        let t = "<tool_call>{\"name\": \"search\"} oops <tool_call>{\"name\": \"get_time\"}</tool_call>";
+        match scan(&Tagged, t, false) {
+            Scan::Reject { len, .. } => {
+                assert_eq!(&t[len..], "<tool_call>{\"name\": \"get_time\"}</tool_call>")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn two_functions_in_one_block_are_two_calls() {
+        let t = "<tool_call>\n<function=search>\n<parameter=query>\na\n</parameter>\n</function>\n<function=get_weather>\n<parameter=city>\nB\n</parameter>\n</function>\n</tool_call>";
+        let (len, _, c) = calls(&Tagged, t);
+        assert_eq!(len, t.len());
+        assert_eq!(
+            c,
+            vec![
+                ("search".into(), json!({"query": "a"})),
+                ("get_weather".into(), json!({"city": "B"}))
+            ]
+        );
     }
 
     #[test]
