@@ -159,13 +159,28 @@ async fn other(State(f): State<Fake>, request: Request) -> Response {
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     f.calls.lock().unwrap().push(line.clone());
-    f.bodies.lock().unwrap().push((uri.path().to_owned(), body));
+    f.bodies
+        .lock()
+        .unwrap()
+        .push((uri.path().to_owned(), body.clone()));
     let ok = |v: Value| Json(v).into_response();
     match (f.kind, line.as_str()) {
         (Kind::Generic, "DELETE /v1/cache") => {
             ok(json!({"status": "purged", "message": "cleared 3 prompts"}))
         }
         (Kind::Vllm, "POST /reset_prefix_cache") => ok(json!({})),
+        // The tokenizers: vLLM counts chat messages; llama-server renders, then tokenizes.
+        (Kind::Vllm, "POST /tokenize") => {
+            ok(json!({"count": backend_tokens(&body), "max_model_len": 131072}))
+        }
+        (Kind::Llamacpp, "POST /apply-template") => {
+            ok(json!({"prompt": json!({"messages": body["messages"]}).to_string()}))
+        }
+        (Kind::Llamacpp, "POST /tokenize") => {
+            let rendered: Value =
+                serde_json::from_str(body["content"].as_str().unwrap_or("{}")).unwrap_or_default();
+            ok(json!({"tokens": vec![1; backend_tokens(&rendered) as usize]}))
+        }
         (Kind::Llamacpp, "GET /slots") => {
             ok(json!([{"id": 0, "n_ctx": 4096}, {"id": 1, "n_ctx": 4096}]))
         }
@@ -605,6 +620,67 @@ async fn a_150k_token_conversation_reaches_the_backend_under_the_hard_threshold_
     );
     assert_eq!(r.handle.snapshot().borrow().rejections.context, 0);
     r.handle.shutdown().await;
+}
+
+/// With a tokenizer at the backend, even the first long conversation is cut by the backend's own
+/// count, without a reply to calibrate from first.
+#[tokio::test]
+async fn near_the_thresholds_the_backends_tokenizer_decides() {
+    for (kind, source) in [
+        (Kind::Vllm, "vllm /tokenize"),
+        (Kind::Llamacpp, "llamacpp /tokenize"),
+    ] {
+        let r = rig(Fake::new(kind), |_| {}).await;
+        for _ in 0..1000 {
+            if r.handle.snapshot().borrow().backend.kind == format!("{kind:?}").to_lowercase() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let body = agent_session(140, 3_500);
+        assert!(backend_tokens(&body) > 150_000);
+        let response = r.post(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let content = content_of(response).await;
+        assert!(
+            content.starts_with("⚠ Context trimmed"),
+            "{kind:?}: {content}"
+        );
+        let sent = &r.fake.chats()[0];
+        let tokens = backend_tokens(sent);
+        // llama-server's count leaves out the tool schema (a few dozen tokens here).
+        assert!(tokens <= 100_000, "{kind:?}: the backend counts {tokens}");
+        assert!(
+            tokens > 90_000,
+            "{kind:?}: no more dropped than needed: {tokens}"
+        );
+        assert_tool_pairs_intact(sent["messages"].as_array().unwrap());
+        let records = r.records().await;
+        assert_eq!(records[0]["shaping"]["counted_by"], source, "{kind:?}");
+        assert_eq!(
+            records[0]["shaping"]["counted_tokens"].as_u64().unwrap(),
+            if kind == Kind::Vllm {
+                backend_tokens(&body)
+            } else {
+                backend_tokens(&json!({"messages": body["messages"]}))
+            }
+        );
+        // Far below the thresholds nobody asks the tokenizer.
+        let before = r.fake.calls().len();
+        r.post(&chat_body(false, "hi"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let calls = r.fake.calls();
+        assert!(
+            !calls[before..].iter().any(|c| c.contains("tokenize")),
+            "{calls:?}"
+        );
+        r.handle.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod admission;
 pub mod ids;
 pub mod shaping;
 pub mod sse;
+pub mod tokenize;
 pub mod transform;
 pub mod upstream;
 
@@ -339,7 +340,7 @@ async fn run(
             }
         }
     }
-    shape_context(state, ex, &mut body)?;
+    shape_context(state, ex, &mut body).await?;
 
     // 1. admission
     let queue_wait = ex.ctx.phases.queue();
@@ -586,23 +587,76 @@ async fn run(
 }
 
 /// Estimates the prompt and acts on the thresholds: a notice, dropped middle turns, or a 400.
-fn shape_context(
+/// Near a threshold, the backend's own tokenizer (where it has one) sets the ratio, and a
+/// truncation is counted again and redone once if the backend would still count too many.
+async fn shape_context(
     state: &AppState,
     ex: &mut Exchange,
     body: &mut Map<String, Value>,
 ) -> Result<(), Failure> {
-    let settings = &ex.ctx.settings;
-    let bytes_per_token = state
-        .calibration
-        .bytes_per_token(&settings.backend_url, &ex.ctx.model);
-    let policy = shaping::Policy {
+    use shaping::estimate::{measure_request, measure_tools, ratio_from};
+    let settings = ex.ctx.settings.clone();
+    let (backend, model) = (settings.backend_url.as_str(), ex.ctx.model.as_str());
+    let mut bytes_per_token = state.calibration.bytes_per_token(backend, model);
+    let measure = measure_request(body);
+    let without_tools = |body: &Map<String, Value>| {
+        let (all, tools) = (measure_request(body), measure_tools(body));
+        shaping::estimate::Measure {
+            text_bytes: all.text_bytes.saturating_sub(tools.text_bytes),
+            fixed_tokens: all.fixed_tokens.saturating_sub(tools.fixed_tokens),
+        }
+    };
+    let near =
+        |tokens: u64| tokens.saturating_mul(5) >= settings.token_warn_threshold.saturating_mul(4);
+    let mut counted: Option<(u64, &'static str)> = None;
+    if near(measure.tokens(bytes_per_token))
+        && let Some(c) = tokenize::count(state, body).await
+    {
+        let counted_part = if c.includes_tools {
+            measure
+        } else {
+            without_tools(body)
+        };
+        if let Some(r) = ratio_from(counted_part, c.tokens) {
+            bytes_per_token = r;
+        }
+        state
+            .calibration
+            .observe(backend, model, counted_part, c.tokens);
+        counted = Some((c.tokens, c.source));
+    }
+    let mut policy = shaping::Policy {
         warn_tokens: settings.token_warn_threshold,
         hard_tokens: settings.token_hard_threshold,
         bytes_per_token,
     };
-    let measure = shaping::estimate::measure_request(body);
-    let decision = shaping::decide(body, &policy);
-    let mut detail = decision.detail(measure, bytes_per_token, &policy);
+    let mut decision = shaping::decide(body, &policy);
+    if let (Some((_, _)), shaping::Decision::Truncate { messages, .. }) = (counted, &decision) {
+        // The dropped part may tokenize differently from the kept part: count what would be
+        // sent, and if the backend would still see too much, decide again at its ratio.
+        let mut trimmed = body.clone();
+        trimmed.insert("messages".into(), Value::Array(messages.clone()));
+        let budget = policy.hard_tokens.saturating_sub(shaping::max_tokens(body));
+        if let Some(c) = tokenize::count(state, &trimmed).await
+            && c.tokens > budget
+        {
+            let part = if c.includes_tools {
+                measure_request(&trimmed)
+            } else {
+                without_tools(&trimmed)
+            };
+            if let Some(r) = ratio_from(part, c.tokens) {
+                // A little under the measured ratio, so the second cut lands inside the limit.
+                policy.bytes_per_token = r * 0.98;
+                decision = shaping::decide(body, &policy);
+            }
+        }
+    }
+    let mut detail = decision.detail(measure, policy.bytes_per_token, &policy);
+    if let (Some(d), Some((tokens, source))) = (detail.as_object_mut(), counted) {
+        d.insert("counted_by".into(), source.into());
+        d.insert("counted_tokens".into(), tokens.into());
+    }
     if let (Some(d), Some(prior)) = (
         detail.as_object_mut(),
         ex.shaping.take().and_then(|v| v.as_object().cloned()),

@@ -140,6 +140,17 @@ pub fn measure_request(body: &serde_json::Map<String, Value>) -> Measure {
     m
 }
 
+/// The bytes-per-token ratio that makes `measure` come to `tokens`, if that is plausible.
+pub fn ratio_from(measure: Measure, tokens: u64) -> Option<f64> {
+    let text_tokens = tokens.checked_sub(measure.fixed_tokens)?;
+    if text_tokens == 0 || measure.text_bytes == 0 {
+        return None;
+    }
+    let ratio = measure.text_bytes as f64 / text_tokens as f64;
+    // Nothing tokenizes below a byte per token or above 16; such a count is wrong, not news.
+    (0.5..=16.0).contains(&ratio).then_some(ratio)
+}
+
 /// Bytes per token learned from replies, per backend and model. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Calibration {
@@ -176,14 +187,10 @@ impl Calibration {
         prompt_tokens: u64,
     ) -> Option<f64> {
         let text_tokens = prompt_tokens.checked_sub(measure.fixed_tokens)?;
-        if text_tokens < MIN_CALIBRATION_TOKENS || measure.text_bytes == 0 {
+        if text_tokens < MIN_CALIBRATION_TOKENS {
             return None;
         }
-        let ratio = measure.text_bytes as f64 / text_tokens as f64;
-        // Nothing tokenizes below a byte per token or above 16; such a count is wrong, not news.
-        if !(0.5..=16.0).contains(&ratio) {
-            return None;
-        }
+        ratio_from(measure, prompt_tokens)?;
         let mut ratios = self.ratios.lock().unwrap_or_else(|e| e.into_inner());
         let t = ratios.entry(Self::key(backend, model)).or_default();
         t.bytes += measure.text_bytes as f64;

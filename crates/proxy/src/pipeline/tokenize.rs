@@ -1,0 +1,89 @@
+//! Exact prompt counts from the backend's own tokenizer, where it has one: vLLM's
+//! `POST /tokenize` (chat messages and tools in, `count` out) and llama-server's
+//! `POST /apply-template` then `POST /tokenize`. Asked only when the estimate is near a
+//! threshold, where precision decides what is cut; anything that fails falls back to the
+//! estimate, silently (the estimate is always there).
+
+use crate::state::AppState;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// The longest the tokenizer may take before the estimate is used instead.
+const TOKENIZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A count and who made it (for the traffic log: `vllm /tokenize`, `llamacpp /tokenize`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub tokens: u64,
+    pub source: &'static str,
+    /// Whether the count covers the tool schemas (llama-server's template call does not).
+    pub includes_tools: bool,
+}
+
+/// Counts the prompt of `body` with the backend's tokenizer, if the backend is known to have
+/// one (the kind the health probe found). `None`: no tokenizer, or it failed.
+pub async fn count(state: &AppState, body: &Map<String, Value>) -> Option<Counted> {
+    let settings = state.settings.current();
+    let kind = state.hub.snapshot().borrow().backend.kind.clone();
+    let base = settings.backend_url.as_str();
+    let key = settings.upstream_api_key.as_deref();
+    let post = |path: &str, payload: Value| {
+        let mut r = state
+            .client
+            .post(format!("{base}{path}"))
+            .timeout(TOKENIZE_TIMEOUT)
+            .json(&payload);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r
+    };
+    let messages = body.get("messages").cloned().unwrap_or(Value::Null);
+    match kind.as_str() {
+        "vllm" => {
+            let mut payload = json!({
+                "model": body.get("model").cloned().unwrap_or(Value::Null),
+                "messages": messages,
+                "add_generation_prompt": true,
+            });
+            if let Some(tools) = body.get("tools") {
+                payload["tools"] = tools.clone();
+            }
+            let response = post("/tokenize", payload).send().await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let v: Value = response.json().await.ok()?;
+            Some(Counted {
+                tokens: v.get("count")?.as_u64()?,
+                source: "vllm /tokenize",
+                includes_tools: true,
+            })
+        }
+        "llamacpp" => {
+            let response = post("/apply-template", json!({"messages": messages}))
+                .send()
+                .await
+                .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let v: Value = response.json().await.ok()?;
+            let prompt = v.get("prompt")?.as_str()?.to_owned();
+            let response = post("/tokenize", json!({"content": prompt, "add_special": true}))
+                .send()
+                .await
+                .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let v: Value = response.json().await.ok()?;
+            Some(Counted {
+                tokens: v.get("tokens")?.as_array()?.len() as u64,
+                source: "llamacpp /tokenize",
+                includes_tools: false,
+            })
+        }
+        _ => None,
+    }
+}
