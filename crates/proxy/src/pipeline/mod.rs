@@ -1,5 +1,11 @@
 //! The request path for chat completions: admission → shaping → upstream → transform.
 //!
+//! Shaping comes in two parts. What needs no slot runs before admission: a memory refusal, a
+//! session reset (its purge takes every slot itself, so it must not hold one) and the context
+//! decision, so a request that cannot fit is refused at once rather than after its wait in the
+//! queue. The memory notice is taken after admission, from the sample current when the request
+//! actually goes to the backend.
+//!
 //! One pipeline serves both response modes. The backend is always asked for a stream; a
 //! streaming client gets the transformed chunks as SSE, a non-streaming client gets their fold.
 //! Each request runs in its own task, which ends as soon as the client goes away: dropping the
