@@ -201,11 +201,17 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
     state.hub.started(ctx.summary("queued"));
     let heartbeat = Duration::from_secs_f64(ctx.settings.heartbeat_interval_secs);
     let request_id = ctx.id.clone();
+    // A streaming client gets every byte; the fold is then only the record, and bounded.
+    let folder = if ctx.stream {
+        Folder::for_record_only()
+    } else {
+        Folder::default()
+    };
     let exchange = Exchange {
         ctx,
         upstream_body: Value::Null,
         translator: None,
-        folder: Folder::default(),
+        folder,
         shaping: None,
         measure: None,
     };

@@ -205,7 +205,7 @@ impl Translator {
                 if let Some(text) = delta.get("content").and_then(Value::as_str)
                     && !text.is_empty()
                 {
-                    state.raw.push_str(text);
+                    push_capped(&mut state.raw, text, Some(LOG_TEXT_LIMIT));
                     events.extend(state.parser.feed(text));
                 }
                 if let Some(Value::Array(calls)) = delta.get("tool_calls") {
@@ -509,12 +509,43 @@ fn merge(last: &mut Map<String, Value>, next: &Map<String, Value>) -> bool {
     }
 }
 
+/// Text kept for the traffic log and the dashboard per field of a streamed reply. A stream
+/// passes through whole; only the copy kept for the record is bounded, so a 100 MB reply does
+/// not cost 100 MB of memory.
+pub const LOG_TEXT_LIMIT: usize = 1 << 20;
+
+const OMITTED: &str = "\n[… the rest was streamed to the client, not kept for the log]";
+
+/// Appends `text`, keeping at most `limit` bytes (then one marker saying the rest was not kept).
+fn push_capped(dst: &mut String, text: &str, limit: Option<usize>) {
+    let Some(limit) = limit else {
+        dst.push_str(text);
+        return;
+    };
+    if dst.len() >= limit {
+        return;
+    }
+    if dst.len() + text.len() <= limit {
+        dst.push_str(text);
+        return;
+    }
+    let mut end = limit - dst.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    dst.push_str(&text[..end]);
+    // Past the limit now, so nothing more is appended after the marker.
+    dst.push_str(OMITTED);
+}
+
 /// Assembles output chunks into one `chat.completion`, the way an OpenAI SDK accumulates a stream.
 #[derive(Debug, Default)]
 pub struct Folder {
     template: Map<String, Value>,
     choices: BTreeMap<u64, FoldedChoice>,
     usage: Option<Value>,
+    /// `Some` when the fold is only a record (the client got the stream): texts are bounded.
+    text_limit: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -534,7 +565,16 @@ pub struct FoldedCall {
 }
 
 impl Folder {
+    /// A fold kept only for the log and the dashboard, with each text bounded.
+    pub fn for_record_only() -> Self {
+        Folder {
+            text_limit: Some(LOG_TEXT_LIMIT),
+            ..Folder::default()
+        }
+    }
+
     pub fn push(&mut self, chunk: &Value) {
+        let limit = self.text_limit;
         for key in ["id", "created", "model", "system_fingerprint"] {
             if let Some(v) = chunk.get(key) {
                 self.template.entry(key).or_insert_with(|| v.clone());
@@ -551,16 +591,17 @@ impl Folder {
             let folded = self.choices.entry(index).or_default();
             let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
             if let Some(t) = delta.get("content").and_then(Value::as_str) {
-                folded.content.push_str(t);
+                push_capped(&mut folded.content, t, limit);
             }
             if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
-                folded
-                    .reasoning_content
-                    .get_or_insert_with(String::new)
-                    .push_str(t);
+                push_capped(
+                    folded.reasoning_content.get_or_insert_with(String::new),
+                    t,
+                    limit,
+                );
             }
             if let Some(t) = delta.get("reasoning").and_then(Value::as_str) {
-                folded.reasoning.get_or_insert_with(String::new).push_str(t);
+                push_capped(folded.reasoning.get_or_insert_with(String::new), t, limit);
             }
             for call in delta
                 .get("tool_calls")
@@ -581,7 +622,7 @@ impl Folder {
                         slot.name.push_str(n);
                     }
                     if let Some(a) = f.get("arguments").and_then(Value::as_str) {
-                        slot.arguments.push_str(a);
+                        push_capped(&mut slot.arguments, a, limit);
                     }
                 }
             }
