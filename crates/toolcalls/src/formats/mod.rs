@@ -2,13 +2,20 @@
 //! starts with them; the scanner (`scan.rs`) finds the markers and never needs to know more.
 //! Adding a format = one module here, one line in [`ALL`] (or [`WHOLE`]), and its tests.
 
+mod command_r;
 mod deepseek;
+mod granite;
+mod json_list;
 mod kimi;
 mod line;
 mod llama;
+mod minimax;
 mod mistral;
+mod nemotron;
 mod pythonic;
+mod seed_oss;
 mod tagged;
+mod tool_calls_list;
 mod xml;
 
 use crate::{ToolSpec, coerce, json};
@@ -76,7 +83,7 @@ impl Ctx<'_> {
     }
 
     /// Builds a call from an object like `{"name": …, "arguments": {…}}` (also `args`,
-    /// `parameters`, `input`, and the nested `{"function": {…}}` form).
+    /// `parameters`, `input`, Command R's `tool_name`, and the nested `{"function": {…}}` form).
     pub fn call_from_json(&self, value: &Value) -> Result<Call, String> {
         let obj = value
             .as_object()
@@ -85,8 +92,9 @@ impl Ctx<'_> {
             .get("function")
             .and_then(Value::as_object)
             .unwrap_or(obj);
-        let name = inner
-            .get("name")
+        let name = ["name", "tool_name"]
+            .iter()
+            .find_map(|k| inner.get(*k))
             .and_then(Value::as_str)
             .ok_or("the call has no \"name\"")?
             .trim()
@@ -199,6 +207,12 @@ pub static ALL: &[&dyn Format] = &[
     &kimi::Kimi,
     &deepseek::DeepSeek,
     &llama::PythonTag,
+    &tool_calls_list::TOOL_CALLS_LIST,
+    &minimax::MiniMax,
+    &seed_oss::SeedOss,
+    &nemotron::NEMOTRON,
+    &granite::GRANITE,
+    &command_r::COMMAND_R7B,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];

@@ -176,6 +176,30 @@ fn unquote(s: &str) -> &str {
 }
 
 impl Functions {
+    /// A whole block: `open`, optional whitespace, functions, `self.close`.
+    pub fn scan_block(&self, text: &str, open: &str, format: &'static str, ctx: &Ctx<'_>) -> Scan {
+        let body = &text[open.len()..];
+        let lead = body.len() - body.trim_start().len();
+        let rest = &body[lead..];
+        if rest.is_empty() {
+            return ctx.unterminated(text, open);
+        }
+        let parsed = if rest.starts_with(self.function) || self.function.starts_with(rest) {
+            self.parse(rest, ctx)
+        } else {
+            Body::NotACall(format!("{open} is not followed by {}", self.function))
+        };
+        settle(
+            text,
+            open,
+            self.close,
+            open.len() + lead,
+            format,
+            parsed,
+            ctx,
+        )
+    }
+
     /// Reads one or more functions from `body` (which starts with `self.function`) through the
     /// block's closing tag. Several functions in one block are several calls (mlx-lm merges
     /// them into one).

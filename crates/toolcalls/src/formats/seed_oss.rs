@@ -1,0 +1,50 @@
+//! ByteDance Seed-OSS: the Qwen3-Coder body inside `<seed:tool_call>…</seed:tool_call>`:
+//! `<function=NAME>\n<parameter=K>V</parameter>\n</function>`, values as raw text typed by the
+//! schema.
+
+use super::xml::Functions;
+use super::{Ctx, Format, Opener, Scan};
+
+pub struct SeedOss;
+
+const OPEN: &str = "<seed:tool_call>";
+
+const FUNCTIONS: Functions = Functions {
+    function: "<function=",
+    function_close: "</function>",
+    parameter: "<parameter=",
+    parameter_close: "</parameter>",
+    close: "</seed:tool_call>",
+};
+
+impl Format for SeedOss {
+    fn names(&self) -> &'static [&'static str] {
+        &["seed_oss"]
+    }
+
+    fn openers(&self) -> &'static [Opener] {
+        &[Opener {
+            text: OPEN,
+            line_start: false,
+        }]
+    }
+
+    fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+        FUNCTIONS.scan_block(text, OPEN, "seed_oss", ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::calls;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn qwen3_coder_body_in_seed_tags() {
+        let t = "<seed:tool_call>\n<function=get_weather>\n<parameter=city>Beijing</parameter>\n<parameter=days>2</parameter>\n</function>\n</seed:tool_call>";
+        let (len, format, c) = calls(&SeedOss, t);
+        assert_eq!((len, format), (t.len(), "seed_oss"));
+        assert_eq!(c[0].1, json!({"city": "Beijing", "days": 2}));
+    }
+}
