@@ -64,6 +64,8 @@ fn every_bad_value_names_the_key_the_value_and_the_expectation() {
         ("host", "not-an-ip"),
         ("log_max_mb", "0"),
         ("max_body_bytes", "1"),
+        ("cors_origins", "*"),
+        ("cors_origins", "http://a.example,*"),
     ];
     for (key, value) in cases {
         let env_name = KEYS.iter().find(|k| k.name == *key).unwrap().env;

@@ -630,7 +630,15 @@ impl Settings {
             "upstream_api_key" => {
                 self.upstream_api_key = Some(value.trim().to_owned()).filter(|s| !s.is_empty())
             }
-            "cors_origins" => self.cors_origins = parse_list(value),
+            "cors_origins" => {
+                let origins = parse_list(value);
+                if origins.iter().any(|o| o == "*") {
+                    return Err(format!(
+                        "invalid value {value:?}: expected a list of origins such as http://localhost:3000 (\"*\" would let any web page use your model)"
+                    ));
+                }
+                self.cors_origins = origins;
+            }
             "allowed_hosts" => self.allowed_hosts = parse_list(value),
             _ => return Err(unknown_key_message(key)),
         }

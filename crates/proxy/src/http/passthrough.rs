@@ -18,7 +18,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration};
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), plus ones we set ourselves.
+/// Headers not forwarded: those that describe one hop, not the message (RFC 9110 §7.6.1), ones
+/// we set ourselves, and the client's credentials.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -30,8 +31,12 @@ const HOP_BY_HOP: &[&str] = &[
     "transfer-encoding",
     "upgrade",
     "host",
-    "authorization",
     "content-length",
+    // The client's credentials are for this proxy, never for the backend (UPSTREAM_API_KEY is).
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
 ];
 
 /// The client's body went over the limit while it was being sent (the error is nested in
