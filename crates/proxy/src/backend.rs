@@ -77,10 +77,7 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
         .unwrap_or("")
         .to_ascii_lowercase();
     let status = response.status();
-    let body: serde_json::Value = match response.bytes().await {
-        Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-        Err(_) => serde_json::Value::Null,
-    };
+    let body = read_models(response).await;
     if !status.is_success() {
         probe.error = Some(format!("{base}/v1/models answered {status}"));
     }
@@ -118,4 +115,21 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
         BackendKind::Unknown
     };
     probe
+}
+
+/// A model list is small; a backend that sends more than this is not answering `/v1/models`
+/// (or is hostile), and the probe must not buffer it.
+const MODELS_BODY_LIMIT: usize = 4 << 20;
+
+async fn read_models(mut response: reqwest::Response) -> serde_json::Value {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) if body.len() + chunk.len() <= MODELS_BODY_LIMIT => {
+                body.extend_from_slice(&chunk)
+            }
+            Ok(None) => return serde_json::from_slice(&body).unwrap_or_default(),
+            Ok(Some(_)) | Err(_) => return serde_json::Value::Null,
+        }
+    }
 }
