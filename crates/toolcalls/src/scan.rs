@@ -86,15 +86,14 @@ fn enabled(options: &Options, name: &str) -> bool {
 impl Scanner {
     pub fn new(tools: Vec<ToolSpec>, options: Options) -> Scanner {
         let parse = options.parse_tools && !tools.is_empty();
-        let formats: Vec<&'static dyn Format> = if parse {
-            formats::ALL
-                .iter()
-                .copied()
-                .filter(|f| f.names().iter().any(|n| enabled(&options, n)))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        // Without tools, only the dialects that also mark reasoning run (a harmony answer must
+        // not show its channel headers); any call they find names no declared tool.
+        let formats: Vec<&'static dyn Format> = formats::ALL
+            .iter()
+            .copied()
+            .filter(|f| parse || f.marks_reasoning() && options.split_reasoning)
+            .filter(|f| f.names().iter().any(|n| enabled(&options, n)))
+            .collect();
         let whole: Vec<&'static dyn WholeMessage> = if parse {
             formats::WHOLE
                 .iter()
@@ -670,6 +669,10 @@ impl Scanner {
                         self.emit_calls(&span, format, calls, out);
                         true
                     }
+                    Scan::Section { len, reasoning } => {
+                        self.section(len, reasoning && self.options.split_reasoning, out);
+                        true
+                    }
                     Scan::Reject { len, reason } => {
                         let len = len.max(1).min(self.pending().len());
                         let len = (len..=self.pending().len())
@@ -686,6 +689,26 @@ impl Scanner {
                 }
             }
         }
+    }
+
+    /// Markup that starts a section of reasoning or content (a harmony channel header).
+    fn section(&mut self, len: usize, reasoning: bool, out: &mut Vec<Event>) {
+        // Whitespace before the header: prose after prose, markup otherwise (as at `<think>`).
+        let ws = std::mem::take(&mut self.pending_ws);
+        if self.content_seen && !ws.is_empty() {
+            self.push_trace("content", None, ws.len(), None);
+            push_text(out, Event::Content { text: ws });
+        } else {
+            self.markup(ws.len());
+        }
+        self.take(len);
+        self.markup(len);
+        self.mode = if reasoning {
+            Mode::Reasoning
+        } else {
+            Mode::Content
+        };
+        self.absorb_ws = !reasoning;
     }
 
     fn step_reasoning(&mut self, at_end: bool, out: &mut Vec<Event>) -> bool {

@@ -5,6 +5,7 @@
 mod command_r;
 mod deepseek;
 mod granite;
+mod harmony;
 mod json_list;
 mod kimi;
 mod line;
@@ -50,6 +51,9 @@ pub enum Scan {
         format: &'static str,
         calls: Vec<Call>,
     },
+    /// `len` bytes of markup (a harmony channel header, Seed's `<seed:think>`) after which the
+    /// text is reasoning (`reasoning: true`) or content, until the next such marker.
+    Section { len: usize, reasoning: bool },
     /// `len` bytes from the opener are not a valid call and go back to content, for this reason.
     Reject { len: usize, reason: String },
 }
@@ -189,6 +193,11 @@ pub trait Format: Sync {
     fn openers(&self) -> &'static [Opener];
     /// Reads the span starting at `text[0]` (which begins with `opener`).
     fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan;
+    /// The dialect also marks reasoning ([`Scan::Section`]), so it is read even when no tools
+    /// were declared: its channel markers must not leak into the answer.
+    fn marks_reasoning(&self) -> bool {
+        false
+    }
 }
 
 /// A dialect that is a call only when it is the entire message (a bare JSON object, a Python
@@ -213,6 +222,7 @@ pub static ALL: &[&dyn Format] = &[
     &nemotron::NEMOTRON,
     &granite::GRANITE,
     &command_r::COMMAND_R7B,
+    &harmony::Harmony,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];
