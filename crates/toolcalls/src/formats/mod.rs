@@ -221,7 +221,7 @@ pub static ALL: &[&dyn Format] = &[
     &seed_oss::SeedOss,
     &nemotron::NEMOTRON,
     &granite::GRANITE,
-    &command_r::COMMAND_R7B,
+    &command_r::CommandR,
     &harmony::Harmony,
 ];
 

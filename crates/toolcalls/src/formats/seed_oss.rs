@@ -1,6 +1,6 @@
 //! ByteDance Seed-OSS: the Qwen3-Coder body inside `<seed:tool_call>…</seed:tool_call>`:
 //! `<function=NAME>\n<parameter=K>V</parameter>\n</function>`, values as raw text typed by the
-//! schema.
+//! schema; reasoning in `<seed:think>…</seed:think>`.
 
 use super::xml::Functions;
 use super::{Ctx, Format, Opener, Scan};
@@ -8,6 +8,8 @@ use super::{Ctx, Format, Opener, Scan};
 pub struct SeedOss;
 
 const OPEN: &str = "<seed:tool_call>";
+const THINK: &str = "<seed:think>";
+const THINK_END: &str = "</seed:think>";
 
 const FUNCTIONS: Functions = Functions {
     function: "<function=",
@@ -23,14 +25,38 @@ impl Format for SeedOss {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener {
-            text: OPEN,
-            line_start: false,
-        }]
+        &[
+            Opener {
+                text: OPEN,
+                line_start: false,
+            },
+            Opener {
+                text: THINK,
+                line_start: false,
+            },
+            Opener {
+                text: THINK_END,
+                line_start: false,
+            },
+        ]
     }
 
-    fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
-        FUNCTIONS.scan_block(text, OPEN, "seed_oss", ctx)
+    fn marks_reasoning(&self) -> bool {
+        true
+    }
+
+    fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+        match opener.text {
+            THINK => Scan::Section {
+                len: THINK.len(),
+                reasoning: true,
+            },
+            THINK_END => Scan::Section {
+                len: THINK_END.len(),
+                reasoning: false,
+            },
+            _ => FUNCTIONS.scan_block(text, OPEN, "seed_oss", ctx),
+        }
     }
 }
 
