@@ -8,6 +8,7 @@ mod granite;
 mod harmony;
 mod json_list;
 mod kimi;
+mod lfm2;
 mod line;
 mod llama;
 mod minimax;
@@ -223,6 +224,7 @@ pub static ALL: &[&dyn Format] = &[
     &granite::GRANITE,
     &command_r::CommandR,
     &harmony::Harmony,
+    &lfm2::Lfm2,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];
