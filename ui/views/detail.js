@@ -182,7 +182,7 @@ export class DetailView {
       const dec = new TextDecoder();
       parts.push(h('section', { class: 'trace', 'aria-labelledby': 'trace-title' },
         h('h3', { id: 'trace-title' }, 'Trace ', rejected.length ? h('span', { class: 'badge', dataset: { tone: 'warn' } }, `${rejected.length} rejected`) : null),
-        h('div', { class: 'table-wrap' },
+        h('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': 'Trace spans (scrollable)' },
           h('table', { class: 'trace-table', id: 'detail-trace' },
             h('thead', null, h('tr', null,
               h('th', { scope: 'col' }, 'Kind'), h('th', { scope: 'col' }, 'Format'),
