@@ -62,7 +62,10 @@ pub fn reply_for(request: &Value, n: u64) -> String {
 
 fn short(text: &str) -> String {
     let t: String = text.chars().take(120).collect();
+    // The reply adds its own full stop.
     t.replace(['\n', '"'], " ")
+        .trim_end_matches(['?', '.', '!', ' '])
+        .to_owned()
 }
 
 fn chosen_format(user_text: &str) -> Option<&'static str> {
