@@ -441,6 +441,69 @@ async fn a_full_queue_is_429_and_a_queue_timeout_is_503_or_an_sse_error() {
     r.handle.shutdown().await;
 }
 
+#[tokio::test]
+async fn raising_max_concurrent_admits_the_queue_at_once_and_lowering_lets_requests_finish() {
+    let fake = Fake::new(Kind::Generic);
+    let hold = Arc::new(Notify::new());
+    *fake.hold.lock().unwrap() = Some(hold.clone());
+    let r = rig(fake, |s| s.max_concurrent = 1).await;
+    let gate = r.handle.state().gate.clone();
+    let a = tokio::spawn(r.post(&chat_body(false, "a")).send());
+    let b = tokio::spawn(r.post(&chat_body(false, "b")).send());
+    let wait = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| async move {
+        for _ in 0..2000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("timed out waiting for {what}");
+    };
+    let (g, live) = (gate.clone(), r.fake.live.clone());
+    wait(
+        "one running, one queued",
+        Box::new(move || g.busy() == 1 && g.queued() == 1 && live.load(Ordering::SeqCst) == 1),
+    )
+    .await;
+    let patch = |n: usize| {
+        client()
+            .patch(format!("{}/admin/api/config", r.base))
+            .json(&json!({ "max_concurrent": n }))
+            .send()
+    };
+    // Raised: the waiter goes to the backend now, without anything finishing.
+    assert_eq!(patch(2).await.unwrap().status(), 200);
+    let live = r.fake.live.clone();
+    wait(
+        "both at the backend",
+        Box::new(move || live.load(Ordering::SeqCst) == 2),
+    )
+    .await;
+    // Lowered: both keep running; a third waits until both are done.
+    assert_eq!(patch(1).await.unwrap().status(), 200);
+    let c = tokio::spawn(r.post(&chat_body(false, "c")).send());
+    let g = gate.clone();
+    wait("c queued", Box::new(move || g.queued() == 1)).await;
+    assert_eq!(r.fake.chats().len(), 2);
+    hold.notify_one();
+    hold.notify_one();
+    for t in [a, b] {
+        assert_eq!(t.await.unwrap().unwrap().status(), 200);
+    }
+    // c's own backend response waits on the same notification: release it too.
+    let live = r.fake.live.clone();
+    wait(
+        "c at the backend",
+        Box::new(move || live.load(Ordering::SeqCst) == 1),
+    )
+    .await;
+    assert_eq!(r.fake.peak.load(Ordering::SeqCst), 2);
+    hold.notify_one();
+    assert_eq!(c.await.unwrap().unwrap().status(), 200);
+    assert_eq!(r.fake.chats().len(), 3);
+    r.handle.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn heartbeats_while_queued_and_during_a_slow_first_token_and_only_comments_before_it() {
     let fake = Fake::new(Kind::Generic);
