@@ -185,16 +185,10 @@ async fn forward_inner(
                     Ok(slot) => Some(slot),
                     Err(_) => {
                         state.hub.update(|s| s.rejections.queue_timeout += 1);
-                        return Err(ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            crate::error::Source::Proxy,
-                            "queue_timeout",
-                            format!(
-                                "waited {} s for a free slot at the backend",
-                                settings.queue_timeout_secs
-                            ),
-                        )
-                        .with_retry_after(1));
+                        return Err(pipeline::queue_timeout(
+                            settings.queue_timeout_secs,
+                            settings.max_concurrent,
+                        ));
                     }
                 }
             }

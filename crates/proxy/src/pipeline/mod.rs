@@ -370,17 +370,7 @@ async fn run(
                 Ok(slot) => slot,
                 Err(_) => {
                     state.hub.update(|s| s.rejections.queue_timeout += 1);
-                    return Err(ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Source::Proxy,
-                        "queue_timeout",
-                        format!(
-                            "waited {} s for a free slot at the backend (MAX_CONCURRENT={}); try again later or raise QUEUE_TIMEOUT_SECS",
-                            settings.queue_timeout_secs, settings.max_concurrent
-                        ),
-                    )
-                    .with_retry_after(settings.queue_timeout_secs.ceil().max(1.0) as u64)
-                    .into());
+                    return Err(queue_timeout(settings.queue_timeout_secs, settings.max_concurrent).into());
                 }
             }
         }
@@ -798,6 +788,18 @@ pub fn queue_full(max_queue: usize, max_concurrent: usize) -> ApiError {
         ),
     )
     .with_retry_after(1)
+}
+
+pub fn queue_timeout(queue_timeout_secs: f64, max_concurrent: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Source::Proxy,
+        "queue_timeout",
+        format!(
+            "waited {queue_timeout_secs} s for a free slot at the backend (MAX_CONCURRENT={max_concurrent}); try again later or raise QUEUE_TIMEOUT_SECS"
+        ),
+    )
+    .with_retry_after(queue_timeout_secs.ceil().max(1.0) as u64)
 }
 
 /// The client's body with streaming (and usage in the stream) switched on; all else untouched.
