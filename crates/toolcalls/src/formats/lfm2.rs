@@ -40,11 +40,12 @@ impl Format for Lfm2 {
                 Some(Ok(c)) => {
                     let items = &list[..n];
                     // `[{…}]` is the JSON variant, `[name(…)]` the pythonic one.
-                    let calls = if items.starts_with('{') || items[1..].trim_start().starts_with('{') {
-                        ctx.calls_from_json_text(items)
-                    } else {
-                        Pythonic.parse(items, ctx)
-                    };
+                    let calls =
+                        if items.starts_with('{') || items[1..].trim_start().starts_with('{') {
+                            ctx.calls_from_json_text(items)
+                        } else {
+                            Pythonic.parse(items, ctx)
+                        };
                     Body::Done { len: n + c, calls }
                 }
             },

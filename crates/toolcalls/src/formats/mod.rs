@@ -4,6 +4,7 @@
 
 mod command_r;
 mod deepseek;
+mod functionary;
 mod granite;
 mod harmony;
 mod json_list;
@@ -225,6 +226,7 @@ pub static ALL: &[&dyn Format] = &[
     &command_r::CommandR,
     &harmony::Harmony,
     &lfm2::Lfm2,
+    &functionary::Functionary,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];
