@@ -114,10 +114,15 @@ impl LiveSettings {
             changed.push(key.clone());
         }
         next.validate()?;
-        if let Some(path) = &next.config_path {
-            persist(path, &persisted).map_err(|e| PatchError {
+        if let Some(path) = next.config_path.clone() {
+            // File I/O off the async workers; the patch lock keeps writes in order.
+            let shown = path.display().to_string();
+            let saved = tokio::task::spawn_blocking(move || persist(&path, &persisted))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            saved.map_err(|e| PatchError {
                 param: None,
-                message: format!("could not save the settings to {}: {e}", path.display()),
+                message: format!("could not save the settings to {shown}: {e}"),
             })?;
         }
         let next = Arc::new(next);
