@@ -5,6 +5,7 @@
 mod command_r;
 mod deepseek;
 mod functionary;
+mod gemma4;
 mod granite;
 mod harmony;
 mod json_list;
@@ -227,6 +228,7 @@ pub static ALL: &[&dyn Format] = &[
     &harmony::Harmony,
     &lfm2::Lfm2,
     &functionary::Functionary,
+    &gemma4::Gemma4,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];
