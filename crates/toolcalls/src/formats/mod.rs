@@ -4,6 +4,7 @@
 
 mod command_r;
 mod deepseek;
+mod deepseek_dsml;
 mod functionary;
 mod gemma4;
 mod granite;
@@ -229,6 +230,7 @@ pub static ALL: &[&dyn Format] = &[
     &lfm2::Lfm2,
     &functionary::Functionary,
     &gemma4::Gemma4,
+    &deepseek_dsml::DeepSeekDsml,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];

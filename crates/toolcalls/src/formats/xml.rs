@@ -164,15 +164,29 @@ pub struct Functions {
     pub close: &'static str,
 }
 
-/// `name`, `"name"` or `'name'` → `name`.
-fn unquote(s: &str) -> &str {
+/// The first word of a tag's attribute text: `name`, `"name"` or `'name'` → `name`; the rest
+/// (`string="false"`) is returned too.
+fn unquote(s: &str) -> (&str, &str) {
     let s = s.trim();
     for q in ['"', '\''] {
-        if let Some(inner) = s.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
-            return inner;
+        if let Some(inner) = s.strip_prefix(q)
+            && let Some(end) = inner.find(q)
+        {
+            return (&inner[..end], &inner[end + 1..]);
         }
     }
-    s
+    match s.find(char::is_whitespace) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    }
+}
+
+/// DeepSeek's DSML marks a parameter `string="false"`: its value is JSON, even where the
+/// schema does not describe the parameter.
+fn json_hint(attributes: &str) -> bool {
+    attributes
+        .split_whitespace()
+        .any(|a| a == "string=\"false\"" || a == "string='false'")
 }
 
 impl Functions {
@@ -222,9 +236,10 @@ impl Functions {
                     Body::NeedMore
                 };
             };
-            let name = unquote(&rest[self.function.len()..gt]).to_owned();
+            let name = unquote(&rest[self.function.len()..gt]).0.to_owned();
             pos += gt + 1;
             let mut pairs = Vec::new();
+            let mut json_values = Vec::new();
             loop {
                 let rest = &body[pos..];
                 let ws = rest.len() - rest.trim_start().len();
@@ -237,7 +252,9 @@ impl Functions {
                             Body::NeedMore
                         };
                     };
-                    let key = unquote(&after_key[..gt]).to_owned();
+                    let (key, attributes) = unquote(&after_key[..gt]);
+                    let key = key.to_owned();
+                    let is_json = json_hint(attributes);
                     let value_at = pos + ws + self.parameter.len() + gt + 1;
                     let value_text = &body[value_at..];
                     match structural_end(
@@ -251,7 +268,11 @@ impl Functions {
                             return Body::Bad(format!("unterminated {}…> value", self.parameter));
                         }
                         Some(Ok((end, after))) => {
-                            pairs.push((key, layout_trim(&value_text[..end]).to_owned()));
+                            let value = layout_trim(&value_text[..end]).to_owned();
+                            if is_json {
+                                json_values.push((key.clone(), value.clone()));
+                            }
+                            pairs.push((key, value));
                             pos = value_at + after;
                         }
                     }
@@ -274,7 +295,22 @@ impl Functions {
                     ));
                 }
             }
-            calls.push(ctx.call_from_text_pairs(&name, pairs, None));
+            calls.push(
+                ctx.call_from_text_pairs(&name, pairs, None)
+                    .map(|mut call| {
+                        for (key, raw) in json_values {
+                            let described = ctx.tool(&name).is_ok_and(|t| {
+                                crate::coerce::property_schema(&t.parameters, &key).is_some()
+                            });
+                            if let (false, Some(v)) =
+                                (described, crate::json::parse_lenient(raw.trim()))
+                            {
+                                call.arguments.insert(key, v);
+                            }
+                        }
+                        call
+                    }),
+            );
             // Another function in the same block, or the block's end.
             let rest = &body[pos..];
             let ws = rest.len() - rest.trim_start().len();
