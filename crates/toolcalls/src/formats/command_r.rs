@@ -16,6 +16,7 @@ const ACTION: JsonList = JsonList {
         line_start: false,
     }],
     close: Some("<|END_ACTION|>"),
+    keyed_by_name: false,
 };
 
 const START_THINKING: &str = "<|START_THINKING|>";

@@ -11,6 +11,7 @@ pub static GRANITE: JsonList = JsonList {
         line_start: false,
     }],
     close: None,
+    keyed_by_name: false,
 };
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use super::xml::{Body, settle};
 use super::{Call, Ctx, Format, Opener, Scan};
 use crate::json::{End, value_end};
+use serde_json::Value;
 
 /// A dialect of this family is one `static` of this type (see `nemotron.rs`).
 pub struct JsonList {
@@ -15,6 +16,8 @@ pub struct JsonList {
     pub openers: &'static [Opener],
     /// `None`: the span ends with its (single) JSON value.
     pub close: Option<&'static str>,
+    /// Each call is `{"NAME": {arguments}}` (Apertus) rather than `{"name": …, "arguments": …}`.
+    pub keyed_by_name: bool,
 }
 
 impl Format for JsonList {
@@ -124,7 +127,7 @@ impl JsonList {
                         format!("format {} is not enabled (PARSER_FORMATS)", self.format());
                     return Scan::Reject { len, reason };
                 }
-                match ctx.calls_from_json_text(&body[..n]) {
+                match self.calls(&[&body[..n]], ctx) {
                     Ok(calls) => Scan::Calls {
                         len,
                         format: self.format(),
@@ -139,7 +142,30 @@ impl JsonList {
     fn calls(&self, values: &[&str], ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
         let mut calls = Vec::new();
         for v in values {
-            calls.extend(ctx.calls_from_json_text(v)?);
+            if !self.keyed_by_name {
+                calls.extend(ctx.calls_from_json_text(v)?);
+                continue;
+            }
+            let value = crate::json::parse_lenient(v).ok_or("the call is not valid JSON")?;
+            let items = match value {
+                Value::Array(items) => items,
+                other => vec![other],
+            };
+            for item in items {
+                let Some((name, args)) = item
+                    .as_object()
+                    .filter(|o| o.len() == 1)
+                    .and_then(|o| o.iter().next())
+                else {
+                    return Err("a call must be an object with one key, the tool's name".into());
+                };
+                calls.push(
+                    ctx.call_from_json(&serde_json::json!({"name": name, "arguments": args}))?,
+                );
+            }
+        }
+        if calls.is_empty() {
+            return Err("an empty list of calls".into());
         }
         Ok(calls)
     }
@@ -149,7 +175,7 @@ impl JsonList {
 mod tests {
     use super::super::testing::tools;
     use super::*;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     const LIST: JsonList = JsonList {
         names: &["t"],
@@ -158,6 +184,7 @@ mod tests {
             line_start: false,
         }],
         close: Some("</tool_calls>"),
+        keyed_by_name: false,
     };
     const SINGLE: JsonList = JsonList {
         names: &["t"],
@@ -166,6 +193,7 @@ mod tests {
             line_start: false,
         }],
         close: None,
+        keyed_by_name: false,
     };
 
     fn run(list: &JsonList, text: &str, at_end: bool) -> Scan {

@@ -2,6 +2,7 @@
 //! starts with them; the scanner (`scan.rs`) finds the markers and never needs to know more.
 //! Adding a format = one module here, one line in [`ALL`] (or [`WHOLE`]), and its tests.
 
+mod apertus;
 mod command_r;
 mod deepseek;
 mod deepseek_dsml;
@@ -9,6 +10,7 @@ mod functionary;
 mod gemma4;
 mod granite;
 mod harmony;
+mod internlm2;
 mod json_list;
 mod kimi;
 mod lfm2;
@@ -231,6 +233,8 @@ pub static ALL: &[&dyn Format] = &[
     &functionary::Functionary,
     &gemma4::Gemma4,
     &deepseek_dsml::DeepSeekDsml,
+    &internlm2::INTERNLM2,
+    &apertus::APERTUS,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];

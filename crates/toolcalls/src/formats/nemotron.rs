@@ -10,6 +10,7 @@ pub static NEMOTRON: JsonList = JsonList {
         line_start: false,
     }],
     close: Some("</TOOLCALL>"),
+    keyed_by_name: false,
 };
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub static TOOL_CALLS_LIST: JsonList = JsonList {
         line_start: false,
     }],
     close: Some("</tool_calls>"),
+    keyed_by_name: false,
 };
 
 #[cfg(test)]
