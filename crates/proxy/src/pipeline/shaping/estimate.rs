@@ -20,6 +20,9 @@ pub const TOKENS_PER_MESSAGE: u64 = 4;
 pub const TOKENS_PER_REQUEST: u64 = 3;
 /// An image part, whatever its size: vision encoders take a few hundred to a thousand or so.
 pub const TOKENS_PER_IMAGE: u64 = 768;
+/// The plausible range of a learned ratio (see [`ratio_from`]).
+pub const MIN_BYTES_PER_TOKEN: f64 = 0.8;
+pub const MAX_BYTES_PER_TOKEN: f64 = 6.0;
 /// Calibration totals are halved past this many tokens, so recent replies weigh the most.
 const CALIBRATION_WINDOW_TOKENS: f64 = 2_000_000.0;
 /// Replies with fewer text tokens than this say more about the template than the ratio.
@@ -147,8 +150,13 @@ pub fn ratio_from(measure: Measure, tokens: u64) -> Option<f64> {
         return None;
     }
     let ratio = measure.text_bytes as f64 / text_tokens as f64;
-    // Nothing tokenizes below a byte per token or above 16; such a count is wrong, not news.
-    (0.5..=16.0).contains(&ratio).then_some(ratio)
+    // Real tokenizers land between about 1 (CJK, emoji, base64) and 5 (English with a large
+    // vocabulary) bytes a token. A higher figure is a backend reporting only the part of the
+    // prompt it did not find in its cache (Ollama does): learning from it would make the
+    // estimate too low, which is the dangerous direction, so it is ignored.
+    (MIN_BYTES_PER_TOKEN..=MAX_BYTES_PER_TOKEN)
+        .contains(&ratio)
+        .then_some(ratio)
 }
 
 /// Bytes per token learned from replies, per backend and model. Cheap to clone.
@@ -246,10 +254,12 @@ mod tests {
         assert_eq!(c.bytes_per_token("b", "m"), 3.0);
         assert_eq!(c.bytes_per_token("b", "other"), DEFAULT_BYTES_PER_TOKEN);
         assert_eq!(m.tokens(3.0), 10_100);
-        // Too small to learn from, or impossible counts, change nothing.
+        // Too small to learn from, or impossible counts, change nothing; nor does a count of
+        // only the uncached part of a prompt (30 000 bytes as 1 000 tokens).
         assert_eq!(c.observe("b", "m", m, 110), None);
         assert_eq!(c.observe("b", "m", m, 50), None);
         assert_eq!(c.observe("b", "m", m, 1_000_000), None);
+        assert_eq!(c.observe("b", "m", m, 1_100), None);
         assert_eq!(c.bytes_per_token("b", "m"), 3.0);
     }
 
