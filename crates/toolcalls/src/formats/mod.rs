@@ -16,9 +16,11 @@ mod kimi;
 mod lfm2;
 mod line;
 mod llama;
+mod llama4;
 mod minimax;
 mod mistral;
 mod nemotron;
+mod olmo3;
 mod pythonic;
 mod seed_oss;
 mod tagged;
@@ -229,12 +231,14 @@ pub static ALL: &[&dyn Format] = &[
     &granite::GRANITE,
     &command_r::CommandR,
     &harmony::Harmony,
-    &lfm2::Lfm2,
+    &lfm2::LFM2,
     &functionary::Functionary,
     &gemma4::Gemma4,
     &deepseek_dsml::DeepSeekDsml,
     &internlm2::INTERNLM2,
     &apertus::APERTUS,
+    &llama4::LLAMA4,
+    &olmo3::OLMO3,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];

@@ -2,7 +2,9 @@
 //! `[get_weather(city="Paris", days=3), search(query='x')]` (Llama 3.2/4 pythonic, Llama-Nemotron,
 //! ToolACE). Recognised only as the whole message, with declared names.
 
-use super::{Call, Ctx, WholeMessage};
+use super::xml::{Body, close_tag, settle};
+use super::{Call, Ctx, Format, Opener, Scan, WholeMessage};
+use crate::json::{End, value_end};
 use serde_json::{Map, Number, Value};
 
 pub struct Pythonic;
@@ -17,58 +19,203 @@ impl WholeMessage for Pythonic {
     }
 
     fn parse(&self, text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
-        let mut p = P {
-            s: text.trim().as_bytes(),
-            i: 0,
-        };
-        p.expect(b'[')?;
-        let mut calls = Vec::new();
-        loop {
-            p.ws();
-            if p.eat(b']') {
-                break;
-            }
-            let name = p.ident()?;
-            p.ws();
-            p.expect(b'(')?;
-            let mut args = Map::new();
-            loop {
-                p.ws();
-                if p.eat(b')') {
-                    break;
-                }
-                let key = p.ident()?;
-                p.ws();
-                p.expect(b'=')?;
-                let value = p.value(0)?;
-                args.insert(key, value);
-                p.ws();
-                if !p.eat(b',') {
-                    p.ws();
-                    p.expect(b')')?;
-                    break;
-                }
-            }
-            let tool = ctx.tool(&name)?;
-            let arguments = crate::coerce::coerce_json_arguments(args, &tool.parameters);
-            calls.push(Call {
-                name,
-                arguments,
-                id: None,
-            });
-            p.ws();
-            if !p.eat(b',') {
-                p.ws();
-                p.expect(b']')?;
-                break;
-            }
-        }
-        p.ws();
-        if p.i != p.s.len() || calls.is_empty() {
-            return Err("the message is not only a list of Python calls".into());
-        }
-        Ok(calls)
+        parse_list(text, ctx)
     }
+}
+
+/// `[name(k=v, …), …]`, and nothing else.
+pub fn parse_list(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
+    let mut p = P {
+        s: text.trim().as_bytes(),
+        i: 0,
+    };
+    p.expect(b'[')?;
+    let mut calls = Vec::new();
+    loop {
+        p.ws();
+        if p.eat(b']') {
+            break;
+        }
+        calls.push(call(&mut p, ctx)?);
+        p.ws();
+        if !p.eat(b',') {
+            p.ws();
+            p.expect(b']')?;
+            break;
+        }
+    }
+    p.ws();
+    if p.i != p.s.len() || calls.is_empty() {
+        return Err("the message is not only a list of Python calls".into());
+    }
+    Ok(calls)
+}
+
+/// `name(k=v, …)` calls one after another (one per line, OLMo 3), and nothing else.
+pub fn parse_lines(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
+    let mut p = P {
+        s: text.trim().as_bytes(),
+        i: 0,
+    };
+    let mut calls = Vec::new();
+    loop {
+        p.ws();
+        if p.i == p.s.len() {
+            break;
+        }
+        calls.push(call(&mut p, ctx)?);
+        p.ws();
+        p.eat(b',');
+    }
+    if calls.is_empty() {
+        return Err("no Python calls".into());
+    }
+    Ok(calls)
+}
+
+/// One `name(k=v, …)` with keyword arguments, typed where the schema demands it.
+fn call(p: &mut P<'_>, ctx: &Ctx<'_>) -> Result<Call, String> {
+    let name = p.ident()?;
+    p.ws();
+    p.expect(b'(')?;
+    let mut args = Map::new();
+    loop {
+        p.ws();
+        if p.eat(b')') {
+            break;
+        }
+        let key = p.ident()?;
+        p.ws();
+        p.expect(b'=')?;
+        let value = p.value(0)?;
+        args.insert(key, value);
+        p.ws();
+        if !p.eat(b',') {
+            p.ws();
+            p.expect(b')')?;
+            break;
+        }
+    }
+    let tool = ctx.tool(&name)?;
+    let arguments = crate::coerce::coerce_json_arguments(args, &tool.parameters);
+    Ok(Call {
+        name,
+        arguments,
+        id: None,
+    })
+}
+
+/// Pythonic calls between two markers: LFM2's `<|tool_call_start|>[…]<|tool_call_end|>`, Llama
+/// 4's `<|python_start|>[…]<|python_end|>`, OLMo 3's `<function_calls>\nf(…)\n</function_calls>`.
+pub struct PythonicBlock {
+    pub names: &'static [&'static str],
+    pub openers: &'static [Opener],
+    pub close: &'static str,
+    /// The calls are a `[…]` list (else one call per line).
+    pub bracketed: bool,
+}
+
+impl Format for PythonicBlock {
+    fn names(&self) -> &'static [&'static str] {
+        self.names
+    }
+
+    fn openers(&self) -> &'static [Opener] {
+        self.openers
+    }
+
+    fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+        let open = opener.text;
+        let body = &text[open.len()..];
+        let lead = body.len() - body.trim_start().len();
+        let calls_text = &body[lead..];
+        let format = self.names[0];
+        let parsed = if self.bracketed {
+            self.list(calls_text, open, ctx)
+        } else {
+            self.lines(calls_text, open, ctx)
+        };
+        settle(
+            text,
+            open,
+            self.close,
+            open.len() + lead,
+            format,
+            parsed,
+            ctx,
+        )
+    }
+}
+
+impl PythonicBlock {
+    fn list(&self, list: &str, open: &str, ctx: &Ctx<'_>) -> Body {
+        match value_end(list) {
+            _ if list.is_empty() && !ctx.at_end => Body::NeedMore,
+            End::Incomplete if !ctx.at_end => Body::NeedMore,
+            End::Incomplete => Body::Bad(format!(
+                "{open} was never closed (the output ended inside the call)"
+            )),
+            End::NotAValue => Body::NotACall(format!("{open} is not followed by a list of calls")),
+            End::Complete(n) => match close_tag(&list[n..], self.close, ctx) {
+                None => Body::NeedMore,
+                Some(Err(e)) => Body::Bad(e),
+                Some(Ok(c)) => {
+                    let items = &list[..n];
+                    // `[{…}]` is a JSON list (LFM2's older variant), `[name(…)]` the pythonic one.
+                    let calls =
+                        if items.starts_with('{') || items[1..].trim_start().starts_with('{') {
+                            ctx.calls_from_json_text(items)
+                        } else {
+                            parse_list(items, ctx)
+                        };
+                    Body::Done { len: n + c, calls }
+                }
+            },
+        }
+    }
+
+    fn lines(&self, body: &str, open: &str, ctx: &Ctx<'_>) -> Body {
+        // Decided from the first word, before any closing tag is seen: `name(` or not a call.
+        let name_len = body.find(|c: char| !(c.is_alphanumeric() || "_.-".contains(c)));
+        if let Some(n) = name_len
+            && (n == 0 || !body[n..].starts_with('('))
+        {
+            return Body::NotACall(format!("{open} is not followed by Python calls"));
+        }
+        match find_outside_strings(body, self.close) {
+            Some(end) => Body::Done {
+                len: end + self.close.len(),
+                calls: parse_lines(&body[..end], ctx),
+            },
+            None if ctx.at_end && name_len.is_none() => {
+                Body::NotACall(format!("{open} is not followed by Python calls"))
+            }
+            None if ctx.at_end => Body::Bad(format!(
+                "{open} was never closed (the output ended inside the call)"
+            )),
+            None => Body::NeedMore,
+        }
+    }
+}
+
+/// Where `needle` first occurs outside a quoted string (so a value may contain the closing tag).
+fn find_outside_strings(s: &str, needle: &str) -> Option<usize> {
+    let bytes = s.as_bytes();
+    let mut quote: Option<u8> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match quote {
+            Some(_) if b == b'\\' => i += 1,
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if b == b'"' || b == b'\'' => quote = Some(b),
+            None if bytes[i..].starts_with(needle.as_bytes()) => return Some(i),
+            None => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 struct P<'a> {
