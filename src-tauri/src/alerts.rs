@@ -1,0 +1,306 @@
+//! Which snapshots deserve a native notification: pure state machines, no I/O.
+//!
+//! - Memory: warning and critical fire once per upward crossing and re-arm only after memory
+//!   falls [`REARM_MARGIN`] points below that threshold, so a reading that hovers around a
+//!   threshold never becomes a storm.
+//! - Backend: unreachable when a probe first fails (or fails after success), back when it
+//!   answers again after having been down.
+
+use crate::tray_state::sampled;
+use blockops_proxy::observe::{PurgeOutcome, Snapshot};
+
+/// Percentage points memory must fall below a threshold before that threshold can fire again.
+pub const REARM_MARGIN: f64 = 3.0;
+
+/// One notification, with text that names its cause.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Alert {
+    MemoryWarning { used_percent: f64 },
+    MemoryCritical { used_percent: f64 },
+    BackendUnreachable { url: String },
+    BackendBack { url: String },
+    StartFailed { reason: String },
+    Purged { outcome: PurgeOutcome },
+}
+
+impl Alert {
+    /// The notification's summary line.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Alert::MemoryWarning { .. } => "blockops: memory warning",
+            Alert::MemoryCritical { .. } => "blockops: memory critical",
+            Alert::BackendUnreachable { .. } => "blockops: backend unreachable",
+            Alert::BackendBack { .. } => "blockops: backend is back",
+            Alert::StartFailed { .. } => "blockops could not start",
+            Alert::Purged { .. } => "blockops: KV cache",
+        }
+    }
+
+    /// The notification's body: the cause, in words.
+    pub fn body(&self) -> String {
+        match self {
+            Alert::MemoryWarning { used_percent } => {
+                format!("Memory pressure: {used_percent:.0}% used")
+            }
+            Alert::MemoryCritical { used_percent } => {
+                format!("Memory critical: {used_percent:.0}% used")
+            }
+            Alert::BackendUnreachable { url } => format!("Backend unreachable: {url}"),
+            Alert::BackendBack { url } => format!("Backend is back: {url}"),
+            Alert::StartFailed { reason } => reason.clone(),
+            Alert::Purged { outcome } => match outcome.status.as_str() {
+                "purged" => format!("KV cache purged ({} ms)", outcome.duration_ms),
+                _ => format!("KV cache not purged: {}", outcome.message),
+            },
+        }
+    }
+}
+
+/// Hysteresis for one threshold.
+#[derive(Debug, Clone, Copy)]
+struct Latch {
+    armed: bool,
+}
+
+impl Latch {
+    /// True when `used` crosses `threshold` while armed; disarms until it falls below
+    /// `threshold - REARM_MARGIN`. A threshold of 0 or less is off.
+    fn crossed(&mut self, used: f64, threshold: f64) -> bool {
+        if threshold <= 0.0 {
+            return false;
+        }
+        if self.armed && used >= threshold {
+            self.armed = false;
+            true
+        } else {
+            if !self.armed && used < threshold - REARM_MARGIN {
+                self.armed = true;
+            }
+            false
+        }
+    }
+}
+
+/// Memory warning and critical, each once per crossing.
+#[derive(Debug, Clone)]
+pub struct MemoryAlarm {
+    warning: Latch,
+    critical: Latch,
+}
+
+impl Default for MemoryAlarm {
+    fn default() -> Self {
+        MemoryAlarm {
+            warning: Latch { armed: true },
+            critical: Latch { armed: true },
+        }
+    }
+}
+
+impl MemoryAlarm {
+    /// Feeds one reading. Returns at most one alert: when both thresholds are crossed at once,
+    /// only the critical one is sent (the warning latch is spent too).
+    pub fn observe(&mut self, used: f64, warn: f64, critical: f64) -> Option<Alert> {
+        let warned = self.warning.crossed(used, warn);
+        let critical = self.critical.crossed(used, critical);
+        if critical {
+            Some(Alert::MemoryCritical { used_percent: used })
+        } else if warned {
+            Some(Alert::MemoryWarning { used_percent: used })
+        } else {
+            None
+        }
+    }
+}
+
+/// Backend reachability transitions.
+#[derive(Debug, Clone, Default)]
+pub struct BackendWatch {
+    last: Option<bool>,
+}
+
+impl BackendWatch {
+    pub fn observe(&mut self, up: Option<bool>, url: &str) -> Option<Alert> {
+        let Some(up) = up else { return None };
+        let previous = self.last.replace(up);
+        match (previous, up) {
+            (None | Some(true), false) => Some(Alert::BackendUnreachable {
+                url: url.to_owned(),
+            }),
+            (Some(false), true) => Some(Alert::BackendBack {
+                url: url.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Every alert source, fed with each published snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Alerts {
+    memory: MemoryAlarm,
+    backend: BackendWatch,
+}
+
+impl Alerts {
+    pub fn observe(&mut self, snapshot: &Snapshot) -> Vec<Alert> {
+        let mut out = Vec::new();
+        if sampled(snapshot) {
+            let m = &snapshot.memory;
+            out.extend(
+                self.memory
+                    .observe(m.used_percent, m.warn_percent, m.critical_percent),
+            );
+        }
+        out.extend(
+            self.backend
+                .observe(snapshot.backend.up, &snapshot.backend.url),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(alarm: &mut MemoryAlarm, readings: &[f64]) -> Vec<Alert> {
+        readings
+            .iter()
+            .filter_map(|&r| alarm.observe(r, 80.0, 90.0))
+            .collect()
+    }
+
+    #[test]
+    fn a_warning_fires_once_per_crossing() {
+        let mut a = MemoryAlarm::default();
+        let alerts = feed(&mut a, &[50.0, 79.9, 80.0, 85.0, 81.0, 80.0, 79.0, 82.0]);
+        assert_eq!(alerts, vec![Alert::MemoryWarning { used_percent: 80.0 }]);
+    }
+
+    #[test]
+    fn hovering_around_a_threshold_never_storms() {
+        let mut a = MemoryAlarm::default();
+        let readings: Vec<f64> = (0..1000)
+            .map(|i| if i % 2 == 0 { 79.5 } else { 80.5 })
+            .collect();
+        assert_eq!(feed(&mut a, &readings).len(), 1);
+    }
+
+    #[test]
+    fn re_arms_only_after_falling_the_margin_below() {
+        let mut a = MemoryAlarm::default();
+        // 77.5 is not 3 points below 80: still disarmed.
+        let alerts = feed(&mut a, &[81.0, 77.5, 81.0]);
+        assert_eq!(alerts.len(), 1);
+        // 76.9 is: the next crossing fires again.
+        let alerts = feed(&mut a, &[76.9, 80.2]);
+        assert_eq!(alerts, vec![Alert::MemoryWarning { used_percent: 80.2 }]);
+    }
+
+    #[test]
+    fn critical_fires_once_and_a_jump_sends_only_critical() {
+        let mut a = MemoryAlarm::default();
+        assert_eq!(
+            feed(&mut a, &[50.0, 95.0, 96.0]),
+            vec![Alert::MemoryCritical { used_percent: 95.0 }]
+        );
+        // Back to warning territory: the warning latch was spent by the jump, critical waits.
+        assert_eq!(feed(&mut a, &[88.0, 91.0]), vec![]);
+        // Below 87 re-arms critical only; below 77 re-arms warning.
+        assert_eq!(
+            feed(&mut a, &[86.0, 90.5]),
+            vec![Alert::MemoryCritical { used_percent: 90.5 }]
+        );
+        assert_eq!(
+            feed(&mut a, &[70.0, 82.0, 91.0]),
+            vec![
+                Alert::MemoryWarning { used_percent: 82.0 },
+                Alert::MemoryCritical { used_percent: 91.0 }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_one_percent_threshold_gives_exactly_one_warning() {
+        // The end-to-end test sets MEMORY_WARN_PERCENT=1: every reading is above it.
+        let mut a = MemoryAlarm::default();
+        let n = (0..500)
+            .filter_map(|i| a.observe(30.0 + f64::from(i % 7), 1.0, 95.0))
+            .count();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn zero_thresholds_are_off() {
+        let mut a = MemoryAlarm::default();
+        assert_eq!(a.observe(99.0, 0.0, 0.0), None);
+    }
+
+    #[test]
+    fn backend_down_then_back() {
+        let mut b = BackendWatch::default();
+        let url = "http://127.0.0.1:8082";
+        assert_eq!(b.observe(None, url), None);
+        assert_eq!(
+            b.observe(Some(true), url),
+            None,
+            "first success is not news"
+        );
+        assert_eq!(
+            b.observe(Some(false), url),
+            Some(Alert::BackendUnreachable { url: url.into() })
+        );
+        assert_eq!(b.observe(Some(false), url), None, "once per outage");
+        assert_eq!(
+            b.observe(Some(true), url),
+            Some(Alert::BackendBack { url: url.into() })
+        );
+    }
+
+    #[test]
+    fn a_backend_down_from_the_start_is_reported() {
+        let mut b = BackendWatch::default();
+        assert!(matches!(
+            b.observe(Some(false), "http://x"),
+            Some(Alert::BackendUnreachable { .. })
+        ));
+    }
+
+    #[test]
+    fn texts_name_the_cause() {
+        assert_eq!(
+            Alert::MemoryWarning { used_percent: 91.2 }.body(),
+            "Memory pressure: 91% used"
+        );
+        assert_eq!(
+            Alert::BackendUnreachable {
+                url: "http://127.0.0.1:8082".into()
+            }
+            .body(),
+            "Backend unreachable: http://127.0.0.1:8082"
+        );
+        assert_eq!(
+            Alert::BackendBack {
+                url: "http://h".into()
+            }
+            .body(),
+            "Backend is back: http://h"
+        );
+    }
+
+    #[test]
+    fn snapshots_before_the_first_memory_sample_are_ignored() {
+        let mut alerts = Alerts::default();
+        let mut s = Snapshot::default();
+        s.memory.warn_percent = 1.0;
+        s.memory.critical_percent = 95.0;
+        assert_eq!(alerts.observe(&s), vec![]);
+        s.memory.used_percent = 42.0;
+        assert_eq!(
+            alerts.observe(&s),
+            vec![Alert::MemoryWarning { used_percent: 42.0 }]
+        );
+        assert_eq!(alerts.observe(&s), vec![]);
+    }
+}

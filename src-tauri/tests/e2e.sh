@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# End-to-end test of the real tray app binary. Run it inside an X server and a private session
+# bus, as src-tauri/ci.sh does:
+#
+#   NO_AT_BRIDGE=1 xvfb-run -a -s '-screen 0 1280x800x24' dbus-run-session -- \
+#     bash src-tauri/tests/e2e.sh target/debug/blockops-tray artifacts/tray
+#
+# It starts dunst (the notification daemon), dbus-monitor (counts Notify calls), trayer (an
+# XEmbed tray, so the icon and its menu can be clicked) and then the app with the demo backend.
+# Prints one `ok`/`not ok` line per check and `tray-e2e: N passed, M failed` at the end.
+# Every wait is bounded; every process it starts is stopped by PID.
+set -u
+BIN=$(realpath "$1")
+OUT=$(realpath -m "${2:-artifacts/tray}")
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+export HOME="$WORK/home" XDG_CONFIG_HOME="$WORK/home/.config" NO_AT_BRIDGE=1
+mkdir -p "$HOME"
+IM=/usr/bin # Debian's ImageMagick, not a stand-in earlier on PATH
+
+passed=0
+failed=0
+pids=()
+ok() { passed=$((passed + 1)); echo "ok - $1"; }
+not_ok() { failed=$((failed + 1)); echo "not ok - $1${2:+: $2}"; }
+check() { # check NAME COMMAND...
+  local name=$1; shift
+  if "$@"; then ok "$name"; else not_ok "$name"; fi
+}
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  cp "$WORK"/*.log "$OUT"/ 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# wait_for SECONDS COMMAND...: polls every 0.2 s until COMMAND succeeds.
+wait_for() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -ge "$deadline" ] && return 1
+    sleep 0.2
+  done
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+healthy() { curl -sf "http://127.0.0.1:$1/health"; }
+window_id() { xdotool search --onlyvisible --name '^blockops$' 2>/dev/null | head -n 1; }
+has_window() { [ -n "$(window_id)" ]; }
+notifications() { grep -c "string \"$1" "$WORK/notify.log"; }
+# exits_within SECONDS PID: waits for PID to end; sets $rc to its exit status.
+exits_within() {
+  local deadline=$((SECONDS + $1))
+  while kill -0 "$2" 2>/dev/null; do
+    [ "$SECONDS" -ge "$deadline" ] && { rc=timeout; return 1; }
+    sleep 0.2
+  done
+  wait "$2"; rc=$?
+  return 0
+}
+launch() { # launch LOG ENV...: starts the app in the background; its PID is in $app
+  local log=$1; shift
+  env RUST_LOG=info BLOCKOPS_CONFIG="$WORK/config.toml" BLOCKOPS_LOG_FILE="$WORK/traffic.jsonl" \
+    MEMORY_CRITICAL_PERCENT=99.9 "$@" "$BIN" >"$WORK/$log" 2>&1 &
+  app=$!
+}
+
+# --- the desktop: notification listener and daemon, tray ---------------------------------------
+dbus-monitor --session "type='method_call',interface='org.freedesktop.Notifications',member='Notify'" \
+  >"$WORK/notify.log" 2>&1 &
+pids+=($!)
+dunst >"$WORK/dunst.log" 2>&1 &
+pids+=($!)
+trayer --edge top --align right --widthtype request --height 32 --SetDockType false \
+  --transparent false --tint 0x333333 >"$WORK/trayer.log" 2>&1 &
+pids+=($!)
+# A marker notification proves the listener and the daemon are both up before the app starts.
+wait_for 10 notify-send -t 1000 e2e-ready && wait_for 10 grep -q 'string "e2e-ready' "$WORK/notify.log" \
+  || { echo "tray-e2e: cannot set up the notification listener"; cat "$WORK"/*.log; exit 1; }
+
+# --- 1. launch with the demo backend, memory warning at 1% --------------------------------------
+PORT=$(free_port)
+launch app1.log PORT="$PORT" BLOCKOPS_DEMO=1 MEMORY_WARN_PERCENT=1 MEMORY_POLL_SECS=1
+APP1=$app
+check "the proxy answers /health on PORT" wait_for 30 healthy "$PORT"
+check "only the tray at launch: no window" bash -c "! xdotool search --onlyvisible --name '^blockops\$'"
+
+# --- 2. a second launch focuses the first one's window and exits 0 ------------------------------
+launch app2.log PORT="$PORT" BLOCKOPS_DEMO=1
+if exits_within 20 "$app"; then
+  check "a second launch exits 0 (got $rc)" [ "$rc" = 0 ]
+else
+  kill "$app" 2>/dev/null; not_ok "a second launch exits" "still running after 20 s"
+fi
+check "the second launch opened the dashboard window" wait_for 20 has_window
+WID=$(window_id)
+if [ -n "$WID" ]; then
+  geometry=$(xwininfo -id "$WID" | awk '/Width:/ {w=$2} /Height:/ {h=$2} END {print w "x" h}')
+  check "the window is 420x640 (got $geometry)" [ "$geometry" = 420x640 ]
+fi
+
+# --- 3. the window shows live data: it changes when a request goes through ---------------------
+shot() { "$IM/import" -display "$DISPLAY" -window "$WID" "$1" 2>/dev/null; }
+differs() { # differs A B: more than 50 pixels differ
+  local n
+  n=$("$IM/compare" -metric AE "$1" "$2" null: 2>&1 | cut -d' ' -f1)
+  [ "${n%.*}" -gt 50 ] 2>/dev/null
+}
+changed_since() { shot "$WORK/after.png" && differs "$WORK/before.png" "$WORK/after.png"; }
+if [ -n "$WID" ]; then
+  # Let the page load and settle, then take the reference.
+  wait_for 20 shot "$WORK/before.png"
+  sleep 2
+  shot "$WORK/before.png"
+  cp "$WORK/before.png" "$OUT/dashboard-before.png"
+  body='{"model":"demo","stream":false,"messages":[{"role":"user","content":"What is the weather in Paris?"}],"tools":[{"type":"function","function":{"name":"get_weather","description":"Weather for a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]}'
+  reply=$(curl -s --max-time 60 -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$PORT/v1/chat/completions")
+  check "a chat request through the proxy gets structured tool_calls" \
+    bash -c 'jq -e ".choices[0].message.tool_calls[0].function.name == \"get_weather\"" <<<"$1" >/dev/null' _ "$reply"
+  check "the dashboard window shows it (the screen changes)" wait_for 15 changed_since
+  sleep 1
+  shot "$OUT/dashboard.png"
+fi
+
+# --- 4. memory at or above 1%: exactly one notification, never a storm --------------------------
+check "a memory-pressure notification arrives" wait_for 15 grep -q 'string "Memory pressure' "$WORK/notify.log"
+sleep 4 # four more samples at MEMORY_POLL_SECS=1: none may notify again
+n=$(notifications "Memory pressure")
+check "exactly one memory notification (got $n)" [ "$n" = 1 ]
+"$IM/import" -display "$DISPLAY" -window root "$OUT/desktop.png" 2>/dev/null
+
+# --- 5. the tray menu, then Quit from it ---------------------------------------------------------
+TRAY=$(xdotool search --classname trayer 2>/dev/null | head -n 1)
+quit_by_menu=no
+if [ -n "$TRAY" ]; then
+  eval "$(xdotool getwindowgeometry --shell "$TRAY")"
+  xdotool mousemove $((X + WIDTH / 2)) $((Y + HEIGHT / 2)) click 1
+  sleep 1
+  "$IM/import" -display "$DISPLAY" -window root "$WORK/menu-full.png" 2>/dev/null
+  "$IM/convert" "$WORK/menu-full.png" -crop 520x360+760+0 +repage "$OUT/tray-menu.png" 2>/dev/null
+  # The menu has the keyboard: the last item is Quit.
+  xdotool key Up Return
+  quit_by_menu=yes
+fi
+if [ "$quit_by_menu" = no ] || ! exits_within 5 "$APP1"; then
+  echo "# no tray host or the menu did not open: quitting with SIGTERM instead"
+  kill -TERM "$APP1" 2>/dev/null
+  exits_within 30 "$APP1"
+fi
+check "Quit exits 0 (got $rc, by menu: $quit_by_menu)" [ "$rc" = 0 ]
+check "the traffic log was flushed at exit" grep -q '"get_weather"' "$WORK/traffic.jsonl"
+check "the port is free after exit" bash -c "! curl -sf http://127.0.0.1:$PORT/health"
+
+# --- 6. port taken at start: shown in the window and notified, then SIGTERM exits 0 ------------
+python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1]))); s.listen(); time.sleep(120)' "$PORT" &
+BLOCKER=$!
+pids+=($BLOCKER)
+wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT"
+launch app3.log PORT="$PORT"
+APP3=$app
+check "a taken port is notified" wait_for 20 grep -q 'string "Not running\|already in use' "$WORK/notify.log"
+check "a taken port opens the window with the error" wait_for 20 has_window
+WID=$(window_id)
+[ -n "$WID" ] && { sleep 1; shot "$OUT/startup-error.png"; }
+check "the app keeps running (the tray offers Quit)" kill -0 "$APP3"
+kill -TERM "$APP3"
+exits_within 30 "$APP3"
+check "SIGTERM exits 0 (got $rc)" [ "$rc" = 0 ]
+kill "$BLOCKER" 2>/dev/null
+
+# --- 7. SIGINT does the same ---------------------------------------------------------------------
+PORT=$(free_port)
+launch app4.log PORT="$PORT" BLOCKOPS_DEMO=1
+wait_for 30 healthy "$PORT"
+kill -INT "$app"
+exits_within 30 "$app"
+check "SIGINT exits 0 (got $rc)" [ "$rc" = 0 ]
+
+echo "tray-e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
