@@ -369,6 +369,10 @@ async fn a_full_queue_is_429_and_a_queue_timeout_is_503_or_an_sse_error() {
         s.max_concurrent = 1;
         s.max_queue = 2;
         s.queue_timeout_secs = 30.0;
+        // Paused time jumps ahead while every task waits on a socket: keep the held request's
+        // own limits out of reach so only the queue timeout can fire.
+        s.first_byte_timeout_secs = 86_400.0;
+        s.idle_timeout_secs = 86_400.0;
     })
     .await;
     // One in flight (held by the backend), two waiting.
@@ -514,6 +518,7 @@ async fn heartbeats_while_queued_and_during_a_slow_first_token_and_only_comments
         // limits keep such a jump from reading as a backend timeout.
         s.first_byte_timeout_secs = 86_400.0;
         s.idle_timeout_secs = 86_400.0;
+        s.queue_timeout_secs = 86_400.0;
     })
     .await;
     let started = tokio::time::Instant::now();
@@ -921,6 +926,8 @@ impl Sampler for Fixed {
 async fn critical_pressure_with_reject_answers_503_with_retry_after() {
     let r = rig(Fake::new(Kind::Generic), |s| {
         s.memory_critical_action = CriticalAction::Reject;
+        s.memory_warn_percent = 85.0;
+        s.memory_critical_percent = 95.0;
     })
     .await;
     const GIB: u64 = 1 << 30;
