@@ -130,7 +130,8 @@ fn parse_file(file: &str, text: &str) -> Vec<Case> {
             other => panic!("{}: unknown section {other:?}", case.name),
         }
     }
-    for line in text.lines() {
+    // Split on `\n` only: a case may hold `\r\n` line ends (CRLF layouts) that `lines()` drops.
+    for line in text.split('\n') {
         if let Some(name) = line.strip_prefix("=== ") {
             if let Some(case) = cases.last_mut() {
                 close(case, section.take());
