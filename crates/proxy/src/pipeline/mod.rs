@@ -370,7 +370,11 @@ async fn run(
                 Ok(slot) => slot,
                 Err(_) => {
                     state.hub.update(|s| s.rejections.queue_timeout += 1);
-                    return Err(queue_timeout(settings.queue_timeout_secs, settings.max_concurrent).into());
+                    return Err(queue_timeout(
+                        settings.queue_timeout_secs,
+                        settings.max_concurrent,
+                    )
+                    .into());
                 }
             }
         }
