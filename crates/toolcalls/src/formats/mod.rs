@@ -3,6 +3,7 @@
 //! Adding a format = one module here, one line in [`ALL`] (or [`WHOLE`]), and its tests.
 
 mod apertus;
+mod calling_tool;
 mod command_r;
 mod deepseek;
 mod deepseek_dsml;
@@ -239,6 +240,7 @@ pub static ALL: &[&dyn Format] = &[
     &apertus::APERTUS,
     &llama4::LLAMA4,
     &olmo3::OLMO3,
+    &calling_tool::CallingTool,
 ];
 
 pub static WHOLE: &[&dyn WholeMessage] = &[&llama::BareJson, &pythonic::Pythonic];
