@@ -9,6 +9,7 @@ pub struct Mistral;
 
 const OPEN: &str = "[TOOL_CALLS]";
 const ARGS: &str = "[ARGS]";
+const CALL_ID: &str = "[CALL_ID]";
 
 impl Format for Mistral {
     fn names(&self) -> &'static [&'static str] {
@@ -49,14 +50,26 @@ impl Format for Mistral {
                 }
             };
         }
-        // v11: name[ARGS]{json}. The name must be a plain identifier, so a later `[ARGS]` can
-        // never pull unrelated text into the name.
-        let args_at = body
-            .find(|c: char| !(c.is_alphanumeric() || "_-.".contains(c)))
-            .unwrap_or(body.len());
-        let rest = &body[args_at..];
-        if args_at == 0 || args_at > 128 || !rest.starts_with(ARGS) {
-            let may_continue = args_at > 0 && args_at <= 128 && ARGS.starts_with(rest);
+        // v11: name[ARGS]{json}; some templates put the call's id in between:
+        // name[CALL_ID]a1B2c3D4e[ARGS]{json}. The name (and id) must be plain identifiers, so a
+        // later `[ARGS]` can never pull unrelated text into them.
+        let ident = |s: &str| {
+            s.find(|c: char| !(c.is_alphanumeric() || "_-.".contains(c)))
+                .unwrap_or(s.len())
+        };
+        let name_len = ident(body);
+        let mut rest = &body[name_len..];
+        let mut id = None;
+        if let Some(after) = rest.strip_prefix(CALL_ID) {
+            let id_len = ident(after);
+            id = Some(after[..id_len].to_owned());
+            rest = &after[id_len..];
+        }
+        let args_at = body.len() - rest.len();
+        if name_len == 0 || args_at > 160 || !rest.starts_with(ARGS) {
+            let may_continue = name_len > 0
+                && args_at <= 160
+                && (ARGS.starts_with(rest) || id.is_none() && CALL_ID.starts_with(rest));
             return if may_continue && !ctx.at_end {
                 Scan::NeedMore
             } else {
@@ -66,7 +79,7 @@ impl Format for Mistral {
                 }
             };
         }
-        let name = body[..args_at].trim();
+        let name = &body[..name_len];
         let json = &body[args_at + ARGS.len()..];
         match value_end(json) {
             End::Incomplete => ctx.unterminated(text, "[TOOL_CALLS]"),
@@ -77,7 +90,7 @@ impl Format for Mistral {
             },
             End::Complete(n) => {
                 let len = OPEN.len() + ws + args_at + ARGS.len() + n;
-                match ctx.call_from_args_text(name, &json[..n], None) {
+                match ctx.call_from_args_text(name, &json[..n], id.filter(|i| !i.is_empty())) {
                     Ok(call) => Scan::Calls {
                         len,
                         format: "mistral",
@@ -105,5 +118,24 @@ mod tests {
         let t = "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Oslo\"}";
         let (len, _, c) = calls(&Mistral, t);
         assert_eq!((len, c[0].1.clone()), (t.len(), json!({"city": "Oslo"})));
+    }
+
+    #[test]
+    fn a_call_id_between_name_and_arguments_is_carried_through() {
+        let t = "[TOOL_CALLS]search[CALL_ID]a1B2c3D4e[ARGS]{\"query\": \"x\"}";
+        match super::super::testing::scan(&Mistral, t, true) {
+            Scan::Calls { len, calls, .. } => {
+                assert_eq!((len, calls[0].id.as_deref()), (t.len(), Some("a1B2c3D4e")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            super::super::testing::scan(&Mistral, "[TOOL_CALLS]search[CALL_", false),
+            Scan::NeedMore
+        ));
+        assert!(matches!(
+            super::super::testing::scan(&Mistral, "[TOOL_CALLS]search[CALL_ID]a1B", false),
+            Scan::NeedMore
+        ));
     }
 }
