@@ -17,6 +17,10 @@ use crate::formats::{self, Call, Ctx, Format, Scan, WholeMessage};
 use crate::{Event, Options, ToolSpec, TraceSpan};
 use memchr::{memchr3, memmem};
 
+/// Every format's span ends with one of these bytes (the last byte of a closing tag, of a JSON
+/// value or list, of a Python call, or a line end). Formats must keep it so (see `formats/`).
+const SPAN_END_BYTES: &[u8] = b">}])\n";
+
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
 
@@ -44,6 +48,10 @@ pub struct Scanner {
     longest_marker: usize,
     /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
     opens_marker: [bool; 256],
+    /// The pending length when the span at the head last needed more text.
+    waiting_at: Option<usize>,
+    /// Bytes that begin a marker valid anywhere (not only at a line start).
+    opens_anywhere: [bool; 256],
     line_finder: Option<memmem::Finder<'static>>,
     /// Unclassified text is `buf[head..]`; `buf[head]` is byte `base` of the output.
     buf: String,
@@ -115,8 +123,12 @@ impl Scanner {
         }
         let longest_marker = markers.iter().map(|(t, _, _)| t.len()).max().unwrap_or(0);
         let mut opens_marker = [false; 256];
-        for (t, _, _) in &markers {
+        let mut opens_anywhere = [false; 256];
+        for (t, _, line_start) in &markers {
             opens_marker[usize::from(t.as_bytes()[0])] = true;
+            if !line_start {
+                opens_anywhere[usize::from(t.as_bytes()[0])] = true;
+            }
         }
         let line_finder = markers
             .iter()
@@ -136,6 +148,8 @@ impl Scanner {
             markers,
             longest_marker,
             opens_marker,
+            waiting_at: None,
+            opens_anywhere,
             line_finder,
             buf: String::new(),
             head: 0,
@@ -167,9 +181,38 @@ impl Scanner {
         if self.finished || text.is_empty() {
             return out;
         }
+        if self.is_plain(text) {
+            // The common streaming case (a token of prose): nothing in it can start a marker,
+            // so it is content at once, without a trip through the buffer.
+            self.content(text, &mut out);
+            self.line_start = text.ends_with('\n');
+            self.base += text.len();
+            return out;
+        }
         self.buf.push_str(text); // appended after `head`
         self.run(false, &mut out);
         out
+    }
+
+    /// Whether `text`, arriving with nothing pending, is content whatever follows: no byte of
+    /// it can begin a marker or code (a line-start marker's first byte counts only at a line
+    /// start), and no whole-message format is still possible.
+    fn is_plain(&self, text: &str) -> bool {
+        if self.mode != Mode::Content
+            || !self.pending().is_empty()
+            || self.fence
+            || self.inline_code
+            || !(self.content_seen || self.calls > 0 || self.whole.is_empty())
+        {
+            return false;
+        }
+        let bytes = text.as_bytes();
+        bytes.iter().enumerate().all(|(i, &b)| {
+            let at_line_start = if i == 0 { self.line_start } else { bytes[i - 1] == b'\n' };
+            b != b'`'
+                && !self.opens_anywhere[usize::from(b)]
+                && !(at_line_start && self.opens_marker[usize::from(b)])
+        })
     }
 
     pub fn finish(&mut self, finish_reason: Option<&str>) -> Vec<Event> {
@@ -344,6 +387,7 @@ impl Scanner {
     }
 
     fn take(&mut self, n: usize) -> String {
+        self.waiting_at = None;
         let taken = self.pending()[..n].to_owned();
         self.head += n;
         // Compact now and then, not per span: a long text consumed in many spans stays linear.
@@ -640,6 +684,16 @@ impl Scanner {
             Marker::Opener(fi, oi) => {
                 let format = self.formats[fi];
                 let opener = &format.openers()[oi];
+                // A span that needed more text is read again only once a byte that can end
+                // a span has arrived: feeding a long call token by token stays linear.
+                if !at_end
+                    && let Some(seen) = self.waiting_at
+                    && !self.pending().as_bytes()[seen.min(self.pending().len())..]
+                        .iter()
+                        .any(|b| SPAN_END_BYTES.contains(b))
+                {
+                    return false;
+                }
                 let scan = {
                     let en = self.ctx_enabled();
                     let ctx = Ctx {
@@ -650,7 +704,10 @@ impl Scanner {
                     format.scan(self.pending(), opener, &ctx)
                 };
                 match scan {
-                    Scan::NeedMore => false,
+                    Scan::NeedMore => {
+                        self.waiting_at = Some(self.pending().len());
+                        false
+                    }
                     Scan::Calls { len, format, calls } => {
                         if self.mode == Mode::Reasoning {
                             // A call inside reasoning counts only if nothing follows it.

@@ -130,6 +130,14 @@ fn check(case: &Case) -> Option<String> {
     if case.rejected.is_empty() && !reasons.is_empty() {
         let _ = writeln!(problems, "unexpected rejections: {reasons:?}");
     }
+    // The scanner re-reads a pending span only when one of these bytes arrives
+    // (`scan::SPAN_END_BYTES`): a call ending otherwise would wait for the end of the reply.
+    for span in whole.trace.iter().filter(|s| s.kind == "tool_call") {
+        let last = case.input.as_bytes()[span.end - 1];
+        if !b">}])\n".contains(&last) {
+            let _ = writeln!(problems, "a {:?} call ends with {:?}", span.format, last as char);
+        }
+    }
     if let Some(p) = lossless(&case.input, &whole) {
         let _ = writeln!(problems, "trace: {p}");
     }
