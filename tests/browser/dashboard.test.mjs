@@ -114,6 +114,11 @@ describe('dashboard', () => {
     assert.equal(done.status, 200);
     const row = page.locator(`#traffic-body tr[data-request-id="${id}"]`);
     await until(async () => (await row.getAttribute('data-state')) === 'done', { timeout: 10000, what: 'the row to finish' });
+    // Say plainly when the proxy itself translated nothing: that is not the page's fault.
+    const rec = await getJson(proxy.base, `/admin/api/requests/${id}`);
+    assert.ok((rec.output?.tool_calls || []).length > 0 && (rec.trace || []).some((s) => s.kind === 'tool_call'),
+      `the proxy translated no tool call for ${id} (GET /admin/api/requests/${id}: output.tool_calls=${JSON.stringify(rec.output?.tool_calls)}, `
+      + `trace kinds=${JSON.stringify([...new Set((rec.trace || []).map((s) => s.kind))])}, raw text=${JSON.stringify((rec.raw_text ?? rec.output?.content ?? '').slice(-120))})`);
     await row.locator('[data-tool="get_weather"]').waitFor({ timeout: 5000 });
 
     // Keyboard: focus the row and press Enter.
