@@ -252,6 +252,18 @@ impl Translator {
     /// The backend's stream ended. Flushes any held-back text of choices that never got a
     /// `finish_reason` (a lost byte is worse than a late one) and finishes them as `stop`.
     pub fn finish(&mut self) -> Vec<Value> {
+        self.close_open_choices(None)
+    }
+
+    /// Flushes held-back text without finishing the choices: used before an error event, so
+    /// the client still receives every byte the model produced.
+    pub fn flush_on_error(&mut self) -> Vec<Value> {
+        self.close_open_choices(Some("error"))
+    }
+
+    /// Ends every choice still open: its held-back text, then (unless an error follows) a
+    /// finish chunk.
+    fn close_open_choices(&mut self, error: Option<&str>) -> Vec<Value> {
         let open: Vec<u64> = self
             .choices
             .iter()
@@ -262,32 +274,13 @@ impl Translator {
         for index in open {
             let state = self.choice(index);
             state.finished = true;
-            let tail = state.parser.finish(None);
+            let tail = state.parser.finish(error);
             for delta in self.deltas(index, tail) {
                 out.push(self.chunk(index, delta, None, None));
             }
-            let reason = self.final_reason(index, "stop");
-            out.push(self.chunk(index, Map::new(), Some(reason), None));
-        }
-        out
-    }
-
-    /// Flushes held-back text without closing the choices: used before an error event, so the
-    /// client still receives every byte the model produced.
-    pub fn flush_on_error(&mut self) -> Vec<Value> {
-        let open: Vec<u64> = self
-            .choices
-            .iter()
-            .filter(|(_, c)| !c.finished)
-            .map(|(i, _)| *i)
-            .collect();
-        let mut out = Vec::new();
-        for index in open {
-            let state = self.choice(index);
-            state.finished = true;
-            let tail = state.parser.finish(Some("error"));
-            for delta in self.deltas(index, tail) {
-                out.push(self.chunk(index, delta, None, None));
+            if error.is_none() {
+                let reason = self.final_reason(index, "stop");
+                out.push(self.chunk(index, Map::new(), Some(reason), None));
             }
         }
         out
