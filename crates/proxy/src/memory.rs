@@ -257,16 +257,16 @@ impl MemoryMonitor {
         self.latest.borrow().clone()
     }
 
-    /// Replaces where readings come from; the next [`sample`] uses it.
+    /// Replaces where readings come from; the next sample uses it.
     pub fn set_sampler(&self, sampler: Box<dyn Sampler>) {
         *self.sampler.lock().unwrap_or_else(|e| e.into_inner()) = sampler;
         // Swap growth across two different sources means nothing.
         *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Reads once (blocking: a few microseconds on Linux, a `sysctl` run on macOS), judges the
-    /// reading under `settings` and publishes it on the watch channel.
-    fn read_and_publish(&self, settings: &Settings) -> MemorySample {
+    /// Reads once (blocking: a few microseconds on Linux, a `sysctl` run on macOS) and judges
+    /// the reading under `settings`.
+    fn read(&self, settings: &Settings) -> MemorySample {
         let reading = self
             .sampler
             .lock()
@@ -280,7 +280,6 @@ impl MemoryMonitor {
             .replace((now, reading));
         let mut sample = MemorySample::from_reading(reading, previous, now);
         sample.pressure = sample.pressure_under(settings);
-        self.latest.send_replace(sample.clone());
         sample
     }
 }
@@ -290,7 +289,7 @@ pub async fn sample(state: &AppState) -> MemorySample {
     let settings = state.settings.current();
     let monitor = state.memory.clone();
     let sample =
-        match tokio::task::spawn_blocking(move || monitor.read_and_publish(&settings)).await {
+        match tokio::task::spawn_blocking(move || monitor.read(&settings)).await {
             Ok(s) => s,
             Err(_) => return state.memory.latest(),
         };
@@ -300,11 +299,13 @@ pub async fn sample(state: &AppState) -> MemorySample {
 
 /// Samples synchronously (at start-up, so the first request already sees a real sample).
 pub fn sample_blocking(state: &AppState) -> MemorySample {
-    let sample = state.memory.read_and_publish(&state.settings.current());
+    let sample = state.memory.read(&state.settings.current());
     publish(state, &sample);
     sample
 }
 
+/// Snapshot and event first, then the watch channel: whoever wakes on the channel finds the
+/// snapshot already agreeing with it.
 fn publish(state: &AppState, sample: &MemorySample) {
     let settings = state.settings.current();
     state.hub.update(|s| {
@@ -324,6 +325,7 @@ fn publish(state: &AppState, sample: &MemorySample) {
         swap_used_percent: sample.swap_used_percent,
         pressure: sample.pressure.as_str().to_owned(),
     });
+    state.memory.latest.send_replace(sample.clone());
 }
 
 /// `MEMORY_CRITICAL_ACTION=reject` at critical pressure: the 503 a new request gets.

@@ -975,6 +975,80 @@ async fn critical_pressure_with_reject_answers_503_with_retry_after() {
     r.handle.shutdown().await;
 }
 
+/// A reading that climbs by one GiB of 16 each time it is read.
+struct Climbing(u64);
+
+impl Sampler for Climbing {
+    fn read(&mut self) -> Reading {
+        const GIB: u64 = 1 << 30;
+        self.0 = (self.0 + 1).min(16);
+        Reading {
+            total_bytes: 16 * GIB,
+            available_bytes: (16 - self.0) * GIB,
+            swap_total_bytes: 4 * GIB,
+            swap_used_bytes: 0,
+            kernel_level: None,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_memory_task_samples_every_poll_into_the_watch_channel_snapshot_and_events() {
+    let r = rig(Fake::new(Kind::Generic), |s| {
+        s.memory_poll_secs = 0.5;
+        s.memory_warn_percent = 85.0;
+        s.memory_critical_percent = 95.0;
+    })
+    .await;
+    r.handle.state().memory.set_sampler(Box::new(Climbing(0)));
+    let mut memory = r.handle.memory();
+    let mut events = r.handle.hub().subscribe();
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|p: &f64| *p < 100.0) {
+        tokio::time::timeout(Duration::from_secs(5), memory.changed())
+            .await
+            .expect("a sample every 0.5 s")
+            .unwrap();
+        seen.push(memory.borrow_and_update().used_percent);
+    }
+    // 1/16 … 16/16 GiB used, one poll each, in order.
+    assert_eq!(seen.len(), 16, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    let latest = r.handle.memory().borrow().clone();
+    assert_eq!(latest.pressure, blockops_proxy::memory::Pressure::Critical);
+    let snapshot = r.handle.snapshot().borrow().clone();
+    assert_eq!(snapshot.memory.pressure, "critical");
+    assert_eq!(snapshot.memory.used_percent, 100.0);
+    assert!(snapshot.memory.history.len() >= 16);
+    let mut pressures = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if let blockops_proxy::observe::ProxyEvent::MemorySampled { pressure, .. } = e {
+            pressures.push(pressure);
+        }
+    }
+    assert!(pressures.len() >= 16);
+    for p in ["normal", "warning", "critical"] {
+        assert!(pressures.iter().any(|x| x == p), "{p} in {pressures:?}");
+    }
+    let metrics = client()
+        .get(format!("{}/metrics", r.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("blockops_memory_used_ratio 1.0\n")
+            && metrics.contains("blockops_memory_pressure_level 2\n"),
+        "{metrics}"
+    );
+    // The task is owned: shutdown stops it and returns.
+    tokio::time::timeout(Duration::from_secs(60), r.handle.shutdown())
+        .await
+        .expect("shutdown stops the memory task");
+}
+
 // ---------------------------------------------------------------- purge and /new
 
 /// `/new` against a fake of each kind: the right endpoints, a one-chunk reply, and `auto`
