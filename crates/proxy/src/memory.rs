@@ -288,11 +288,10 @@ impl MemoryMonitor {
 pub async fn sample(state: &AppState) -> MemorySample {
     let settings = state.settings.current();
     let monitor = state.memory.clone();
-    let sample =
-        match tokio::task::spawn_blocking(move || monitor.read(&settings)).await {
-            Ok(s) => s,
-            Err(_) => return state.memory.latest(),
-        };
+    let sample = match tokio::task::spawn_blocking(move || monitor.read(&settings)).await {
+        Ok(s) => s,
+        Err(_) => return state.memory.latest(),
+    };
     publish(state, &sample);
     sample
 }

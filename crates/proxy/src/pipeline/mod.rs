@@ -604,7 +604,7 @@ async fn shape_context(
     let settings = ex.ctx.settings.clone();
     let (backend, model) = (settings.backend_url.as_str(), ex.ctx.model.as_str());
     let mut bytes_per_token = state.calibration.bytes_per_token(backend, model);
-    let measure = measure_request(body);
+    let mut measure = measure_request(body);
     let without_tools = |body: &Map<String, Value>| {
         let (all, tools) = (measure_request(body), measure_tools(body));
         shaping::estimate::Measure {
@@ -685,6 +685,8 @@ async fn shape_context(
         } => {
             body.insert("messages".into(), Value::Array(messages));
             ex.ctx.notices.push(notice);
+            // Calibration learns from what was sent, not from what arrived.
+            measure = measure_request(body);
             Ok(())
         }
         shaping::Decision::TooLong {
@@ -704,7 +706,7 @@ async fn shape_context(
             .into())
         }
     };
-    ex.measure = Some(shaping::estimate::measure_request(body));
+    ex.measure = Some(measure);
     result
 }
 
