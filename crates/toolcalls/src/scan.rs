@@ -53,6 +53,9 @@ pub struct Scanner {
     /// Bytes that begin a marker valid anywhere (not only at a line start).
     opens_anywhere: [bool; 256],
     line_finder: Option<memmem::Finder<'static>>,
+    /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
+    /// which the byte search for marker starts would not find.
+    other_finder: Option<memmem::Finder<'static>>,
     /// Unclassified text is `buf[head..]`; `buf[head]` is byte `base` of the output.
     buf: String,
     head: usize,
@@ -134,6 +137,10 @@ impl Scanner {
             .iter()
             .find(|(_, _, ls)| *ls)
             .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
+        let other_finder = markers
+            .iter()
+            .find(|(t, _, ls)| !ls && !t.starts_with(['<', '[']))
+            .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
         let id_seed = options.id_seed.unwrap_or_else(crate::ids::next_seed);
         let mode = if options.prefill_think && options.split_reasoning {
             Mode::Reasoning
@@ -151,6 +158,7 @@ impl Scanner {
             waiting_at: None,
             opens_anywhere,
             line_finder,
+            other_finder,
             buf: String::new(),
             head: 0,
             base: 0,
@@ -208,7 +216,11 @@ impl Scanner {
         }
         let bytes = text.as_bytes();
         bytes.iter().enumerate().all(|(i, &b)| {
-            let at_line_start = if i == 0 { self.line_start } else { bytes[i - 1] == b'\n' };
+            let at_line_start = if i == 0 {
+                self.line_start
+            } else {
+                bytes[i - 1] == b'\n'
+            };
             b != b'`'
                 && !self.opens_anywhere[usize::from(b)]
                 && !(at_line_start && self.opens_marker[usize::from(b)])
@@ -455,11 +467,30 @@ impl Scanner {
     }
 
     /// The next byte position at or after `from` where a marker or a backtick may start.
-    /// `line_cache` remembers the next line-start marker found while the buffer is unchanged,
-    /// so text full of `<` is not searched again for `TOOL_CALL:` at every one of them.
-    fn next_candidate(&self, from: usize, line_cache: &mut Option<Option<usize>>) -> Option<usize> {
+    /// `caches` remember the next line-start marker and the next other marker found while the
+    /// buffer is unchanged, so text full of `<` is not searched again for `TOOL_CALL:` or `>>>`
+    /// at every one of them.
+    fn next_candidate(
+        &self,
+        from: usize,
+        caches: &mut [Option<Option<usize>>; 2],
+    ) -> Option<usize> {
+        let [line_cache, other_cache] = caches;
         let bytes = self.pending().as_bytes();
         let a = memchr3(b'<', b'[', b'`', &bytes[from..]).map(|i| from + i);
+        let d = match *other_cache {
+            Some(Some(x)) if x >= from => Some(x),
+            Some(None) => None,
+            _ => {
+                let found = self
+                    .other_finder
+                    .as_ref()
+                    .and_then(|f| f.find(&bytes[from..]))
+                    .map(|i| from + i);
+                *other_cache = Some(found);
+                found
+            }
+        };
         let b = match *line_cache {
             Some(Some(x)) if x >= from => Some(x),
             Some(None) => None,
@@ -483,7 +514,7 @@ impl Scanner {
             .line_finder
             .as_ref()
             .and_then(|_| self.partial_line_marker(from));
-        [a, b, c].into_iter().flatten().min()
+        [a, b, c, d].into_iter().flatten().min()
     }
 
     fn partial_line_marker(&self, from: usize) -> Option<usize> {
@@ -544,9 +575,9 @@ impl Scanner {
         }
 
         let mut pos = 0;
-        let mut line_cache = None;
+        let mut caches = [None, None];
         loop {
-            let next = self.next_candidate(pos, &mut line_cache);
+            let next = self.next_candidate(pos, &mut caches);
             // Inline code ends at a line end. Checked before the text is emitted, so the
             // decision never depends on where the pieces were cut.
             if self.inline_code

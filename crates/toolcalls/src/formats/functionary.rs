@@ -1,5 +1,8 @@
 //! MeetKai Functionary v3.1 (Llama 3.1 based): `<function=NAME>{json}</function>`, one tag per
-//! call. (Qwen3-Coder's `<function=…>` bodies sit inside `<tool_call>` and are read there.)
+//! call (Qwen3-Coder's `<function=…>` bodies sit inside `<tool_call>` and are read there); and
+//! v3.2: recipient-prefixed segments, `>>>all\ntext` for the answer and `>>>NAME\n{json}` per
+//! call. (When the prompt itself ends with `>>>`, the first segment arrives without it and is
+//! left as content.)
 
 use super::xml::{Body, close_tag, settle};
 use super::{Ctx, Format, Opener, Scan};
@@ -80,6 +83,72 @@ fn body(body: &str, ctx: &Ctx<'_>) -> Body {
     }
 }
 
+pub struct FunctionaryV32;
+
+const SEGMENT: &str = ">>>";
+
+impl Format for FunctionaryV32 {
+    fn names(&self) -> &'static [&'static str] {
+        &["functionary_v3_2"]
+    }
+
+    fn openers(&self) -> &'static [Opener] {
+        &[Opener {
+            text: SEGMENT,
+            line_start: false,
+        }]
+    }
+
+    fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+        let not_a_call = || Scan::Reject {
+            len: SEGMENT.len(),
+            reason: format!(
+                "{SEGMENT} is not followed by a recipient line (all, or NAME and JSON)"
+            ),
+        };
+        let body = &text[SEGMENT.len()..];
+        let name_len = body.find(|c: char| !name_char(c)).unwrap_or(body.len());
+        if name_len == body.len() {
+            return if ctx.at_end || name_len > 128 {
+                not_a_call()
+            } else {
+                Scan::NeedMore
+            };
+        }
+        let Some(after) = body[name_len..].strip_prefix('\n') else {
+            return not_a_call();
+        };
+        let name = &body[..name_len];
+        let head = SEGMENT.len() + name_len + 1;
+        if name == "all" {
+            // The answer to the user: the recipient line is markup.
+            return Scan::Section {
+                len: head,
+                reasoning: false,
+            };
+        }
+        if name_len == 0 {
+            return not_a_call();
+        }
+        match value_end(after) {
+            _ if after.is_empty() && !ctx.at_end => Scan::NeedMore,
+            End::Incomplete => ctx.unterminated(text, SEGMENT),
+            End::NotAValue => not_a_call(),
+            End::Complete(n) => {
+                let len = head + n;
+                match ctx.call_from_args_text(name, &after[..n], None) {
+                    Ok(call) => Scan::Calls {
+                        len,
+                        format: "functionary_v3_2",
+                        calls: vec![call],
+                    },
+                    Err(reason) => Scan::Reject { len, reason },
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::{calls, scan};
@@ -92,6 +161,25 @@ mod tests {
         let (len, format, c) = calls(&Functionary, t);
         assert_eq!((&t[len..], format), (" ok", "functionary_v3_1"));
         assert_eq!(c[0].1, json!({"city": "Paris", "days": 2}));
+    }
+
+    #[test]
+    fn v32_segments() {
+        let t = ">>>get_weather\n{\"city\": \"Oslo\"}>>>all\nDone.";
+        let (len, format, c) = calls(&FunctionaryV32, t);
+        assert_eq!((&t[len..], format), (">>>all\nDone.", "functionary_v3_2"));
+        assert_eq!(c[0].1, json!({"city": "Oslo"}));
+        assert!(matches!(
+            scan(&FunctionaryV32, ">>>all\nHi", false),
+            Scan::Section {
+                len: 7,
+                reasoning: false
+            }
+        ));
+        match scan(&FunctionaryV32, ">>> quoted reply", false) {
+            Scan::Reject { len, .. } => assert_eq!(len, 3),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

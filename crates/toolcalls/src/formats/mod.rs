@@ -1,6 +1,8 @@
 //! The tool-call dialects. Each module knows its opening markers and how to read one span that
 //! starts with them; the scanner (`scan.rs`) finds the markers and never needs to know more.
 //! Adding a format = one module here, one line in [`ALL`] (or [`WHOLE`]), and its tests.
+//! A span must end with one of `>`, `}`, `]`, `)` or a line end: the scanner re-reads a pending
+//! span only when such a byte arrives (the corpus test checks every call span).
 
 mod apertus;
 mod calling_tool;
@@ -234,6 +236,7 @@ pub static ALL: &[&dyn Format] = &[
     &harmony::Harmony,
     &lfm2::LFM2,
     &functionary::Functionary,
+    &functionary::FunctionaryV32,
     &gemma4::Gemma4,
     &deepseek_dsml::DeepSeekDsml,
     &internlm2::INTERNLM2,
