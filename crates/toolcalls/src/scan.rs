@@ -566,6 +566,25 @@ impl Scanner {
                         self.markup(trail);
                         return true;
                     }
+                    // Shaped like calls but not valid ones (an undeclared name): the message
+                    // stays content, whole and unscanned, and the trace says why.
+                    let invalid = {
+                        let en = self.ctx_enabled();
+                        let ctx = Ctx {
+                            tools: &self.tools,
+                            at_end: true,
+                            enabled: &en,
+                        };
+                        self.whole
+                            .iter()
+                            .find(|w| w.looks_like_calls(self.pending()))
+                            .and_then(|w| w.parse(self.pending(), &ctx).err())
+                    };
+                    if let Some(reason) = invalid {
+                        let all = self.take(self.pending().len());
+                        self.rejected(&all, reason, out);
+                        return true;
+                    }
                     // Not calls after all: scan it as ordinary text.
                     self.content_seen = true;
                 }

@@ -105,6 +105,38 @@ impl WholeMessage for BareJson {
         }
         Ok(calls)
     }
+
+    /// Every value in the message is an object with a name and arguments (Rapid-MLX PR#703's
+    /// rule), or a list of them: a call, even if not a valid one.
+    fn looks_like_calls(&self, text: &str) -> bool {
+        let call_shaped = |v: &serde_json::Value| {
+            let inner = v.get("function").unwrap_or(v);
+            inner.get("name").is_some_and(serde_json::Value::is_string)
+                && ["arguments", "parameters", "args", "input"]
+                    .iter()
+                    .any(|k| inner.get(*k).is_some())
+        };
+        let mut rest = text.trim();
+        let mut any = false;
+        while !rest.is_empty() {
+            let End::Complete(n) = value_end(rest) else {
+                return false;
+            };
+            let shaped = match crate::json::parse_lenient(&rest[..n]) {
+                Some(serde_json::Value::Array(items)) => {
+                    !items.is_empty() && items.iter().all(call_shaped)
+                }
+                Some(v) => call_shaped(&v),
+                None => false,
+            };
+            if !shaped {
+                return false;
+            }
+            any = true;
+            rest = rest[n..].trim_start_matches(|c: char| c.is_whitespace() || c == ';');
+        }
+        any
+    }
 }
 
 #[cfg(test)]
@@ -148,5 +180,11 @@ mod tests {
                 .is_err()
         );
         assert!(BareJson.parse("{\"answer\": 42}", &ctx).is_err());
+        // Shaped like a call (name and arguments) though not a valid one: worth a reason.
+        assert!(BareJson.looks_like_calls(
+            "{\"name\": \"nope\", \"arguments\": {}}; [{\"name\": \"x\", \"parameters\": {}}]"
+        ));
+        assert!(!BareJson.looks_like_calls("{\"name\": \"Bob\", \"age\": 41}"));
+        assert!(!BareJson.looks_like_calls("{\"name\": \"x\", \"arguments\": {}} and prose"));
     }
 }

@@ -218,6 +218,11 @@ pub trait WholeMessage: Sync {
     /// Could a message starting with this character be a call in this format?
     fn may_start_with(&self, c: char) -> bool;
     fn parse(&self, text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String>;
+    /// Is the text shaped like calls of this dialect even though `parse` refused it (an
+    /// undeclared name)? Then the trace says why it stayed content.
+    fn looks_like_calls(&self, _text: &str) -> bool {
+        false
+    }
 }
 
 pub static ALL: &[&dyn Format] = &[

@@ -21,6 +21,10 @@ impl WholeMessage for Pythonic {
     fn parse(&self, text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
         parse_list(text, ctx)
     }
+
+    fn looks_like_calls(&self, text: &str) -> bool {
+        is_call_list(text)
+    }
 }
 
 /// `[name(k=v, …), …]`, and nothing else.
@@ -75,6 +79,18 @@ pub fn parse_lines(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
 
 /// One `name(k=v, …)` with keyword arguments, typed where the schema demands it.
 fn call(p: &mut P<'_>, ctx: &Ctx<'_>) -> Result<Call, String> {
+    let (name, args) = raw_call(p)?;
+    let tool = ctx.tool(&name)?;
+    let arguments = crate::coerce::coerce_json_arguments(args, &tool.parameters);
+    Ok(Call {
+        name,
+        arguments,
+        id: None,
+    })
+}
+
+/// The grammar of one call, names unchecked.
+fn raw_call(p: &mut P<'_>) -> Result<(String, Map<String, Value>), String> {
     let name = p.ident()?;
     p.ws();
     p.expect(b'(')?;
@@ -96,13 +112,39 @@ fn call(p: &mut P<'_>, ctx: &Ctx<'_>) -> Result<Call, String> {
             break;
         }
     }
-    let tool = ctx.tool(&name)?;
-    let arguments = crate::coerce::coerce_json_arguments(args, &tool.parameters);
-    Ok(Call {
-        name,
-        arguments,
-        id: None,
-    })
+    Ok((name, args))
+}
+
+/// Is the whole text a list of keyword calls, whatever the names?
+fn is_call_list(text: &str) -> bool {
+    let mut p = P {
+        s: text.trim().as_bytes(),
+        i: 0,
+    };
+    if p.expect(b'[').is_err() {
+        return false;
+    }
+    let mut n = 0;
+    loop {
+        p.ws();
+        if p.eat(b']') {
+            break;
+        }
+        if raw_call(&mut p).is_err() {
+            return false;
+        }
+        n += 1;
+        p.ws();
+        if !p.eat(b',') {
+            p.ws();
+            if p.expect(b']').is_err() {
+                return false;
+            }
+            break;
+        }
+    }
+    p.ws();
+    n > 0 && p.i == p.s.len()
 }
 
 /// Pythonic calls between two markers: LFM2's `<|tool_call_start|>[…]<|tool_call_end|>`, Llama
@@ -398,5 +440,8 @@ mod tests {
                 .parse("[search(query='x')] and text", &ctx)
                 .is_err()
         );
+        assert!(Pythonic.looks_like_calls("[os.system(cmd='ls'), f()]"));
+        assert!(!Pythonic.looks_like_calls("[1, 2, 3]"));
+        assert!(!Pythonic.looks_like_calls("[f(\"positional\")]"));
     }
 }
