@@ -379,7 +379,7 @@ async fn a_full_queue_is_429_and_a_queue_timeout_is_503_or_an_sse_error() {
     let running = tokio::spawn(r.post(&chat_body(false, "first")).send());
     let mut queued_stream = None;
     let mut queued_plain = None;
-    for _ in 0..1000 {
+    for _ in 0..100_000 {
         if r.handle.state().gate.busy() == 1 {
             break;
         }
@@ -393,11 +393,14 @@ async fn a_full_queue_is_429_and_a_queue_timeout_is_503_or_an_sse_error() {
         .await
         .unwrap();
     // Accepted into the queue: headers and a first heartbeat at once, not after the wait.
+    // (Paused time may jump while sockets work, so "at once" is checked as "while still
+    // queued, long before the queue timeout", not against a wall-clock second.)
     assert_eq!(s.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(r.handle.state().gate.queued(), 1);
     queued_stream.replace(s);
     queued_plain.replace(tokio::spawn(r.post(&chat_body(false, "queued")).send()));
-    for _ in 0..1000 {
+    for _ in 0..100_000 {
         if r.handle.state().gate.queued() == 2 {
             break;
         }
@@ -524,9 +527,10 @@ async fn heartbeats_while_queued_and_during_a_slow_first_token_and_only_comments
     let started = tokio::time::Instant::now();
     let slow = r.post(&chat_body(true, "slow")).send().await.unwrap();
     assert_eq!(slow.status(), 200);
+    // Headers before the backend's first token (30 s away), not after it.
     assert!(
-        started.elapsed() <= Duration::from_secs(1),
-        "headers within a second: {:?}",
+        started.elapsed() < Duration::from_secs(30),
+        "headers before the first token: {:?}",
         started.elapsed()
     );
     let waiting = r.post(&chat_body(true, "behind it")).send().await.unwrap();
@@ -1043,10 +1047,9 @@ async fn the_memory_task_samples_every_poll_into_the_watch_channel_snapshot_and_
             && metrics.contains("blockops_memory_pressure_level 2\n"),
         "{metrics}"
     );
-    // The task is owned: shutdown stops it and returns.
-    tokio::time::timeout(Duration::from_secs(60), r.handle.shutdown())
-        .await
-        .expect("shutdown stops the memory task");
+    // The task is owned: shutdown stops it, waits for it, and returns. (No timeout around it:
+    // paused time would run out while the log's writer thread flushes in real time.)
+    r.handle.shutdown().await;
 }
 
 // ---------------------------------------------------------------- purge and /new
