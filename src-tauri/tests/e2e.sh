@@ -99,6 +99,14 @@ if [ -n "$WID" ]; then
   check "the window is 420x640 (got $geometry)" [ "$geometry" = 420x640 ]
 fi
 
+# --- settings changed as the dashboard does (PATCH) apply live and persist in the config file ---
+patched=$(curl -s -X PATCH -H 'content-type: application/json' -d '{"max_concurrent":4}' \
+  "http://127.0.0.1:$PORT/admin/api/config")
+live_max=$(curl -s "http://127.0.0.1:$PORT/admin/api/config" | jq -r '.max_concurrent')
+check "a settings change applies live (max_concurrent $live_max)" [ "$live_max" = 4 ]
+check "and is saved in the shared config file" grep -qx 'max_concurrent = 4' "$WORK/config.toml"
+[ "$live_max" = 4 ] || echo "# PATCH answered: $patched"
+
 # --- 3. the window shows live data: it changes when a request goes through ---------------------
 # The page's body below its header (the header has a ticking uptime). Pixels that change while
 # idle (charts scrolling) are measured first; the request must change far more than that.
@@ -190,6 +198,8 @@ kill "$BLOCKER" 2>/dev/null
 PORT=$(free_port)
 launch app4.log PORT="$PORT" BLOCKOPS_DEMO=1
 wait_for 30 healthy "$PORT"
+next_max=$(curl -s "http://127.0.0.1:$PORT/admin/api/config" | jq -r '.max_concurrent')
+check "the next launch starts with the saved setting (max_concurrent $next_max)" [ "$next_max" = 4 ]
 kill -INT "$app"
 exits_within 30 "$app"
 check "SIGINT exits 0 (got $rc)" [ "$rc" = 0 ]
