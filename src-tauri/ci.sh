@@ -59,6 +59,13 @@ add_cargo_counts "$log"
 grep -q 'test result:' "$log" || failed=$((failed + 1))
 rm -f "$log"
 
+echo "=== tray: clippy (the root clippy step covers the default members only)"
+cargo clippy -p blockops-tray --all-targets -- -D warnings 2>&1 | tail -n 40
+if [ "${PIPESTATUS[0]}" != 0 ]; then
+  failed=$((failed + 1))
+  status=1
+fi
+
 echo "=== tray: end-to-end (Xvfb + dbus-run-session + dunst)"
 log=$(mktemp)
 BIN="$CARGO_TARGET_DIR/debug/blockops-tray"

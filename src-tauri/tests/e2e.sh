@@ -148,6 +148,17 @@ n=$(notifications "Memory pressure")
 check "exactly one memory notification (got $n)" [ "$n" = 1 ]
 "$IM/import" -display "$DISPLAY" -window root "$OUT/desktop.png" 2>/dev/null
 
+# --- backend unreachable, then back: one notification each ---------------------------------------
+patch() { curl -s -X PATCH -H 'content-type: application/json' -d "$1" "http://127.0.0.1:$PORT/admin/api/config" >/dev/null; }
+demo_url=$(curl -s "http://127.0.0.1:$PORT/admin/api/config" | jq -r '.backend_url')
+patch '{"backend_url":"http://127.0.0.1:9"}'
+check "an unreachable backend is notified by URL" \
+  wait_for 20 grep -q 'string "Backend unreachable: http://127.0.0.1:9"' "$WORK/notify.log"
+patch "{\"backend_url\":\"$demo_url\"}"
+check "its return is notified" wait_for 20 grep -q "string \"Backend is back: $demo_url\"" "$WORK/notify.log"
+n=$(notifications "Backend unreachable")
+check "one notification per outage (got $n)" [ "$n" = 1 ]
+
 # --- 5. the tray menu, then Quit from it ---------------------------------------------------------
 # The icon's own window, embedded in trayer's panel.
 TRAY=$(xdotool search --onlyvisible --classname 'tray-icon tray app main' 2>/dev/null | head -n 1)
