@@ -159,6 +159,14 @@ check "its return is notified" wait_for 20 grep -q "string \"Backend is back: $d
 n=$(notifications "Backend unreachable")
 check "one notification per outage (got $n)" [ "$n" = 1 ]
 
+# A streaming request still running when Quit is chosen: it must finish, and be in the log.
+busy() { [ "$(curl -s "http://127.0.0.1:$PORT/admin/api/status" | jq -r '.slots.busy')" -ge 1 ]; }
+stream='{"model":"demo","stream":true,"messages":[{"role":"user","content":"Quit while this streams: the weather in Oslo?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}'
+curl -sN --max-time 60 -H 'content-type: application/json' -d "$stream" \
+  "http://127.0.0.1:$PORT/v1/chat/completions" >"$WORK/inflight.txt" 2>&1 &
+INFLIGHT=$!
+check "a streaming request is in flight before Quit" wait_for 15 busy
+
 # --- 5. the tray menu, then Quit from it ---------------------------------------------------------
 # The icon's own window, embedded in trayer's panel.
 TRAY=$(xdotool search --onlyvisible --classname 'tray-icon tray app main' 2>/dev/null | head -n 1)
@@ -182,7 +190,9 @@ if [ "$how" != menu ]; then
   exits_within 30 "$APP1"
 fi
 check "the app exits 0 (got $rc, by $how)" [ "$rc" = 0 ]
-check "the traffic log was flushed at exit" grep -q '"get_weather"' "$WORK/traffic.jsonl"
+wait "$INFLIGHT"
+check "the request in flight at Quit finished" grep -q 'data: \[DONE\]' "$WORK/inflight.txt"
+check "the traffic log was flushed at exit (it has that request)" grep -q 'Oslo' "$WORK/traffic.jsonl"
 check "the port is free after exit" bash -c "! curl -sf http://127.0.0.1:$PORT/health"
 
 # --- 6. port taken at start: shown in the window and notified, then SIGTERM exits 0 ------------
