@@ -33,5 +33,8 @@ fn the_readme_format_table_lists_exactly_the_engine_s_formats() {
     let mut listed = table.clone();
     known.sort_unstable();
     listed.sort_unstable();
-    assert_eq!(listed, known, "README's format table vs the engine's formats");
+    assert_eq!(
+        listed, known,
+        "README's format table vs the engine's formats"
+    );
 }
