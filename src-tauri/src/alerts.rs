@@ -121,7 +121,7 @@ pub struct BackendWatch {
 
 impl BackendWatch {
     pub fn observe(&mut self, up: Option<bool>, url: &str) -> Option<Alert> {
-        let Some(up) = up else { return None };
+        let up = up?;
         let previous = self.last.replace(up);
         match (previous, up) {
             (None | Some(true), false) => Some(Alert::BackendUnreachable {

@@ -25,12 +25,13 @@ struct Fixture {
 }
 
 fn settings(dir: &std::path::Path, port: u16) -> Settings {
-    let mut s = Settings::default();
-    s.host = "127.0.0.1".parse().unwrap();
-    s.port = port;
-    s.log_file = dir.join("traffic.jsonl");
-    s.config_path = Some(dir.join("config.toml"));
-    s
+    Settings {
+        host: "127.0.0.1".parse().unwrap(),
+        port,
+        log_file: dir.join("traffic.jsonl"),
+        config_path: Some(dir.join("config.toml")),
+        ..Settings::default()
+    }
 }
 
 fn start(launch: impl FnOnce(&std::path::Path) -> Result<Launch, String>) -> Fixture {
