@@ -16,7 +16,7 @@ mkdir -p "$ARTIFACTS"
 PACKAGES=(
   build-essential pkg-config file libssl-dev
   libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
-  xvfb xauth x11-utils xdotool imagemagick dunst libnotify-bin dbus trayer jq curl python3
+  xvfb xauth x11-utils xdotool imagemagick dunst libnotify-bin dbus trayer jq curl python3 python3-xlib
 )
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -44,7 +44,7 @@ wait_for() {
   done
 }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-healthy() { curl -sf "http://127.0.0.1:$1/health"; }
+healthy() { curl -sf "http://127.0.0.1:$1/health" >/dev/null; }
 window_id() { xdotool search --onlyvisible --name '^blockops$' 2>/dev/null | head -n 1; }
 has_window() { [ -n "$(window_id)" ]; }
 notifications() { grep -c "string \"$1" "$WORK/notify.log"; }
@@ -141,6 +141,40 @@ if [ -n "$WID" ]; then
   shot "$OUT/dashboard.png"
 fi
 
+# --- closing the window hides it; Open Dashboard in the tray menu shows it again ---------------
+# WM_DELETE_WINDOW, what a window manager's close button sends (there is no window manager here).
+close_window() {
+  /usr/bin/python3 - "$1" <<'PY'
+import sys
+from Xlib import X, display, protocol
+d = display.Display()
+w = d.create_resource_object("window", int(sys.argv[1]))
+protocols, delete = d.intern_atom("WM_PROTOCOLS"), d.intern_atom("WM_DELETE_WINDOW")
+w.send_event(protocol.event.ClientMessage(window=w, client_type=protocols,
+             data=(32, [delete, X.CurrentTime, 0, 0, 0])))
+d.flush()
+PY
+}
+tray_icon() { xdotool search --onlyvisible --classname 'tray-icon tray app main' 2>/dev/null | head -n 1; }
+open_tray_menu() { # right click on the icon (the AppIndicator XEmbed fallback opens its menu so)
+  local icon
+  icon=$(tray_icon)
+  [ -n "$icon" ] || return 1
+  eval "$(xdotool getwindowgeometry --shell "$icon")"
+  xdotool mousemove $((X + WIDTH / 2)) $((Y + HEIGHT / 2)) click 3
+  sleep 1
+}
+no_window() { ! has_window; }
+if [ -n "$WID" ]; then
+  close_window "$WID"
+  check "closing the window hides it" wait_for 10 no_window
+  check "and the app keeps running" healthy "$PORT"
+  # Down from the top skips the status line (disabled): Open Dashboard.
+  open_tray_menu && xdotool key Down Return
+  check "Open Dashboard in the tray menu shows it again" wait_for 10 has_window
+  WID=$(window_id)
+fi
+
 # --- 4. memory at or above 1%: exactly one notification, never a storm --------------------------
 check "a memory-pressure notification arrives" wait_for 15 grep -q 'string "Memory pressure' "$WORK/notify.log"
 sleep 4 # four more samples at MEMORY_POLL_SECS=1: none may notify again
@@ -168,14 +202,8 @@ INFLIGHT=$!
 check "a streaming request is in flight before Quit" wait_for 15 busy
 
 # --- 5. the tray menu, then Quit from it ---------------------------------------------------------
-# The icon's own window, embedded in trayer's panel.
-TRAY=$(xdotool search --onlyvisible --classname 'tray-icon tray app main' 2>/dev/null | head -n 1)
 how=SIGTERM
-if [ -n "$TRAY" ]; then
-  eval "$(xdotool getwindowgeometry --shell "$TRAY")"
-  # The AppIndicator fallback icon (XEmbed) opens its menu on a right click.
-  xdotool mousemove $((X + WIDTH / 2)) $((Y + HEIGHT / 2)) click 3
-  sleep 1
+if open_tray_menu; then
   "$IM/import" -display "$DISPLAY" -window root "$WORK/menu-full.png" 2>/dev/null
   "$IM/convert" "$WORK/menu-full.png" -crop 340x220+940+0 +repage "$OUT/tray-menu.png" 2>/dev/null
   # The menu has the keyboard: Up from the top wraps to the last item, Quit.
