@@ -72,7 +72,7 @@ BIN="$CARGO_TARGET_DIR/debug/blockops-tray"
 timeout 600 env NO_AT_BRIDGE=1 xvfb-run -a -s '-screen 0 1280x800x24' \
   dbus-run-session -- bash "$ROOT/src-tauri/tests/e2e.sh" "$BIN" "$ARTIFACTS" 2>&1 | tee "$log"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-if line=$(grep -oE '^tray-e2e: [0-9]+ passed, [0-9]+ failed' "$log"); then
+if line=$(grep -oE '^# tray-e2e: [0-9]+ passed, [0-9]+ failed' "$log"); then
   passed=$((passed + $(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+')))
   failed=$((failed + $(echo "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+')))
 else

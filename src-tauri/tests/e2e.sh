@@ -7,7 +7,7 @@
 #
 # It starts dunst (the notification daemon), dbus-monitor (counts Notify calls), trayer (an
 # XEmbed tray, so the icon and its menu can be clicked) and then the app with the demo backend.
-# Prints one `ok`/`not ok` line per check and `tray-e2e: N passed, M failed` at the end.
+# Prints one `ok`/`not ok` line per check and `# tray-e2e: N passed, M failed` at the end.
 # Every wait is bounded; every process it starts is stopped by PID.
 set -u
 BIN=$(realpath "$1")
@@ -253,5 +253,5 @@ kill -INT "$app"
 exits_within 30 "$app"
 check "SIGINT exits 0 (got $rc)" [ "$rc" = 0 ]
 
-echo "tray-e2e: $passed passed, $failed failed"
+echo "# tray-e2e: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
