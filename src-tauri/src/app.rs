@@ -51,8 +51,8 @@ pub struct Shared {
     autostart_entry: Option<PathBuf>,
     /// Set once by setup: the running proxy, or why it is not running.
     proxy: OnceLock<Result<Arc<Proxy>, String>>,
-    /// What the tray shows now.
-    view: Mutex<Option<TrayView>>,
+    /// What the tray shows now (a watch, so tests can wait for a change instead of polling).
+    view: tokio::sync::watch::Sender<Option<TrayView>>,
     /// How to leave the event loop; the real app sets `AppHandle::exit` (the mock runtime
     /// cannot exit, so tests read [`Shared::exit_requested`] instead).
     exit: OnceLock<Box<dyn Fn(i32) + Send + Sync>>,
@@ -72,7 +72,12 @@ impl Shared {
     }
 
     pub fn view(&self) -> Option<TrayView> {
-        lock(&self.view).clone()
+        self.view.borrow().clone()
+    }
+
+    /// Wakes on every change of what the tray shows.
+    pub fn view_updates(&self) -> tokio::sync::watch::Receiver<Option<TrayView>> {
+        self.view.subscribe()
     }
 
     pub fn exit_requested(&self) -> Option<i32> {
@@ -108,7 +113,7 @@ pub fn configure<R: Runtime>(builder: Builder<R>, options: Options) -> Builder<R
         with_tray: options.with_tray,
         autostart_entry: options.autostart_entry,
         proxy: OnceLock::new(),
-        view: Mutex::new(None),
+        view: tokio::sync::watch::channel(None).0,
         exit: OnceLock::new(),
         exit_requested: Mutex::new(None),
         watcher: Mutex::new(None),
@@ -185,10 +190,11 @@ async fn watch_proxy<R: Runtime>(app: AppHandle<R>, proxy: Arc<Proxy>) {
             )
         };
         let shared = app.state::<Shared>();
-        show_view(&app, &shared, view);
+        // Notifications first: once a view is visible, the alerts of its snapshot are sent.
         for alert in fired {
             shared.desktop.notify(alert);
         }
+        show_view(&app, &shared, view);
         if snapshots.changed().await.is_err() {
             return;
         }
@@ -351,8 +357,15 @@ fn build_tray<R: Runtime>(app: &AppHandle<R>, shared: &Shared) -> tauri::Result<
 
 /// Applies a view to the tray, only when it changed.
 fn show_view<R: Runtime>(app: &AppHandle<R>, shared: &Shared, view: TrayView) {
-    let previous = lock(&shared.view).replace(view.clone());
-    if previous.as_ref() == Some(&view) {
+    let mut previous = None;
+    let changed = shared.view.send_if_modified(|current| {
+        if current.as_ref() == Some(&view) {
+            return false;
+        }
+        previous = current.replace(view.clone());
+        true
+    });
+    if !changed {
         return;
     }
     let Some(items) = app.try_state::<TrayItems<R>>() else {

@@ -113,6 +113,45 @@ fn setup_starts_the_proxy_with_the_demo_backend() {
     f.runtime.block_on(f.shared().shutdown());
 }
 
+/// The tray follows the proxy's snapshot: the status line shows the backend and memory, and
+/// a 1% memory threshold sends a warning that names the reading.
+#[test]
+fn the_tray_follows_the_proxy_and_notifies_memory_pressure() {
+    let f = start(|dir| {
+        let mut launch = demo(dir)?;
+        launch.settings.memory_warn_percent = 1.0;
+        launch.settings.memory_critical_percent = 99.9;
+        Ok(launch)
+    });
+    let mut views = f.shared().view_updates();
+    let view = f.runtime.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            views.wait_for(|v| {
+                v.as_ref().is_some_and(|v| {
+                    v.status_line.contains("Backend up") && !v.status_line.contains("Memory –")
+                })
+            }),
+        )
+        .await
+        .expect("the tray shows the backend and a memory reading within 20 s")
+        .expect("the view channel stays open")
+        .clone()
+        .unwrap()
+    });
+    assert_eq!(view.state, TrayState::MemoryPressure, "{view:?}");
+    assert!(
+        view.status_line.starts_with("Slots 0/3 · Memory "),
+        "{view:?}"
+    );
+    let alerts = f.desktop.alerts.lock().unwrap().clone();
+    assert!(
+        matches!(alerts.as_slice(), [Alert::MemoryWarning { used_percent }] if *used_percent >= 1.0),
+        "{alerts:?}"
+    );
+    f.runtime.block_on(f.shared().shutdown());
+}
+
 #[test]
 fn each_tray_action_reaches_the_proxy_and_has_its_effect() {
     let f = start(demo);
