@@ -50,6 +50,8 @@ pub struct Scanner {
     opens_marker: [bool; 256],
     /// The pending length when the span at the head last needed more text.
     waiting_at: Option<usize>,
+    /// What that span waits for ([`Scan::Await`]), searched for in new text only.
+    awaited: Option<&'static str>,
     /// Bytes that begin a marker valid anywhere (not only at a line start).
     opens_anywhere: [bool; 256],
     line_finder: Option<memmem::Finder<'static>>,
@@ -156,6 +158,7 @@ impl Scanner {
             longest_marker,
             opens_marker,
             waiting_at: None,
+            awaited: None,
             opens_anywhere,
             line_finder,
             other_finder,
@@ -399,7 +402,11 @@ impl Scanner {
     }
 
     fn take(&mut self, n: usize) -> String {
-        self.waiting_at = None;
+        if n > 0 {
+            // Only a new head ends the wait: emitting nothing before the pending span keeps it.
+            self.waiting_at = None;
+            self.awaited = None;
+        }
         let taken = self.pending()[..n].to_owned();
         self.head += n;
         // Compact now and then, not per span: a long text consumed in many spans stays linear.
@@ -467,48 +474,31 @@ impl Scanner {
     }
 
     /// The next byte position at or after `from` where a marker or a backtick may start.
-    /// `caches` remember the next line-start marker and the next other marker found while the
-    /// buffer is unchanged, so text full of `<` is not searched again for `TOOL_CALL:` or `>>>`
-    /// at every one of them.
-    fn next_candidate(
-        &self,
-        from: usize,
-        caches: &mut [Option<Option<usize>>; 2],
-    ) -> Option<usize> {
-        let [line_cache, other_cache] = caches;
+    /// Markers that begin with other bytes (`TOOL_CALL:` at a line start, `>>>`) are searched
+    /// for only up to the next `<`, `[` or backtick, so each byte is searched about once per
+    /// step however long the pending text is.
+    fn next_candidate(&self, from: usize) -> Option<usize> {
         let bytes = self.pending().as_bytes();
         let a = memchr3(b'<', b'[', b'`', &bytes[from..]).map(|i| from + i);
-        let d = match *other_cache {
-            Some(Some(x)) if x >= from => Some(x),
-            Some(None) => None,
-            _ => {
-                let found = self
-                    .other_finder
-                    .as_ref()
-                    .and_then(|f| f.find(&bytes[from..]))
-                    .map(|i| from + i);
-                *other_cache = Some(found);
-                found
-            }
+        // A marker starting before `a` may extend past it.
+        let window = |f: &memmem::Finder<'_>| {
+            a.map_or(bytes.len(), |x| (x + f.needle().len()).min(bytes.len()))
         };
-        let b = match *line_cache {
-            Some(Some(x)) if x >= from => Some(x),
-            Some(None) => None,
-            _ => {
-                let found = self.line_finder.as_ref().and_then(|f| {
-                    let mut at = from;
-                    while let Some(i) = f.find(&bytes[at..]) {
-                        if self.at_line_start(at + i) {
-                            return Some(at + i);
-                        }
-                        at += i + 1;
-                    }
-                    None
-                });
-                *line_cache = Some(found);
-                found
+        let d = self
+            .other_finder
+            .as_ref()
+            .and_then(|f| f.find(&bytes[from..window(f)]).map(|i| from + i));
+        let b = self.line_finder.as_ref().and_then(|f| {
+            let end = window(f);
+            let mut at = from;
+            while let Some(i) = f.find(&bytes[at..end]) {
+                if self.at_line_start(at + i) {
+                    return Some(at + i);
+                }
+                at += i + 1;
             }
-        };
+            None
+        });
         // A line-start marker split by the chunk end: "\nTOOL_" at the end of the buffer.
         let c = self
             .line_finder
@@ -594,9 +584,8 @@ impl Scanner {
         }
 
         let mut pos = 0;
-        let mut caches = [None, None];
         loop {
-            let next = self.next_candidate(pos, &mut caches);
+            let next = self.next_candidate(pos);
             // Inline code ends at a line end. Checked before the text is emitted, so the
             // decision never depends on where the pieces were cut.
             if self.inline_code
@@ -736,13 +725,24 @@ impl Scanner {
                 let opener = &format.openers()[oi];
                 // A span that needed more text is read again only once a byte that can end
                 // a span has arrived: feeding a long call token by token stays linear.
-                if !at_end
-                    && let Some(seen) = self.waiting_at
-                    && !self.pending().as_bytes()[seen.min(self.pending().len())..]
-                        .iter()
-                        .any(|b| SPAN_END_BYTES.contains(b))
-                {
-                    return false;
+                if !at_end && let Some(seen) = self.waiting_at {
+                    let bytes = self.pending().as_bytes();
+                    let seen = seen.min(bytes.len());
+                    let ready = match self.awaited {
+                        // The needle may straddle the old and the new text.
+                        Some(needle) => memmem::find(
+                            &bytes[seen.saturating_sub(needle.len() - 1)..],
+                            needle.as_bytes(),
+                        )
+                        .is_some(),
+                        None => bytes[seen..].iter().any(|b| SPAN_END_BYTES.contains(b)),
+                    };
+                    if !ready {
+                        if self.awaited.is_some() {
+                            self.waiting_at = Some(bytes.len());
+                        }
+                        return false;
+                    }
                 }
                 let scan = {
                     let en = self.ctx_enabled();
@@ -756,6 +756,12 @@ impl Scanner {
                 match scan {
                     Scan::NeedMore => {
                         self.waiting_at = Some(self.pending().len());
+                        self.awaited = None;
+                        false
+                    }
+                    Scan::Await { needle } => {
+                        self.waiting_at = Some(self.pending().len());
+                        self.awaited = Some(needle).filter(|n| !n.is_empty());
                         false
                     }
                     Scan::Calls { len, format, calls } => {

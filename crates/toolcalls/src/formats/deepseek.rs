@@ -26,7 +26,7 @@ impl Format for DeepSeek {
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
         let Some(end) = text.find(END) else {
-            return ctx.unterminated(text, "<｜tool▁calls▁begin｜>");
+            return ctx.awaiting(text, "<｜tool▁calls▁begin｜>", END);
         };
         let len = end + END.len();
         let mut body = &text[BEGIN.len()..end];

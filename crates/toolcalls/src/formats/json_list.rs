@@ -3,7 +3,7 @@
 //! `<|tool_call|>[…]`, Command R7B's `<|START_ACTION|>[…]<|END_ACTION|>`. The body is a JSON list
 //! of calls, or objects one after another (MiniMax-M1 writes one per line).
 
-use super::xml::{Body, settle};
+use super::xml::{Body, settle, shared_suffix};
 use super::{Call, Ctx, Format, Opener, Scan};
 use crate::json::{End, value_end};
 use serde_json::Value;
@@ -47,7 +47,7 @@ impl JsonList {
     }
 
     /// Values until `close`.
-    fn body(&self, body: &str, open: &str, close: &str, ctx: &Ctx<'_>) -> Body {
+    fn body(&self, body: &str, open: &'static str, close: &'static str, ctx: &Ctx<'_>) -> Body {
         let mut pos = 0;
         let mut values = Vec::new();
         loop {
@@ -72,7 +72,12 @@ impl JsonList {
             }
             if r.is_empty() || close.starts_with(r) {
                 if !ctx.at_end {
-                    return Body::NeedMore;
+                    // Before the first value, the next byte may show this is prose.
+                    return if values.is_empty() {
+                        Body::NeedMore
+                    } else {
+                        Body::Await(shared_suffix(open, close))
+                    };
                 }
                 if values.is_empty() {
                     return Body::Bad(format!(
@@ -97,7 +102,7 @@ impl JsonList {
                         open
                     ));
                 }
-                End::Incomplete => return Body::NeedMore,
+                End::Incomplete => return Body::Await(shared_suffix(open, close)),
                 End::NotAValue if values.is_empty() => {
                     return Body::NotACall(format!("{} is not followed by JSON calls", open));
                 }
@@ -249,7 +254,12 @@ mod tests {
     #[test]
     fn unclosed_waits_then_gives_back_everything() {
         let t = "<tool_calls>[{\"name\": \"search\", \"arguments\": {\"query\": \"a";
-        assert!(matches!(run(&LIST, t, false), Scan::NeedMore));
+        assert!(matches!(
+            run(&LIST, t, false),
+            Scan::Await {
+                needle: "tool_calls>"
+            }
+        ));
         match run(&LIST, t, true) {
             Scan::Reject { len, reason } => {
                 assert_eq!((len, reason.contains("never closed")), (t.len(), true))

@@ -26,7 +26,7 @@ impl Format for Kimi {
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
         let Some(end) = text.find(SECTION_END) else {
-            return ctx.unterminated(text, SECTION_BEGIN);
+            return ctx.awaiting(text, SECTION_BEGIN, SECTION_END);
         };
         let len = end + SECTION_END.len();
         let mut calls = Vec::new();

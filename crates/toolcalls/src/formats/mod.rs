@@ -56,6 +56,10 @@ pub struct Call {
 pub enum Scan {
     /// The span is not complete yet.
     NeedMore,
+    /// The span is not complete, and nothing can change until `needle` appears after what was
+    /// read (its closing tag): the scanner searches only the new text for it, so a long call
+    /// fed token by token costs linear time.
+    Await { needle: &'static str },
     /// A complete span of `len` bytes, holding these calls, in format `format`.
     Calls {
         len: usize,
@@ -83,6 +87,14 @@ impl Ctx<'_> {
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| format!("tool {name:?} was not declared in the request"))
+    }
+
+    /// A span that cannot end before `needle` arrives: wait for it, or at the end give it back.
+    pub fn awaiting(&self, text: &str, what: &str, needle: &'static str) -> Scan {
+        match self.unterminated(text, what) {
+            Scan::NeedMore => Scan::Await { needle },
+            other => other,
+        }
     }
 
     /// A span that ends without its closing marker: wait for more, or at the end give it back.

@@ -2,7 +2,7 @@
 //! `[get_weather(city="Paris", days=3), search(query='x')]` (Llama 3.2/4 pythonic, Llama-Nemotron,
 //! ToolACE). Recognised only as the whole message, with declared names.
 
-use super::xml::{Body, close_tag, settle};
+use super::xml::{Body, close_tag, settle, shared_suffix};
 use super::{Call, Ctx, Format, Opener, Scan, WholeMessage};
 use crate::json::{End, value_end};
 use serde_json::{Map, Number, Value};
@@ -190,10 +190,10 @@ impl Format for PythonicBlock {
 }
 
 impl PythonicBlock {
-    fn list(&self, list: &str, open: &str, ctx: &Ctx<'_>) -> Body {
+    fn list(&self, list: &str, open: &'static str, ctx: &Ctx<'_>) -> Body {
         match value_end(list) {
             _ if list.is_empty() && !ctx.at_end => Body::NeedMore,
-            End::Incomplete if !ctx.at_end => Body::NeedMore,
+            End::Incomplete if !ctx.at_end => Body::Await(shared_suffix(open, self.close)),
             End::Incomplete => Body::Bad(format!(
                 "{open} was never closed (the output ended inside the call)"
             )),
@@ -235,7 +235,9 @@ impl PythonicBlock {
             None if ctx.at_end => Body::Bad(format!(
                 "{open} was never closed (the output ended inside the call)"
             )),
-            None => Body::NeedMore,
+            // The first word is still being written: it may yet show this is prose.
+            None if name_len.is_none() => Body::NeedMore,
+            None => Body::Await(self.close),
         }
     }
 }

@@ -16,6 +16,9 @@ pub struct Tagged;
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+/// What every decision about a body, once recognised, waits for: `</tool_call>` (or a new
+/// `<tool_call>`, which ends a broken span).
+const NEEDLE: &str = "tool_call>";
 
 impl Format for Tagged {
     fn names(&self) -> &'static [&'static str] {
@@ -58,10 +61,10 @@ const QWEN3_CODER: Functions = Functions {
 
 fn hermes(body: &str, ctx: &Ctx<'_>) -> Body {
     match value_end(body) {
-        End::Incomplete => Body::NeedMore,
+        End::Incomplete => Body::Await(NEEDLE),
         End::NotAValue => Body::Bad("not a JSON call".into()),
         End::Complete(n) => match close_tag(&body[n..], CLOSE, ctx) {
-            None => Body::NeedMore,
+            None => Body::Await(NEEDLE),
             Some(Ok(c)) => Body::Done {
                 len: n + c,
                 calls: ctx.calls_from_json_text(&body[..n]),
@@ -104,7 +107,7 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Body {
                 return if ctx.at_end {
                     Body::Bad("unterminated <arg_key>".into())
                 } else {
-                    Body::NeedMore
+                    Body::Await(NEEDLE)
                 };
             };
             let key = after[..k_end].trim().to_owned();
@@ -116,7 +119,7 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Body {
                     return if ctx.at_end {
                         Body::Bad("an <arg_key> without <arg_value>".into())
                     } else {
-                        Body::NeedMore
+                        Body::Await(NEEDLE)
                     };
                 }
                 return Body::Bad("an <arg_key> without <arg_value>".into());
@@ -134,7 +137,7 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Body {
                 &["<arg_key>", CLOSE],
                 ctx.at_end,
             ) {
-                None => return Body::NeedMore,
+                None => return Body::Await(NEEDLE),
                 Some(Err(())) => return Body::Bad("unterminated <arg_value>".into()),
                 Some(Ok((end, after))) => {
                     pairs.push((key, value_text[..end].to_owned()));
@@ -143,10 +146,20 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Body {
             }
         } else if !ctx.at_end && (r.is_empty() || "<arg_key>".starts_with(r)) {
             // `<arg_key>` or `</tool_call>`? Only more text can tell.
-            return Body::NeedMore;
+            return glm_wait(&pairs);
         } else {
             return glm_close(rest, pos, &name, pairs, ctx);
         }
+    }
+}
+
+/// Before any `<arg_key>`, the next bytes may still show the span is prose (`NotACall`); after
+/// one, only the closing tag decides.
+fn glm_wait(pairs: &[(String, String)]) -> Body {
+    if pairs.is_empty() {
+        Body::NeedMore
+    } else {
+        Body::Await(NEEDLE)
     }
 }
 
@@ -160,7 +173,7 @@ fn glm_close(
     ctx: &Ctx<'_>,
 ) -> Body {
     match close_tag(rest, CLOSE, ctx) {
-        None => Body::NeedMore,
+        None => glm_wait(&pairs),
         Some(Ok(c)) => Body::Done {
             len: pos + c,
             calls: ctx.call_from_text_pairs(name, pairs, None).map(|c| vec![c]),
@@ -264,8 +277,26 @@ mod tests {
 
     #[test]
     fn incomplete_waits_and_bad_spans_are_rejected_whole() {
+        // A recognised body waits for its closing tag, searched for in new text only.
         assert!(matches!(
             scan(&Tagged, "<tool_call>{\"name\": \"get_w", false),
+            Scan::Await {
+                needle: "tool_call>"
+            }
+        ));
+        assert!(matches!(
+            scan(
+                &Tagged,
+                "<tool_call>\n<function=search>\n<parameter=query>\nlong",
+                false
+            ),
+            Scan::Await {
+                needle: "tool_call>"
+            }
+        ));
+        // A GLM name before any <arg_key> may still turn out to be prose: plain waiting.
+        assert!(matches!(
+            scan(&Tagged, "<tool_call>get_time\n", false),
             Scan::NeedMore
         ));
         let t = "<tool_call>{\"name\": \"nope\", \"arguments\": {}}</tool_call>tail";

@@ -12,6 +12,8 @@ use super::{Call, Ctx, Scan};
 /// What a dialect made of a block's body.
 pub enum Body {
     NeedMore,
+    /// Nothing can change until this text (the block's closing tag) arrives.
+    Await(&'static str),
     /// `len` bytes of the body (through the closing tag), with the calls or why they are invalid.
     Done {
         len: usize,
@@ -29,8 +31,8 @@ pub enum Body {
 /// the parsed body starts in `text`.
 pub fn settle(
     text: &str,
-    open: &str,
-    close: &str,
+    open: &'static str,
+    close: &'static str,
     body_at: usize,
     format: &'static str,
     body: Body,
@@ -38,6 +40,7 @@ pub fn settle(
 ) -> Scan {
     match body {
         Body::NeedMore => ctx.unterminated(text, open),
+        Body::Await(needle) => ctx.awaiting(text, open, needle),
         Body::Done { len, calls } => {
             let len = body_at + len;
             if !(ctx.enabled)(format) {
@@ -70,10 +73,29 @@ pub fn settle(
                     len: text.len(),
                     reason,
                 },
-                (None, None) => Scan::NeedMore,
+                // Both tags end the same way (`tool_call>`): wait for that, searching only new text.
+                (None, None) => Scan::Await {
+                    needle: shared_suffix(open, close),
+                },
             }
         }
     }
+}
+
+/// The longest common end of an opening and a closing tag (`<tool_call>`, `</tool_call>` →
+/// `tool_call>`): the text any decision about a broken span waits for.
+pub fn shared_suffix(open: &str, close: &'static str) -> &'static str {
+    let n = open
+        .bytes()
+        .rev()
+        .zip(close.bytes().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut at = close.len() - n;
+    while !close.is_char_boundary(at) {
+        at += 1;
+    }
+    &close[at..]
 }
 
 /// After a body, expects optional whitespace and `close`: `Some(Ok(len))` through it, `None`
@@ -190,8 +212,20 @@ fn json_hint(attributes: &str) -> bool {
 }
 
 impl Functions {
+    /// What a block waits for once its functions began: its closing tag, less the `</` it
+    /// shares with nothing (`</tool_call>` → `tool_call>`, which a new `<tool_call>` also has).
+    fn needle(&self) -> &'static str {
+        self.close.strip_prefix("</").unwrap_or(self.close)
+    }
+
     /// A whole block: `open`, optional whitespace, functions, `self.close`.
-    pub fn scan_block(&self, text: &str, open: &str, format: &'static str, ctx: &Ctx<'_>) -> Scan {
+    pub fn scan_block(
+        &self,
+        text: &str,
+        open: &'static str,
+        format: &'static str,
+        ctx: &Ctx<'_>,
+    ) -> Scan {
         let body = &text[open.len()..];
         let lead = body.len() - body.trim_start().len();
         let rest = &body[lead..];
@@ -226,14 +260,14 @@ impl Functions {
                 return if ctx.at_end {
                     Body::Bad(format!("unterminated {}", self.function))
                 } else {
-                    Body::NeedMore
+                    Body::Await(self.needle())
                 };
             }
             let Some(gt) = rest.find('>') else {
                 return if ctx.at_end {
                     Body::Bad(format!("unterminated {}", self.function))
                 } else {
-                    Body::NeedMore
+                    Body::Await(self.needle())
                 };
             };
             let name = unquote(&rest[self.function.len()..gt]).0.to_owned();
@@ -249,7 +283,7 @@ impl Functions {
                         return if ctx.at_end {
                             Body::Bad(format!("unterminated {}", self.parameter))
                         } else {
-                            Body::NeedMore
+                            Body::Await(self.needle())
                         };
                     };
                     let (key, attributes) = unquote(&after_key[..gt]);
@@ -263,7 +297,7 @@ impl Functions {
                         &[self.parameter, self.function_close],
                         ctx.at_end,
                     ) {
-                        None => return Body::NeedMore,
+                        None => return Body::Await(self.needle()),
                         Some(Err(())) => {
                             return Body::Bad(format!("unterminated {}…> value", self.parameter));
                         }
@@ -286,7 +320,7 @@ impl Functions {
                     return if ctx.at_end {
                         Body::Bad("the function body was never closed".into())
                     } else {
-                        Body::NeedMore
+                        Body::Await(self.needle())
                     };
                 } else {
                     return Body::Bad(format!(
@@ -320,10 +354,10 @@ impl Functions {
                 continue;
             }
             if !r.is_empty() && self.function.starts_with(r) && !ctx.at_end {
-                return Body::NeedMore;
+                return Body::Await(self.needle());
             }
             return match close_tag(rest, self.close, ctx) {
-                None => Body::NeedMore,
+                None => Body::Await(self.needle()),
                 Some(Ok(c)) => Body::Done {
                     len: pos + c,
                     calls: calls.into_iter().collect(),
