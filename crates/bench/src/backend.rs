@@ -83,7 +83,10 @@ fn split(text: &str, n: usize) -> Vec<&str> {
     let mut start = 0;
     for k in 1..=n {
         // Boundaries at k·len/n characters: every piece within one character of the others.
-        let end = chars.get(k * chars.len() / n).copied().unwrap_or(text.len());
+        let end = chars
+            .get(k * chars.len() / n)
+            .copied()
+            .unwrap_or(text.len());
         if start < end {
             pieces.push(&text[start..end]);
         }

@@ -70,7 +70,15 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Bench(options) => bench::run(options).await,
+            // On Ctrl-C or SIGTERM the run is dropped, and with it every child process it started
+            // (each is killed on drop): no backend, proxy or LiteLLM is left behind.
+            Command::Bench(options) => tokio::select! {
+                code = bench::run(options) => code,
+                () = stopped() => {
+                    eprintln!("blockops-bench: stopped; child processes killed");
+                    ExitCode::from(130)
+                }
+            },
             Command::Backend { listen, events } => {
                 serve(listen, |l| backend::serve(l, events)).await
             }
@@ -108,6 +116,22 @@ where
             eprintln!("blockops-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stopped() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
     }
 }
 

@@ -294,7 +294,7 @@ impl Report {
             md,
             "One fake OpenAI-compatible backend, every reply {} SSE events carrying {} Hermes `<tool_call>` blocks as text, \
              no delay; the load generator, the backend and the proxy share the machine's cores. CPU and memory are the \
-             path's own process (`/proc/PID`); added latency is the path's percentile minus direct's at the same fixed rate.\n",
+             path's own process (`/proc/PID`), per request over the fixed-rate phases (max-rate steps included) it sustained; added latency is the path's percentile minus direct's at the same fixed rate.\n",
             self.plan.events, self.plan.calls_per_reply
         );
         let _ = writeln!(
@@ -427,6 +427,15 @@ impl Report {
                 None => "not measured",
             };
             let _ = writeln!(md, "| {} | {} | {} |", t.target, t.value, met);
+        }
+        for p in self.paths.iter().filter(|p| !p.skipped_rates.is_empty()) {
+            let rates: Vec<String> = p.skipped_rates.iter().map(|r| format!("{r}/s")).collect();
+            let _ = writeln!(
+                md,
+                "\n{}: fixed rates {} not run (over 4× its sustainable rate).",
+                p.name,
+                rates.join(", ")
+            );
         }
         for p in self.paths.iter().filter(|p| p.unavailable.is_some()) {
             let _ = writeln!(
