@@ -367,3 +367,35 @@ impl Functions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_broken_block_waits_for_matches_both_its_tags() {
+        assert_eq!(shared_suffix("<tool_call>", "</tool_call>"), "tool_call>");
+        assert_eq!(
+            shared_suffix("<|START_ACTION|>", "<|END_ACTION|>"),
+            "_ACTION|>"
+        );
+        assert_eq!(
+            shared_suffix("<｜DSML｜tool_calls>", "</｜DSML｜tool_calls>"),
+            "｜DSML｜tool_calls>"
+        );
+        assert_eq!(shared_suffix("<a>", "</b>"), ">");
+        assert_eq!(shared_suffix("[", "]"), "");
+    }
+
+    #[test]
+    fn the_first_word_of_a_tag_and_its_attributes() {
+        assert_eq!(unquote(" \"get_weather\" "), ("get_weather", ""));
+        assert_eq!(
+            unquote("\"city\" string=\"false\""),
+            ("city", " string=\"false\"")
+        );
+        assert_eq!(unquote("city"), ("city", ""));
+        assert!(json_hint(" string=\"false\""));
+        assert!(!json_hint(" string=\"true\""));
+    }
+}
