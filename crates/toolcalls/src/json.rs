@@ -18,15 +18,32 @@ pub enum End {
 /// Scans a JSON object/array (or Python-style dict/list) starting at byte 0, tracking strings in
 /// double or single quotes and nesting depth.
 pub fn value_end(s: &str) -> End {
+    value_end_from(s, None).0
+}
+
+/// Where a scan of an incomplete value stopped, to go on from there when more text arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    depth: usize,
+    quote: Option<u8>,
+    escaped: bool,
+    /// Bytes already scanned.
+    pub scanned: usize,
+}
+
+/// [`value_end`], resuming from `progress` (a scan of a prefix of `s`); an incomplete value
+/// returns where it stopped.
+pub fn value_end_from(s: &str, progress: Option<Progress>) -> (End, Option<Progress>) {
     let bytes = s.as_bytes();
     match bytes.first() {
         Some(b'{') | Some(b'[') => {}
-        _ => return End::NotAValue,
+        _ => return (End::NotAValue, None),
     }
-    let mut depth = 0usize;
-    let mut quote: Option<u8> = None;
-    let mut escaped = false;
-    let mut i = 0;
+    let start = progress.filter(|p| p.scanned <= bytes.len());
+    let (mut depth, mut quote, mut escaped, mut i) = match start {
+        Some(p) => (p.depth, p.quote, p.escaped, p.scanned),
+        None => (0usize, None, false, 0),
+    };
     while i < bytes.len() {
         let b = bytes[i];
         if let Some(q) = quote {
@@ -44,7 +61,7 @@ pub fn value_end(s: &str) -> End {
                 b'}' | b']' => {
                     depth = depth.saturating_sub(1);
                     if depth == 0 {
-                        return End::Complete(i + 1);
+                        return (End::Complete(i + 1), None);
                     }
                 }
                 _ => {}
@@ -52,7 +69,15 @@ pub fn value_end(s: &str) -> End {
         }
         i += 1;
     }
-    End::Incomplete
+    (
+        End::Incomplete,
+        Some(Progress {
+            depth,
+            quote,
+            escaped,
+            scanned: i,
+        }),
+    )
 }
 
 /// Parses JSON, repairing only what is unambiguous: trailing commas, Python's `True`/`False`/
@@ -156,6 +181,20 @@ fn repair(s: &str) -> Option<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_resumed_scan_ends_where_a_whole_scan_does() {
+        let text = r#"{"a": "}{", 'b': [1, {"c": "q\"}'"}]} tail"#;
+        assert_eq!(value_end(text), End::Complete(text.len() - 5));
+        for cut in 1..text.len() {
+            let (first, progress) = value_end_from(&text[..cut], None);
+            let resumed = match first {
+                End::Incomplete => value_end_from(text, progress).0,
+                done => done,
+            };
+            assert_eq!(resumed, value_end(text), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn ends_are_string_aware() {

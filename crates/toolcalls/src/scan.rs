@@ -13,7 +13,7 @@
 //! separates calls from prose (or follows `</think>`) is markup, so a reply that is only calls
 //! has `content: null`, as OpenAI's does.
 
-use crate::formats::{self, Call, Ctx, Format, Scan, WholeMessage};
+use crate::formats::{self, Call, Ctx, Format, JsonMemo, Scan, WholeMessage};
 use crate::{Event, Options, ToolSpec, TraceSpan};
 use memchr::{memchr3, memmem};
 
@@ -52,6 +52,8 @@ pub struct Scanner {
     waiting_at: Option<usize>,
     /// What that span waits for ([`Scan::Await`]), searched for in new text only.
     awaited: Option<&'static str>,
+    /// How far that span's unfinished JSON value was scanned.
+    json_memo: JsonMemo,
     /// Bytes that begin a marker valid anywhere (not only at a line start).
     opens_anywhere: [bool; 256],
     line_finder: Option<memmem::Finder<'static>>,
@@ -159,6 +161,7 @@ impl Scanner {
             opens_marker,
             waiting_at: None,
             awaited: None,
+            json_memo: JsonMemo::default(),
             opens_anywhere,
             line_finder,
             other_finder,
@@ -406,6 +409,7 @@ impl Scanner {
             // Only a new head ends the wait: emitting nothing before the pending span keeps it.
             self.waiting_at = None;
             self.awaited = None;
+            self.json_memo.forget();
         }
         let taken = self.pending()[..n].to_owned();
         self.head += n;
@@ -539,6 +543,7 @@ impl Scanner {
                             tools: &self.tools,
                             at_end: true,
                             enabled: &en,
+                            memo: None,
                         };
                         self.whole.iter().find_map(|w| {
                             w.parse(self.pending(), &ctx)
@@ -564,6 +569,7 @@ impl Scanner {
                             tools: &self.tools,
                             at_end: true,
                             enabled: &en,
+                            memo: None,
                         };
                         self.whole
                             .iter()
@@ -746,10 +752,12 @@ impl Scanner {
                 }
                 let scan = {
                     let en = self.ctx_enabled();
+                    self.json_memo.reading(self.pending());
                     let ctx = Ctx {
                         tools: &self.tools,
                         at_end,
                         enabled: &en,
+                        memo: Some(&self.json_memo),
                     };
                     format.scan(self.pending(), opener, &ctx)
                 };

@@ -2,7 +2,7 @@
 //! after seeing tool results rendered that way (vllm-mlx PR#15). One call per bracket.
 
 use super::{Ctx, Format, Opener, Scan};
-use crate::json::{End, value_end};
+use crate::json::End;
 
 pub struct CallingTool;
 
@@ -41,7 +41,7 @@ impl Format for CallingTool {
             return not_a_call();
         }
         let args = &body[name_len + 1..];
-        let n = match value_end(args) {
+        let n = match ctx.value_end(args) {
             End::Complete(n) => n,
             End::Incomplete => return ctx.unterminated(text, OPEN),
             End::NotAValue if args.is_empty() && !ctx.at_end => return Scan::NeedMore,

@@ -6,7 +6,7 @@
 
 use super::xml::{Body, close_tag, settle};
 use super::{Ctx, Format, Opener, Scan};
-use crate::json::{End, value_end};
+use crate::json::End;
 
 pub struct Functionary;
 
@@ -63,7 +63,7 @@ fn body(body: &str, ctx: &Ctx<'_>) -> Body {
     let ws = after.len() - after.trim_start().len();
     let args = &after[ws..];
     let args_at = name_end + 1 + ws;
-    match value_end(args) {
+    match ctx.value_end(args) {
         _ if args.is_empty() && !ctx.at_end => Body::NeedMore,
         End::Incomplete if !ctx.at_end => Body::NeedMore,
         End::Incomplete => Body::Bad(format!(
@@ -130,7 +130,7 @@ impl Format for FunctionaryV32 {
         if name_len == 0 {
             return not_a_call();
         }
-        match value_end(after) {
+        match ctx.value_end(after) {
             _ if after.is_empty() && !ctx.at_end => Scan::NeedMore,
             End::Incomplete => ctx.unterminated(text, SEGMENT),
             End::NotAValue => not_a_call(),

@@ -8,7 +8,7 @@
 
 use super::xml::close_tag;
 use super::{Ctx, Format, Opener, Scan};
-use crate::json::{End, value_end};
+use crate::json::End;
 
 pub struct Harmony;
 
@@ -111,7 +111,7 @@ fn message(text: &str, opener: &str, ctx: &Ctx<'_>) -> Scan {
     if args.is_empty() {
         return ctx.unterminated(text, opener);
     }
-    match value_end(args) {
+    match ctx.value_end(args) {
         End::Incomplete => ctx.unterminated(text, opener),
         End::NotAValue => {
             // Not JSON (a code tool's raw text): the message goes back whole, through `<|call|>`.

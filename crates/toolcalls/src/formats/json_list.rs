@@ -5,7 +5,7 @@
 
 use super::xml::{Body, settle, shared_suffix};
 use super::{Call, Ctx, Format, Opener, Scan};
-use crate::json::{End, value_end};
+use crate::json::End;
 use serde_json::Value;
 
 /// A dialect of this family is one `static` of this type (see `nemotron.rs`).
@@ -91,7 +91,7 @@ impl JsonList {
                     calls: self.calls(&values, ctx),
                 };
             }
-            match value_end(r) {
+            match ctx.value_end(r) {
                 End::Complete(n) => {
                     values.push(&r[..n]);
                     pos += skip + n;
@@ -119,7 +119,7 @@ impl JsonList {
         if body.is_empty() {
             return ctx.unterminated(text, open);
         }
-        match value_end(body) {
+        match ctx.value_end(body) {
             End::Incomplete => ctx.unterminated(text, open),
             End::NotAValue => Scan::Reject {
                 len: open.len(),
@@ -208,6 +208,7 @@ mod tests {
             tools: &tools,
             at_end,
             enabled: &all,
+            memo: None,
         };
         list.scan(text, &list.openers[0], &ctx)
     }

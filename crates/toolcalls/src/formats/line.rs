@@ -3,7 +3,7 @@
 //! that mentions TOOL_CALL: mid-sentence stays prose.
 
 use super::{Ctx, Format, Opener, Scan};
-use crate::json::{End, value_end};
+use crate::json::End;
 
 pub struct Line;
 
@@ -28,7 +28,7 @@ impl Format for Line {
         if body.is_empty() {
             return ctx.unterminated(text, "TOOL_CALL:");
         }
-        match value_end(body) {
+        match ctx.value_end(body) {
             End::Incomplete => ctx.unterminated(text, "TOOL_CALL:"),
             End::NotAValue => Scan::Reject {
                 len: opener.text.len(),

@@ -38,7 +38,7 @@ impl Format for PythonTag {
                 break;
             }
             if r.starts_with('{') {
-                match value_end(r) {
+                match ctx.value_end(r) {
                     End::Complete(n) => match ctx.calls_from_json_text(&r[..n]) {
                         Ok(mut c) => {
                             calls.append(&mut c);
@@ -160,6 +160,7 @@ mod tests {
             tools: &tools,
             at_end: true,
             enabled: &all,
+            memo: None,
         };
         let c = BareJson
             .parse(

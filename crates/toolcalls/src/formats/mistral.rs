@@ -3,7 +3,7 @@
 //! templates write (`"id": "abc123XYZ"`) are carried through.
 
 use super::{Ctx, Format, Opener, Scan};
-use crate::json::{End, value_end};
+use crate::json::End;
 
 pub struct Mistral;
 
@@ -31,7 +31,7 @@ impl Format for Mistral {
             return ctx.unterminated(text, "[TOOL_CALLS]");
         }
         if body.starts_with('[') || body.starts_with('{') {
-            return match value_end(body) {
+            return match ctx.value_end(body) {
                 End::Incomplete => ctx.unterminated(text, "[TOOL_CALLS]"),
                 End::NotAValue => Scan::Reject {
                     len: OPEN.len(),
@@ -81,7 +81,7 @@ impl Format for Mistral {
         }
         let name = &body[..name_len];
         let json = &body[args_at + ARGS.len()..];
-        match value_end(json) {
+        match ctx.value_end(json) {
             End::Incomplete => ctx.unterminated(text, "[TOOL_CALLS]"),
             End::NotAValue if json.is_empty() && !ctx.at_end => Scan::NeedMore,
             End::NotAValue => Scan::Reject {

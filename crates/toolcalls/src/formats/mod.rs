@@ -32,6 +32,7 @@ mod xml;
 
 use crate::{ToolSpec, coerce, json};
 use serde_json::{Map, Value};
+use std::cell::Cell;
 
 /// A marker that opens a span of some format.
 #[derive(Debug)]
@@ -79,9 +80,57 @@ pub struct Ctx<'a> {
     /// No more text will come.
     pub at_end: bool,
     pub enabled: &'a dyn Fn(&str) -> bool,
+    /// The scanner's memory of the pending span's unfinished JSON value (`None` in unit tests).
+    pub memo: Option<&'a JsonMemo>,
+}
+
+/// Remembers how far the scan of the pending span's unfinished JSON value got, so reading the
+/// span again when more text arrives goes on from there: a long JSON call fed token by token
+/// (Mistral's `[ARGS]`, a `TOOL_CALL:` line) costs linear time.
+#[derive(Debug, Default)]
+pub struct JsonMemo {
+    /// Address and length of the span being read.
+    span: Cell<(usize, usize)>,
+    /// Offset of the value in the span, and where its scan stopped.
+    progress: Cell<Option<(usize, json::Progress)>>,
+}
+
+impl JsonMemo {
+    /// The span about to be read (the same span, grown, as long as [`JsonMemo::forget`] is not called).
+    pub fn reading(&self, span: &str) {
+        self.span.set((span.as_ptr() as usize, span.len()));
+    }
+
+    /// A new span is at the head.
+    pub fn forget(&self) {
+        self.progress.set(None);
+    }
 }
 
 impl Ctx<'_> {
+    /// [`json::value_end`], resumed from the last read of this span when `s` is the same value.
+    pub fn value_end(&self, s: &str) -> json::End {
+        let Some(memo) = self.memo else {
+            return json::value_end(s);
+        };
+        let (base, len) = memo.span.get();
+        let offset = (s.as_ptr() as usize).wrapping_sub(base);
+        // Only a slice of the span itself (memory ranges of live strings never overlap).
+        if offset > len || offset + s.len() > len {
+            return json::value_end(s);
+        }
+        let resume = memo
+            .progress
+            .get()
+            .filter(|(at, _)| *at == offset)
+            .map(|(_, p)| p);
+        let (end, progress) = json::value_end_from(s, resume);
+        if let Some(p) = progress {
+            memo.progress.set(Some((offset, p)));
+        }
+        end
+    }
+
     pub fn tool(&self, name: &str) -> Result<&ToolSpec, String> {
         self.tools
             .iter()
@@ -297,6 +346,7 @@ pub(crate) mod testing {
             tools: &tools,
             at_end,
             enabled: &all,
+            memo: None,
         };
         let opener = format
             .openers()
@@ -336,6 +386,7 @@ mod tests {
             tools: &tools,
             at_end: true,
             enabled: &all,
+            memo: None,
         };
         let err = ctx
             .call_from_args_text("search", "{\"query\": nope}", None)

@@ -4,7 +4,7 @@
 
 use super::xml::{Body, close_tag, settle, shared_suffix};
 use super::{Call, Ctx, Format, Opener, Scan, WholeMessage};
-use crate::json::{End, value_end};
+use crate::json::End;
 use serde_json::{Map, Number, Value};
 
 pub struct Pythonic;
@@ -191,7 +191,7 @@ impl Format for PythonicBlock {
 
 impl PythonicBlock {
     fn list(&self, list: &str, open: &'static str, ctx: &Ctx<'_>) -> Body {
-        match value_end(list) {
+        match ctx.value_end(list) {
             _ if list.is_empty() && !ctx.at_end => Body::NeedMore,
             End::Incomplete if !ctx.at_end => Body::Await(shared_suffix(open, self.close)),
             End::Incomplete => Body::Bad(format!(
@@ -421,6 +421,7 @@ mod tests {
             tools: &tools,
             at_end: true,
             enabled: &all,
+            memo: None,
         };
         let c = Pythonic
             .parse(

@@ -10,7 +10,7 @@
 
 use super::xml::{Body, Functions, close_tag, settle, structural_end};
 use super::{Ctx, Format, Opener, Scan};
-use crate::json::{End, value_end};
+use crate::json::End;
 
 pub struct Tagged;
 
@@ -60,7 +60,7 @@ const QWEN3_CODER: Functions = Functions {
 };
 
 fn hermes(body: &str, ctx: &Ctx<'_>) -> Body {
-    match value_end(body) {
+    match ctx.value_end(body) {
         End::Incomplete => Body::Await(NEEDLE),
         End::NotAValue => Body::Bad("not a JSON call".into()),
         End::Complete(n) => match close_tag(&body[n..], CLOSE, ctx) {
