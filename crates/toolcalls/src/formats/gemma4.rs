@@ -54,7 +54,7 @@ impl Format for Gemma4 {
     }
 }
 
-fn body(body: &str, close: &str, quote: &str, ctx: &Ctx<'_>) -> Body {
+fn body(body: &str, close: &'static str, quote: &str, ctx: &Ctx<'_>) -> Body {
     let not_a_call = || Body::NotACall(format!("not followed by {CALL}NAME{{…}}"));
     let ws = body.len() - body.trim_start().len();
     let r = &body[ws..];
@@ -90,7 +90,8 @@ fn body(body: &str, close: &str, quote: &str, ctx: &Ctx<'_>) -> Body {
     };
     let value = match reader.value(0) {
         Ok(v) => v,
-        Err(Incomplete::More) if !ctx.at_end => return Body::NeedMore,
+        // Once `call:NAME{` is written, only the closing tag (or the end) decides.
+        Err(Incomplete::More) if !ctx.at_end => return Body::Await(close),
         Err(Incomplete::More) => {
             return Body::Bad(
                 "the call was never closed (the output ended inside the call)".into(),
@@ -100,7 +101,7 @@ fn body(body: &str, close: &str, quote: &str, ctx: &Ctx<'_>) -> Body {
     };
     let end = args_at + reader.i;
     match close_tag(&body[end..], close, ctx) {
-        None => Body::NeedMore,
+        None => Body::Await(close),
         Some(Err(e)) => Body::Bad(e),
         Some(Ok(c)) => Body::Done {
             len: end + c,
@@ -319,7 +320,9 @@ mod tests {
     fn incomplete_waits_and_prose_gives_back_the_tag() {
         assert!(matches!(
             scan(&Gemma4, "<|tool_call>call:search{query:<|\"|>ab", false),
-            Scan::NeedMore
+            Scan::Await {
+                needle: "<tool_call|>"
+            }
         ));
         match scan(&Gemma4, "<|tool_call> marks a call", false) {
             Scan::Reject { len, .. } => assert_eq!(len, "<|tool_call>".len()),
