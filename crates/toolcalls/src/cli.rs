@@ -13,9 +13,15 @@ pub fn parse_cli_line(line: &str, chunk_size: Option<usize>) -> Value {
 }
 
 fn run(line: &str, chunk_size: Option<usize>) -> Result<Value, String> {
-    let input: Value = serde_json::from_str(line).map_err(|e| format!("the line is not valid JSON: {e}"))?;
-    let obj = input.as_object().ok_or("each line must be a JSON object with \"text\"")?;
-    let text = obj.get("text").and_then(Value::as_str).ok_or("\"text\" (a string) is required")?;
+    let input: Value =
+        serde_json::from_str(line).map_err(|e| format!("the line is not valid JSON: {e}"))?;
+    let obj = input
+        .as_object()
+        .ok_or("each line must be a JSON object with \"text\"")?;
+    let text = obj
+        .get("text")
+        .and_then(Value::as_str)
+        .ok_or("\"text\" (a string) is required")?;
     let tools = match obj.get("tools") {
         None | Some(Value::Null) => Vec::new(),
         Some(t @ Value::Array(_)) => ToolSpec::from_openai_tools(t),
@@ -34,7 +40,10 @@ fn run(line: &str, chunk_size: Option<usize>) -> Result<Value, String> {
     let chunks: Vec<String> = match (obj.get("chunks"), chunk_size) {
         (_, Some(n)) if n > 0 => split_chars(text, n),
         (Some(Value::Array(items)), _) => {
-            let pieces: Option<Vec<String>> = items.iter().map(|i| i.as_str().map(str::to_owned)).collect();
+            let pieces: Option<Vec<String>> = items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect();
             let pieces = pieces.ok_or("\"chunks\" must be an array of strings")?;
             if pieces.concat() != text {
                 return Err("\"chunks\" must concatenate to \"text\"".into());
@@ -44,8 +53,17 @@ fn run(line: &str, chunk_size: Option<usize>) -> Result<Value, String> {
         (None | Some(Value::Null), _) => vec![text.to_owned()],
         (Some(_), _) => return Err("\"chunks\" must be an array of strings".into()),
     };
-    let options = Options { parse_tools: !tools.is_empty(), prefill_think, ..Options::default() };
-    let parsed = parse_chunks(chunks.iter().map(String::as_str), tools, options, Some(&finish_reason));
+    let options = Options {
+        parse_tools: !tools.is_empty(),
+        prefill_think,
+        ..Options::default()
+    };
+    let parsed = parse_chunks(
+        chunks.iter().map(String::as_str),
+        tools,
+        options,
+        Some(&finish_reason),
+    );
     let calls: Vec<Value> = parsed
         .tool_calls
         .iter()
@@ -54,7 +72,11 @@ fn run(line: &str, chunk_size: Option<usize>) -> Result<Value, String> {
             json!({"id": c.id, "name": c.name, "arguments": args, "format": c.format})
         })
         .collect();
-    let finish = if calls.is_empty() { finish_reason } else { "tool_calls".to_owned() };
+    let finish = if calls.is_empty() {
+        finish_reason
+    } else {
+        "tool_calls".to_owned()
+    };
     Ok(json!({
         "content": parsed.content,
         "reasoning": parsed.reasoning,

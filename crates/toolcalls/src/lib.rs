@@ -21,6 +21,14 @@
 //! content" possible at all. The proxy keeps the client's connection alive with heartbeats
 //! while a long call is being generated.
 //!
+//! How it is built: `scan.rs` is one incremental scanner for every format. It finds marker
+//! starts with memchr, holds back only a suffix that could still become a marker, and hands the
+//! text at a marker to its format module (`formats/`, one module per dialect), which answers
+//! with a `formats::Scan`: calls, a rejection (the span goes back to content with a reason), a
+//! section switch (harmony channels, `<seed:think>`: what follows is reasoning or content), or
+//! "need more" (optionally naming the closing tag it awaits, so a long call fed token by token is
+//! not re-read at every token). Cost is linear in the input however it is cut.
+//!
 //! Fuzzing: `fuzz/` holds a cargo-fuzz target for the scanner (nightly:
 //! `cargo +nightly fuzz run scanner`); the same body runs on stable in `tests/properties.rs`.
 
@@ -55,7 +63,10 @@ impl ToolSpec {
                 let f = t.get("function")?;
                 Some(ToolSpec {
                     name: f.get("name")?.as_str()?.to_owned(),
-                    parameters: f.get("parameters").cloned().unwrap_or(serde_json::Value::Null),
+                    parameters: f
+                        .get("parameters")
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null),
                 })
             })
             .collect()
@@ -101,11 +112,25 @@ pub fn known_formats() -> Vec<&'static str> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    Content { text: String },
-    Reasoning { text: String },
-    ToolCallStarted { index: usize, id: String, name: String, format: &'static str },
-    ToolCallArguments { index: usize, fragment: String },
-    ToolCallFinished { index: usize },
+    Content {
+        text: String,
+    },
+    Reasoning {
+        text: String,
+    },
+    ToolCallStarted {
+        index: usize,
+        id: String,
+        name: String,
+        format: &'static str,
+    },
+    ToolCallArguments {
+        index: usize,
+        fragment: String,
+    },
+    ToolCallFinished {
+        index: usize,
+    },
 }
 
 /// One classified span of the raw output, for the traffic log and the dashboard.
@@ -129,7 +154,9 @@ pub struct Parser {
 
 impl Parser {
     pub fn new(tools: Vec<ToolSpec>, options: Options) -> Self {
-        Parser { scanner: scan::Scanner::new(tools, options) }
+        Parser {
+            scanner: scan::Scanner::new(tools, options),
+        }
     }
 
     /// Feeds a delta of model text; returns the events that are now final.
@@ -172,7 +199,12 @@ pub struct ParsedCall {
 }
 
 /// Parses a whole text through the same core as [`Parser::feed`].
-pub fn parse(text: &str, tools: Vec<ToolSpec>, options: Options, finish_reason: Option<&str>) -> Parsed {
+pub fn parse(
+    text: &str,
+    tools: Vec<ToolSpec>,
+    options: Options,
+    finish_reason: Option<&str>,
+) -> Parsed {
     parse_chunks(std::iter::once(text), tools, options, finish_reason)
 }
 
@@ -201,9 +233,14 @@ pub fn fold(events: impl IntoIterator<Item = Event>, trace: Vec<TraceSpan>) -> P
         match event {
             Event::Content { text } => content.push_str(&text),
             Event::Reasoning { text } => reasoning.get_or_insert_with(String::new).push_str(&text),
-            Event::ToolCallStarted { id, name, format, .. } => {
-                tool_calls.push(ParsedCall { id, name, arguments: String::new(), format })
-            }
+            Event::ToolCallStarted {
+                id, name, format, ..
+            } => tool_calls.push(ParsedCall {
+                id,
+                name,
+                arguments: String::new(),
+                format,
+            }),
             Event::ToolCallArguments { index, fragment } => {
                 if let Some(call) = tool_calls.get_mut(index) {
                     call.arguments.push_str(&fragment);
@@ -212,5 +249,10 @@ pub fn fold(events: impl IntoIterator<Item = Event>, trace: Vec<TraceSpan>) -> P
             Event::ToolCallFinished { .. } => {}
         }
     }
-    Parsed { content, reasoning, tool_calls, trace }
+    Parsed {
+        content,
+        reasoning,
+        tool_calls,
+        trace,
+    }
 }
