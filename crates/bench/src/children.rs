@@ -71,7 +71,14 @@ impl Proc {
 
 /// Starts a subcommand of this very binary (the backend or a passthrough proxy).
 pub async fn spawn_self(name: &str, args: &[&str]) -> Result<(Proc, SocketAddr), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // /proc/self/exe runs this very program even after a rebuild replaced the file on disk
+    // (the target directory is shared; a build during a long run is common).
+    let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+    let exe = if proc_exe.exists() {
+        proc_exe
+    } else {
+        std::env::current_exe().map_err(|e| e.to_string())?
+    };
     let mut cmd = Command::new(exe);
     cmd.args(args)
         .stdout(Stdio::piped())
