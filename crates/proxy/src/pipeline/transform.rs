@@ -180,14 +180,20 @@ impl Translator {
             Some(Value::Array(c)) => c,
             _ => Vec::new(),
         };
-        for choice in choices {
+        for mut choice in choices {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
+            let mut delta = choice
+                .get_mut("delta")
+                .map(Value::take)
+                .unwrap_or(Value::Null);
             let finish = choice
                 .get("finish_reason")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            let logprobs = choice.get("logprobs").filter(|l| !l.is_null()).cloned();
+            let logprobs = choice
+                .get_mut("logprobs")
+                .map(Value::take)
+                .filter(|l| !l.is_null());
             let mut events = Vec::new();
             let mut upstream_calls = Vec::new();
             {
@@ -208,8 +214,8 @@ impl Translator {
                     push_capped(&mut state.raw, text, Some(LOG_TEXT_LIMIT));
                     events.extend(state.parser.feed(text));
                 }
-                if let Some(Value::Array(calls)) = delta.get("tool_calls") {
-                    upstream_calls.extend(calls.iter().cloned());
+                if let Some(Value::Array(calls)) = delta.get_mut("tool_calls").map(Value::take) {
+                    upstream_calls = calls;
                 }
             }
             let mut deltas = self.deltas(index, events);
@@ -582,7 +588,7 @@ impl Folder {
         for choice in choices {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let folded = self.choices.entry(index).or_default();
-            let delta = choice.get("delta").cloned().unwrap_or(Value::Null);
+            let delta = choice.get("delta").unwrap_or(&Value::Null);
             if let Some(t) = delta.get("content").and_then(Value::as_str) {
                 push_capped(&mut folded.content, t, limit);
             }
