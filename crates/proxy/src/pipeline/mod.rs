@@ -37,7 +37,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Map, Value, json};
 use sse::{SseDecoder, SseEvent};
 use std::{
@@ -150,6 +150,9 @@ struct Exchange {
 /// Where output goes: SSE frames for a streaming client (and always the fold, for the log).
 struct Out {
     frames: Option<mpsc::Sender<Bytes>>,
+    /// Frames made from one read of the backend, sent to the client together: one write for
+    /// a burst of events instead of one per event.
+    batch: BytesMut,
     head: Option<oneshot::Sender<Head>>,
     /// Time blocked on a slow client is the client's, not the proxy's.
     phases: Arc<Phases>,
@@ -170,15 +173,32 @@ impl Out {
         }
     }
 
+    /// Sends one chunk now (with any queued before it).
     async fn send(&mut self, folder: &mut Folder, chunk: Value) -> Result<(), Failure> {
-        folder.push(&chunk);
+        self.queue(folder, &chunk);
+        self.flush().await
+    }
+
+    /// Adds a chunk to the batch; [`Out::flush`] sends it.
+    fn queue(&mut self, folder: &mut Folder, chunk: &Value) {
+        folder.push(chunk);
         if self.frames.is_some() {
-            self.commit();
+            self.batch.extend_from_slice(b"data: ");
+            // Writing a Value into memory cannot fail.
+            let _ = serde_json::to_writer((&mut self.batch).writer(), chunk);
+            self.batch.extend_from_slice(b"\n\n");
         }
+    }
+
+    async fn flush(&mut self) -> Result<(), Failure> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        self.commit();
         if let Some(tx) = &self.frames {
-            let frame = Bytes::from(format!("data: {chunk}\n\n"));
+            let frames = self.batch.split().freeze();
             let _wait = self.phases.client();
-            tx.send(frame).await.map_err(|_| Failure::ClientGone)?;
+            tx.send(frames).await.map_err(|_| Failure::ClientGone)?;
         }
         Ok(())
     }
@@ -221,6 +241,7 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
         let (head_tx, mut head_rx) = oneshot::channel();
         let out = Out {
             frames: Some(frames_tx.clone()),
+            batch: BytesMut::new(),
             head: Some(head_tx),
             phases: exchange.ctx.phases.clone(),
         };
@@ -248,6 +269,7 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
     let (done_tx, done_rx) = oneshot::channel::<Result<Value, ApiError>>();
     let out = Out {
         frames: None,
+        batch: BytesMut::new(),
         head: None,
         phases: exchange.ctx.phases.clone(),
     };
@@ -547,9 +569,10 @@ async fn run(
                         ttft_ms: ex.ctx.ttft_ms.unwrap_or_default(),
                     });
                 }
-                out.send(&mut ex.folder, output).await?;
+                out.queue(&mut ex.folder, &output);
             }
         }
+        out.flush().await?;
     }
     if !done {
         let mut tail = Vec::new();
