@@ -595,19 +595,20 @@ async fn measure(plan: &Plan, result: &mut PathResult, running: &Running, target
     )
     .await;
 
-    // The max-rate search first, while the path is fresh; then the closed loops, which never
-    // have more than N requests in flight; then the fixed rates, skipping those far past what the
-    // path sustains (an hour of backlog measures nothing and wedges the path for what follows).
-    let max = search_max(plan, running, target).await;
-    let ceiling = max
-        .failed_rps
-        .map(|_| 4.0 * max.sustained_rps.max(plan.search_start));
-    result.max_rate = Some(max);
+    // Closed loops first: never more than N requests in flight, and the memory figure for N
+    // streams is not inflated by what an overloaded phase left allocated. Then the max-rate
+    // search, then the fixed rates, skipping those far past what the path sustains (a backlog
+    // of minutes measures nothing and wedges the path for what follows).
     for &c in &plan.clients {
         let p = phase(running, target, Load::Closed(c), plan.phase_secs).await;
         eprintln!("  closed {c:>4} clients: {}", brief(&p));
         result.closed.push(p);
     }
+    let max = search_max(plan, running, target).await;
+    let ceiling = max
+        .failed_rps
+        .map(|_| 4.0 * max.sustained_rps.max(plan.search_start));
+    result.max_rate = Some(max);
     for &rate in &plan.rates {
         if ceiling.is_some_and(|c| rate > c) {
             eprintln!("  open {rate:>6} req/s: skipped (over 4x the sustainable rate)");
