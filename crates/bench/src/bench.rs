@@ -57,8 +57,10 @@ pub struct Options {
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
     /// Fail when blockops' CPU per 1000 requests exceeds this multiple of the passthrough's.
-    #[arg(long, default_value_t = 2.0)]
-    pub gate_factor: f64,
+    /// Without it the ratio is reported, not enforced: on a shared 2-core machine it moves with
+    /// whatever else runs, and a benchmark reports figures while tests assert behaviour.
+    #[arg(long)]
+    pub gate_factor: Option<f64>,
     /// The latency objective for "sustainable": p99 time to last byte at most this (ms).
     #[arg(long, default_value_t = 500.0)]
     pub slo_ms: f64,
@@ -81,7 +83,7 @@ pub struct Plan {
     pub search_cap: f64,
     pub search_step_secs: f64,
     pub slo_ms: f64,
-    pub gate_factor: f64,
+    pub gate_factor: Option<f64>,
 }
 
 impl Plan {
