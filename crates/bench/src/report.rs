@@ -464,6 +464,15 @@ impl Report {
         if let Some(why) = &bo.unavailable {
             return Err(format!("gate: FAILED, blockops-proxy unavailable ({why})"));
         }
+        // Behaviour, not a figure: every call of the reply must arrive structured.
+        if let Some(p) = &bo.probe
+            && (p.structured_calls != self.plan.calls_per_reply || p.text_calls > 0)
+        {
+            return Err(format!(
+                "gate: FAILED, blockops-proxy translated {} of {} tool calls ({} left as text)",
+                p.structured_calls, self.plan.calls_per_reply, p.text_calls
+            ));
+        }
         let Some(reference) = self.reference() else {
             return Ok("gate: not checked (no reference passthrough in this run)".into());
         };
