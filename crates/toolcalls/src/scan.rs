@@ -379,7 +379,10 @@ impl Scanner {
             });
             out.push(Event::ToolCallFinished { index });
         }
-        self.absorb_ws = true;
+        // Whitespace around a call only separates it. But when prose came before the call,
+        // the line break after it is kept, so the prose before and after does not run together
+        // ("for you.\nI will", not "for you.I will").
+        self.absorb_ws = !self.content_seen;
     }
 
     fn flush_pending_ws_at_end(&mut self, out: &mut Vec<Event>) {
