@@ -75,7 +75,7 @@ pub fn run() -> ExitCode {
         .set_exit(move |code| handle.exit(code));
     let handle = app.handle().clone();
     let signals = runtime.spawn(async move {
-        shutdown_signal().await;
+        blockops_proxy::server::shutdown_signal().await;
         tracing::info!("signal received: shutting down");
         if app::handle_menu(&handle, actions::TrayAction::Quit.id()).is_none() {
             handle.exit(0);
@@ -97,26 +97,4 @@ pub fn run() -> ExitCode {
     desktop.finish(Duration::from_secs(2));
     runtime.shutdown_timeout(Duration::from_secs(1));
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

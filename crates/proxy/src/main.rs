@@ -135,7 +135,7 @@ async fn demo_backend(m: &ArgMatches) -> ExitCode {
         "blockops demo backend listening on http://{addr} (OpenAI-compatible; {tokens_per_sec} tokens/s)"
     );
     let task = demo::spawn_on(listener, DemoOptions { tokens_per_sec });
-    shutdown_signal().await;
+    server::shutdown_signal().await;
     task.abort();
     ExitCode::SUCCESS
 }
@@ -210,7 +210,7 @@ async fn serve(m: &ArgMatches) -> ExitCode {
         }
     };
     print_banner(&settings, &handle, demo_task.is_some());
-    shutdown_signal().await;
+    server::shutdown_signal().await;
     eprintln!(
         "blockops-proxy: shutting down (in-flight requests may finish for up to {} s)",
         settings.shutdown_grace_secs
@@ -250,26 +250,4 @@ fn print_banner(settings: &Settings, handle: &server::ServerHandle, demo: bool) 
         log = settings.log_file.display(),
         ui = handle.dashboard_url(),
     );
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
