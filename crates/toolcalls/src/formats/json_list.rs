@@ -178,7 +178,7 @@ impl JsonList {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::tools;
+    use super::super::testing::with_ctx;
     use super::*;
     use serde_json::json;
 
@@ -202,15 +202,7 @@ mod tests {
     };
 
     fn run(list: &JsonList, text: &str, at_end: bool) -> Scan {
-        let tools = tools();
-        let all = |_: &str| true;
-        let ctx = Ctx {
-            tools: &tools,
-            at_end,
-            enabled: &all,
-            memo: None,
-        };
-        list.scan(text, &list.openers[0], &ctx)
+        with_ctx(at_end, |ctx| list.scan(text, &list.openers[0], ctx))
     }
 
     fn args(scan: Scan) -> (usize, Vec<Value>) {

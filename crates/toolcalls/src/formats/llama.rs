@@ -141,7 +141,7 @@ impl WholeMessage for BareJson {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{calls, tools};
+    use super::super::testing::{calls, with_ctx};
     use super::*;
     use serde_json::json;
 
@@ -154,38 +154,32 @@ mod tests {
 
     #[test]
     fn bare_json_only_when_it_is_the_whole_message() {
-        let tools = tools();
-        let all = |_: &str| true;
-        let ctx = Ctx {
-            tools: &tools,
-            at_end: true,
-            enabled: &all,
-            memo: None,
-        };
-        let c = BareJson
-            .parse(
-                "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}\n",
-                &ctx,
-            )
-            .unwrap();
-        assert_eq!(
-            serde_json::Value::Object(c[0].arguments.clone()),
-            json!({"city": "Paris"})
-        );
-        assert!(
-            BareJson
+        with_ctx(true, |ctx| {
+            let c = BareJson
                 .parse(
-                    "{\"name\": \"get_weather\", \"parameters\": {}} and more",
-                    &ctx
+                    "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}\n",
+                    ctx,
                 )
-                .is_err()
-        );
-        assert!(BareJson.parse("{\"answer\": 42}", &ctx).is_err());
-        // Shaped like a call (name and arguments) though not a valid one: worth a reason.
-        assert!(BareJson.looks_like_calls(
-            "{\"name\": \"nope\", \"arguments\": {}}; [{\"name\": \"x\", \"parameters\": {}}]"
-        ));
-        assert!(!BareJson.looks_like_calls("{\"name\": \"Bob\", \"age\": 41}"));
-        assert!(!BareJson.looks_like_calls("{\"name\": \"x\", \"arguments\": {}} and prose"));
+                .unwrap();
+            assert_eq!(
+                serde_json::Value::Object(c[0].arguments.clone()),
+                json!({"city": "Paris"})
+            );
+            assert!(
+                BareJson
+                    .parse(
+                        "{\"name\": \"get_weather\", \"parameters\": {}} and more",
+                        ctx
+                    )
+                    .is_err()
+            );
+            assert!(BareJson.parse("{\"answer\": 42}", ctx).is_err());
+            // Shaped like a call (name and arguments) though not a valid one: worth a reason.
+            assert!(BareJson.looks_like_calls(
+                "{\"name\": \"nope\", \"arguments\": {}}; [{\"name\": \"x\", \"parameters\": {}}]"
+            ));
+            assert!(!BareJson.looks_like_calls("{\"name\": \"Bob\", \"age\": 41}"));
+            assert!(!BareJson.looks_like_calls("{\"name\": \"x\", \"arguments\": {}} and prose"));
+        })
     }
 }

@@ -339,21 +339,25 @@ pub(crate) mod testing {
         ]
     }
 
-    pub fn scan(format: &dyn Format, text: &str, at_end: bool) -> Scan {
+    /// Runs `f` with a context over [`tools`], every format enabled.
+    pub fn with_ctx<R>(at_end: bool, f: impl FnOnce(&Ctx<'_>) -> R) -> R {
         let tools = tools();
         let all = |_: &str| true;
-        let ctx = Ctx {
+        f(&Ctx {
             tools: &tools,
             at_end,
             enabled: &all,
             memo: None,
-        };
+        })
+    }
+
+    pub fn scan(format: &dyn Format, text: &str, at_end: bool) -> Scan {
         let opener = format
             .openers()
             .iter()
             .find(|o| text.starts_with(o.text))
             .expect("text starts with an opener");
-        format.scan(text, opener, &ctx)
+        with_ctx(at_end, |ctx| format.scan(text, opener, ctx))
     }
 
     /// `(len, format, [(name, arguments)])` of a successful scan.
@@ -374,38 +378,32 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::tools;
+    use super::testing::with_ctx;
     use super::*;
     use serde_json::json;
 
     #[test]
     fn argument_text_that_is_not_json_rejects_the_call_instead_of_emptying_it() {
-        let tools = tools();
-        let all = |_: &str| true;
-        let ctx = Ctx {
-            tools: &tools,
-            at_end: true,
-            enabled: &all,
-            memo: None,
-        };
-        let err = ctx
-            .call_from_args_text("search", "{\"query\": nope}", None)
-            .unwrap_err();
-        assert!(err.contains("not valid JSON"), "{err}");
-        assert!(ctx.call_from_args_text("search", "query=x", None).is_err());
-        let empty = ctx
-            .call_from_args_text("get_weather", "  ", Some("id-1".into()))
-            .unwrap();
-        assert_eq!(
-            (empty.arguments.len(), empty.id.as_deref()),
-            (0, Some("id-1"))
-        );
-        let ok = ctx
-            .call_from_args_text("get_weather", "{\"city\": \"Oslo\", \"days\": \"2\"}", None)
-            .unwrap();
-        assert_eq!(
-            Value::Object(ok.arguments),
-            json!({"city": "Oslo", "days": 2})
-        );
+        with_ctx(true, |ctx| {
+            let err = ctx
+                .call_from_args_text("search", "{\"query\": nope}", None)
+                .unwrap_err();
+            assert!(err.contains("not valid JSON"), "{err}");
+            assert!(ctx.call_from_args_text("search", "query=x", None).is_err());
+            let empty = ctx
+                .call_from_args_text("get_weather", "  ", Some("id-1".into()))
+                .unwrap();
+            assert_eq!(
+                (empty.arguments.len(), empty.id.as_deref()),
+                (0, Some("id-1"))
+            );
+            let ok = ctx
+                .call_from_args_text("get_weather", "{\"city\": \"Oslo\", \"days\": \"2\"}", None)
+                .unwrap();
+            assert_eq!(
+                Value::Object(ok.arguments),
+                json!({"city": "Oslo", "days": 2})
+            );
+        })
     }
 }

@@ -409,42 +409,32 @@ impl P<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::tools;
+    use super::super::testing::with_ctx;
     use super::*;
     use serde_json::json;
 
     #[test]
     fn lists_of_keyword_calls() {
-        let tools = tools();
-        let all = |_: &str| true;
-        let ctx = Ctx {
-            tools: &tools,
-            at_end: true,
-            enabled: &all,
-            memo: None,
-        };
-        let c = Pythonic
-            .parse(
-                "[get_weather(city='Paris', days=3), search(query=\"a \\\"b\\\"\")]",
-                &ctx,
-            )
-            .unwrap();
-        assert_eq!(
-            Value::Object(c[0].arguments.clone()),
-            json!({"city": "Paris", "days": 3})
-        );
-        assert_eq!(
-            Value::Object(c[1].arguments.clone()),
-            json!({"query": "a \"b\""})
-        );
-        assert!(Pythonic.parse("[1, 2, 3]", &ctx).is_err());
-        assert!(
-            Pythonic
-                .parse("[search(query='x')] and text", &ctx)
-                .is_err()
-        );
-        assert!(Pythonic.looks_like_calls("[os.system(cmd='ls'), f()]"));
-        assert!(!Pythonic.looks_like_calls("[1, 2, 3]"));
-        assert!(!Pythonic.looks_like_calls("[f(\"positional\")]"));
+        with_ctx(true, |ctx| {
+            let c = Pythonic
+                .parse(
+                    "[get_weather(city='Paris', days=3), search(query=\"a \\\"b\\\"\")]",
+                    ctx,
+                )
+                .unwrap();
+            assert_eq!(
+                Value::Object(c[0].arguments.clone()),
+                json!({"city": "Paris", "days": 3})
+            );
+            assert_eq!(
+                Value::Object(c[1].arguments.clone()),
+                json!({"query": "a \"b\""})
+            );
+            assert!(Pythonic.parse("[1, 2, 3]", ctx).is_err());
+            assert!(Pythonic.parse("[search(query='x')] and text", ctx).is_err());
+            assert!(Pythonic.looks_like_calls("[os.system(cmd='ls'), f()]"));
+            assert!(!Pythonic.looks_like_calls("[1, 2, 3]"));
+            assert!(!Pythonic.looks_like_calls("[f(\"positional\")]"));
+        })
     }
 }
