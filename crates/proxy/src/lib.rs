@@ -7,6 +7,7 @@
 //!                pipeline::chat(state, ctx, body)     one task per request
 //!                  1. admission   pipeline/admission.rs  slots + FIFO queue, guards
 //!                  2. shaping     pipeline/shaping/      /new → purge, token estimate, truncation
+//!                                 (these run before admission: they need no slot; see pipeline/mod.rs)
 //!                                 pipeline/tokenize.rs   the backend's own count near the thresholds
 //!                  3. upstream    pipeline/upstream.rs   reqwest to the backend, always streaming
 //!                  4. transform   pipeline/transform.rs  SSE decode → toolcalls::Parser → chunks
