@@ -1,7 +1,9 @@
-//! Tool-call ids: `call_` + 24 alphanumerics, unique across responses (not secret).
+//! Identifiers: tool-call ids (`call_` + 24 alphanumerics) and the generator behind them, which
+//! the proxy also uses for its request ids. Unique across responses and runs, not secret.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// splitmix64: a tiny, well-mixed generator; ids need uniqueness, not unpredictability.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -9,7 +11,7 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A fresh seed: process start time mixed with a counter.
+/// A fresh seed: process start time mixed with a counter, so ids differ across responses and runs.
 pub fn next_seed() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -23,15 +25,19 @@ pub fn next_seed() -> u64 {
     mix(start ^ mix(COUNTER.fetch_add(1, Ordering::Relaxed)))
 }
 
-/// The id for the call numbered by `seed`.
-pub fn call_id(seed: u64) -> String {
+/// `len` characters from `[A-Za-z0-9]`, determined by `seed`.
+pub fn alphanumeric(seed: u64, len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut state = mix(seed);
-    let mut id = String::with_capacity(29);
-    id.push_str("call_");
-    for _ in 0..24 {
-        state = mix(state);
-        id.push(ALPHABET[(state % ALPHABET.len() as u64) as usize] as char);
-    }
-    id
+    (0..len)
+        .map(|_| {
+            state = mix(state);
+            ALPHABET[(state % ALPHABET.len() as u64) as usize] as char
+        })
+        .collect()
+}
+
+/// The id for the call numbered by `seed`, as OpenAI writes them.
+pub fn call_id(seed: u64) -> String {
+    format!("call_{}", alphanumeric(seed, 24))
 }

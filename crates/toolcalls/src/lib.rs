@@ -35,7 +35,7 @@
 mod cli;
 mod coerce;
 mod formats;
-mod ids;
+pub mod ids;
 mod json;
 mod scan;
 
