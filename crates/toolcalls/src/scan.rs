@@ -13,8 +13,9 @@
 //! separates calls from prose (or follows `</think>`) is markup, so a reply that is only calls
 //! has `content: null`, as OpenAI's does.
 
+use crate::events::{Emitted, EmittedCall, TextKind};
 use crate::formats::{self, Call, Ctx, Format, JsonMemo, Scan, WholeMessage};
-use crate::{Event, Options, ToolSpec, TraceSpan};
+use crate::{Options, ToolSpec, TraceSpan};
 use memchr::{memchr3, memmem};
 
 /// Every format's span ends with one of these bytes (the last byte of a closing tag, of a JSON
@@ -23,6 +24,10 @@ const SPAN_END_BYTES: &[u8] = b">}])\n";
 
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
+
+/// Deltas up to this size are checked byte by byte for the no-marker fast path; longer ones go
+/// straight to the memchr-driven scan, so a failed check never costs a second pass over much.
+const PLAIN_CHECK_MAX: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -38,6 +43,37 @@ enum Marker {
     Opener(usize, usize),
 }
 
+/// What a trace span is ([`TraceSpan::kind`] holds the name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpanKind {
+    Content,
+    Reasoning,
+    ToolCall,
+    Rejected,
+    Markup,
+}
+
+impl SpanKind {
+    fn name(self) -> &'static str {
+        match self {
+            SpanKind::Content => "content",
+            SpanKind::Reasoning => "reasoning",
+            SpanKind::ToolCall => "tool_call",
+            SpanKind::Rejected => "rejected",
+            SpanKind::Markup => "markup",
+        }
+    }
+}
+
+/// The span at the head needed more text when it was last read.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    /// The pending length then.
+    seen: usize,
+    /// What the span waits for ([`Scan::Await`]), searched for in new text only.
+    awaited: Option<&'static str>,
+}
+
 pub struct Scanner {
     tools: Vec<ToolSpec>,
     options: Options,
@@ -48,27 +84,33 @@ pub struct Scanner {
     longest_marker: usize,
     /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
     opens_marker: [bool; 256],
-    /// The pending length when the span at the head last needed more text.
-    waiting_at: Option<usize>,
-    /// What that span waits for ([`Scan::Await`]), searched for in new text only.
-    awaited: Option<&'static str>,
+    /// Bytes that stop the no-marker fast path anywhere: the first byte of a marker valid
+    /// anywhere (not only at a line start), and the backtick (code).
+    stops_plain: [bool; 256],
+    waiting: Option<Waiting>,
     /// How far that span's unfinished JSON value was scanned.
     json_memo: JsonMemo,
-    /// Bytes that begin a marker valid anywhere (not only at a line start).
-    opens_anywhere: [bool; 256],
     line_finder: Option<memmem::Finder<'static>>,
     /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
     /// which the byte search for marker starts would not find.
     other_finder: Option<memmem::Finder<'static>>,
-    /// Unclassified text is `buf[head..]`; `buf[head]` is byte `base` of the output.
+    /// Text that arrived but is not classified yet is `buf[head..]`.
     buf: String,
     head: usize,
-    base: usize,
+    /// During a run: how much of the text being read (`src`) is classified.
+    cur: usize,
     mode: Mode,
-    /// `buf[0]` starts a line.
+    /// The text being read starts a line.
     line_start: bool,
     fence: bool,
     inline_code: bool,
+    out: Output,
+    finished: bool,
+}
+
+/// The classifying side: turns consumed text into events and trace spans.
+#[derive(Debug)]
+struct Output {
     /// Whitespace consumed but not yet classified (content, or markup around a call).
     pending_ws: String,
     /// Leading whitespace of the next content is markup (it follows a call or `</think>`).
@@ -77,16 +119,19 @@ pub struct Scanner {
     content_seen: bool,
     calls: usize,
     trace: Vec<TraceSpan>,
+    /// The last span's kind when more of that kind may extend it (it has no reason).
+    extends: Option<SpanKind>,
+    emitted: Emitted,
+    parallel_tool_calls: bool,
     id_seed: u64,
-    finished: bool,
 }
 
 impl std::fmt::Debug for Scanner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scanner")
-            .field("base", &self.base)
             .field("mode", &self.mode)
-            .field("calls", &self.calls)
+            .field("pending", &(self.buf.len() - self.head))
+            .field("calls", &self.out.calls)
             .finish()
     }
 }
@@ -130,11 +175,12 @@ impl Scanner {
         }
         let longest_marker = markers.iter().map(|(t, _, _)| t.len()).max().unwrap_or(0);
         let mut opens_marker = [false; 256];
-        let mut opens_anywhere = [false; 256];
+        let mut stops_plain = [false; 256];
+        stops_plain[usize::from(b'`')] = true;
         for (t, _, line_start) in &markers {
             opens_marker[usize::from(t.as_bytes()[0])] = true;
             if !line_start {
-                opens_anywhere[usize::from(t.as_bytes()[0])] = true;
+                stops_plain[usize::from(t.as_bytes()[0])] = true;
             }
         }
         let line_finder = markers
@@ -152,279 +198,150 @@ impl Scanner {
             Mode::Content
         };
         Scanner {
-            tools,
-            options,
             formats,
             whole,
             markers,
             longest_marker,
             opens_marker,
-            waiting_at: None,
-            awaited: None,
+            stops_plain,
+            waiting: None,
             json_memo: JsonMemo::default(),
-            opens_anywhere,
             line_finder,
             other_finder,
             buf: String::new(),
             head: 0,
-            base: 0,
+            cur: 0,
             mode,
             line_start: true,
             fence: false,
             inline_code: false,
-            pending_ws: String::new(),
-            absorb_ws: false,
-            content_seen: false,
-            calls: 0,
-            trace: Vec::new(),
-            id_seed,
+            out: Output {
+                pending_ws: String::new(),
+                absorb_ws: false,
+                content_seen: false,
+                calls: 0,
+                trace: Vec::new(),
+                extends: None,
+                emitted: Emitted::default(),
+                parallel_tool_calls: options.parallel_tool_calls,
+                id_seed,
+            },
             finished: false,
+            tools,
+            options,
         }
     }
 
     pub fn trace(&self) -> &[TraceSpan] {
-        &self.trace
+        &self.out.trace
     }
 
     pub fn calls_emitted(&self) -> usize {
-        self.calls
+        self.out.calls
     }
 
-    pub fn feed(&mut self, text: &str) -> Vec<Event> {
-        let mut out = Vec::new();
+    /// The events of the last `feed` or `finish`.
+    pub(crate) fn emitted(&self) -> &Emitted {
+        &self.out.emitted
+    }
+
+    pub fn feed(&mut self, text: &str) {
+        self.out.emitted.begin(text);
         if self.finished || text.is_empty() {
-            return out;
+            return;
         }
-        if self.is_plain(text) {
-            // The common streaming case (a token of prose): nothing in it can start a marker,
-            // so it is content at once, without a trip through the buffer.
-            self.content(text, &mut out);
+        if self.head < self.buf.len() {
+            // Text is waiting: the delta joins it.
+            self.buf.push_str(text);
+            let buf = std::mem::take(&mut self.buf);
+            let n = self.run(&buf[self.head..], false);
+            self.buf = buf;
+            self.head += n;
+            // Compact now and then, not per span: a long text consumed in many spans stays linear.
+            if self.head == self.buf.len() || self.head >= 4096 && self.head * 2 >= self.buf.len() {
+                self.buf.drain(..self.head);
+                self.head = 0;
+            }
+            return;
+        }
+        // Nothing waits: the delta is read where it lies, and only what must wait is copied.
+        if text.len() <= PLAIN_CHECK_MAX && self.is_plain(text) {
+            // The common streaming case (a token of prose or reasoning): nothing in it can
+            // start a marker, so it is final at once.
+            match self.mode {
+                Mode::Content => self.out.content(text),
+                Mode::Reasoning => self.out.reasoning(text),
+            }
             self.line_start = text.ends_with('\n');
-            self.base += text.len();
-            return out;
+            return;
         }
-        self.buf.push_str(text); // appended after `head`
-        self.run(false, &mut out);
-        out
+        self.buf.clear();
+        self.head = 0;
+        let n = self.run(text, false);
+        self.buf.push_str(&text[n..]);
     }
 
-    /// Whether `text`, arriving with nothing pending, is content whatever follows: no byte of
-    /// it can begin a marker or code (a line-start marker's first byte counts only at a line
+    /// Whether `text`, arriving with nothing pending, is final whatever follows: no byte of it
+    /// can begin a marker or code (a line-start marker's first byte counts only at a line
     /// start), and no whole-message format is still possible.
     fn is_plain(&self, text: &str) -> bool {
-        if self.mode != Mode::Content
-            || !self.pending().is_empty()
-            || self.fence
-            || self.inline_code
-            || !(self.content_seen || self.calls > 0 || self.whole.is_empty())
-        {
+        let ready = match self.mode {
+            Mode::Reasoning => true,
+            Mode::Content => {
+                !self.fence
+                    && !self.inline_code
+                    && (self.out.content_seen || self.out.calls > 0 || self.whole.is_empty())
+            }
+        };
+        if !ready {
             return false;
         }
-        let bytes = text.as_bytes();
-        bytes.iter().enumerate().all(|(i, &b)| {
-            let at_line_start = if i == 0 {
-                self.line_start
-            } else {
-                bytes[i - 1] == b'\n'
-            };
-            b != b'`'
-                && !self.opens_anywhere[usize::from(b)]
-                && !(at_line_start && self.opens_marker[usize::from(b)])
-        })
+        let mut at_line_start = self.line_start;
+        for &b in text.as_bytes() {
+            if self.stops_plain[usize::from(b)]
+                || at_line_start && self.opens_marker[usize::from(b)]
+            {
+                return false;
+            }
+            at_line_start = b == b'\n';
+        }
+        true
     }
 
-    pub fn finish(&mut self, finish_reason: Option<&str>) -> Vec<Event> {
-        let mut out = Vec::new();
+    pub fn finish(&mut self, finish_reason: Option<&str>) {
+        self.out.emitted.begin("");
         if self.finished {
-            return out;
+            return;
         }
         // A call cut off by the length limit must not be completed by us: with `length`, an
         // unterminated span is rejected like any other incomplete one (formats see `at_end`).
         let _ = finish_reason;
-        self.run(true, &mut out);
-        self.flush_pending_ws_at_end(&mut out);
+        let buf = std::mem::take(&mut self.buf);
+        self.run(&buf[self.head..], true);
+        self.head = 0;
+        self.out.flush_pending_ws_at_end();
         self.finished = true;
-        out
-    }
-
-    // ----- emission -------------------------------------------------------------------------
-
-    fn push_trace(
-        &mut self,
-        kind: &'static str,
-        format: Option<&'static str>,
-        len: usize,
-        reason: Option<String>,
-    ) {
-        if len == 0 {
-            return;
-        }
-        let start = self.trace.last().map_or(0, |t| t.end);
-        let end = start + len;
-        if let Some(last) = self.trace.last_mut()
-            && last.kind == kind
-            && last.format == format
-            && reason.is_none()
-            && last.reason.is_none()
-        {
-            last.end = end;
-            return;
-        }
-        self.trace.push(TraceSpan {
-            kind,
-            format,
-            start,
-            end,
-            reason,
-        });
-    }
-
-    /// Emits `text` (already consumed from the buffer) as content, handling separator whitespace.
-    fn content(&mut self, mut text: &str, out: &mut Vec<Event>) {
-        if text.is_empty() {
-            return;
-        }
-        if self.absorb_ws {
-            let trimmed = text.trim_start();
-            let ws = text.len() - trimmed.len();
-            self.push_trace("markup", None, ws, None);
-            text = trimmed;
-            if text.is_empty() {
-                return;
-            }
-            self.absorb_ws = false;
-        }
-        // Trailing whitespace waits: it is content if prose follows, markup if a call does.
-        let body = text.trim_end();
-        let tail = &text[body.len()..];
-        if !body.is_empty() {
-            let mut emitted = std::mem::take(&mut self.pending_ws);
-            emitted.push_str(body);
-            self.push_trace("content", None, emitted.len(), None);
-            self.content_seen = true;
-            push_text(out, Event::Content { text: emitted });
-        }
-        self.pending_ws.push_str(tail);
-    }
-
-    fn reasoning(&mut self, text: &str, out: &mut Vec<Event>) {
-        if text.is_empty() {
-            return;
-        }
-        self.push_trace("reasoning", None, text.len(), None);
-        push_text(
-            out,
-            Event::Reasoning {
-                text: text.to_owned(),
-            },
-        );
-    }
-
-    /// Content that looked like a call but is not one.
-    fn rejected(&mut self, text: &str, reason: String, out: &mut Vec<Event>) {
-        let mut emitted = std::mem::take(&mut self.pending_ws);
-        emitted.push_str(text);
-        let ws = emitted.len() - text.len();
-        self.push_trace("content", None, ws, None);
-        self.push_trace("rejected", None, text.len(), Some(reason));
-        self.content_seen = true;
-        self.absorb_ws = false;
-        push_text(out, Event::Content { text: emitted });
-    }
-
-    fn markup(&mut self, len: usize) {
-        self.push_trace("markup", None, len, None);
-    }
-
-    fn emit_calls(
-        &mut self,
-        span: &str,
-        format: &'static str,
-        calls: Vec<Call>,
-        out: &mut Vec<Event>,
-    ) {
-        if !self.options.parallel_tool_calls && self.calls > 0 {
-            self.rejected(
-                span,
-                "parallel_tool_calls is false: only the first call is kept".into(),
-                out,
-            );
-            return;
-        }
-        let ws = std::mem::take(&mut self.pending_ws);
-        self.markup(ws.len());
-        self.push_trace("tool_call", Some(format), span.len(), None);
-        let keep = if self.options.parallel_tool_calls {
-            calls.len()
-        } else {
-            1
-        };
-        for call in calls.into_iter().take(keep) {
-            let index = self.calls;
-            self.calls += 1;
-            let id = call
-                .id
-                .filter(|i| !i.is_empty())
-                .unwrap_or_else(|| crate::ids::call_id(self.id_seed.wrapping_add(index as u64)));
-            let arguments = serde_json::Value::Object(call.arguments).to_string();
-            out.push(Event::ToolCallStarted {
-                index,
-                id,
-                name: call.name,
-                format,
-            });
-            out.push(Event::ToolCallArguments {
-                index,
-                fragment: arguments,
-            });
-            out.push(Event::ToolCallFinished { index });
-        }
-        // Whitespace around a call only separates it. But when prose came before the call,
-        // the line break after it is kept, so the prose before and after does not run together
-        // ("for you.\nI will", not "for you.I will").
-        self.absorb_ws = !self.content_seen;
-    }
-
-    fn flush_pending_ws_at_end(&mut self, out: &mut Vec<Event>) {
-        let ws = std::mem::take(&mut self.pending_ws);
-        if ws.is_empty() {
-            return;
-        }
-        if self.calls > 0 || !self.content_seen {
-            // Only separates calls (or follows reasoning): not part of the answer.
-            self.markup(ws.len());
-        } else {
-            self.push_trace("content", None, ws.len(), None);
-            push_text(out, Event::Content { text: ws });
-        }
     }
 
     // ----- the state machine ----------------------------------------------------------------
+    //
+    // A run reads `src`, the text not yet classified, from `self.cur` on; `take` consumes from
+    // there. Slices taken borrow `src`, not the scanner, so they go straight to the output.
 
-    /// Consumes `n` bytes from the front of the buffer.
-    /// The text not yet classified.
-    fn pending(&self) -> &str {
-        &self.buf[self.head..]
+    fn pending<'s>(&self, src: &'s str) -> &'s str {
+        &src[self.cur..]
     }
 
-    fn take(&mut self, n: usize) -> String {
-        if n > 0 {
-            // Only a new head ends the wait: emitting nothing before the pending span keeps it.
-            self.waiting_at = None;
-            self.awaited = None;
-            self.json_memo.forget();
-        }
-        let taken = self.pending()[..n].to_owned();
-        self.head += n;
-        // Compact now and then, not per span: a long text consumed in many spans stays linear.
-        if self.head >= 4096 && self.head * 2 >= self.buf.len() {
-            self.buf.drain(..self.head);
-            self.head = 0;
-        }
+    /// Consumes `n` bytes of the pending text.
+    fn take<'s>(&mut self, src: &'s str, n: usize) -> &'s str {
+        let taken = &src[self.cur..self.cur + n];
         if let Some(last) = taken.as_bytes().last() {
+            // Only a new head ends the wait: emitting nothing before the pending span keeps it.
+            self.waiting = None;
+            self.json_memo.forget();
             self.line_start = *last == b'\n';
         }
-        self.base += n;
+        self.cur += n;
         taken
     }
 
@@ -432,41 +349,79 @@ impl Scanner {
         |name: &str| enabled(&self.options, name)
     }
 
-    fn run(&mut self, at_end: bool, out: &mut Vec<Event>) {
+    /// Classifies as much of `src` as can be; returns how many bytes were consumed.
+    fn run(&mut self, src: &str, at_end: bool) -> usize {
+        self.cur = 0;
+        if !at_end && !self.span_ready(src) {
+            return 0;
+        }
         loop {
             let progressed = match self.mode {
-                Mode::Content => self.step_content(at_end, out),
-                Mode::Reasoning => self.step_reasoning(at_end, out),
+                Mode::Content => self.step_content(src, at_end),
+                Mode::Reasoning => self.step_reasoning(src, at_end),
             };
-            if !progressed || self.pending().is_empty() {
+            if !progressed || self.cur == src.len() {
                 break;
             }
         }
-        if at_end && !self.pending().is_empty() {
-            let rest = self.take(self.pending().len());
+        if at_end && self.cur < src.len() {
+            let rest = self.take(src, src.len() - self.cur);
             match self.mode {
-                Mode::Content => self.content(&rest, out),
-                Mode::Reasoning => self.reasoning(&rest, out),
+                Mode::Content => self.out.content(rest),
+                Mode::Reasoning => self.out.reasoning(rest),
             }
         }
+        self.cur
     }
 
-    /// Is `pos` at the start of a line?
-    fn at_line_start(&self, pos: usize) -> bool {
+    /// A span that needed more text is read again only once a byte that can end a span (or
+    /// the closing tag it awaits) has arrived: feeding a long call token by token stays linear,
+    /// and costs no marker search per token.
+    fn span_ready(&mut self, src: &str) -> bool {
+        let Some(w) = self.waiting else {
+            return true;
+        };
+        let bytes = src.as_bytes();
+        let seen = w.seen.min(bytes.len());
+        let ready = match w.awaited {
+            // The needle may straddle the old and the new text.
+            Some(needle) => memmem::find(
+                &bytes[seen.saturating_sub(needle.len() - 1)..],
+                needle.as_bytes(),
+            )
+            .is_some(),
+            None => bytes[seen..].iter().any(|b| SPAN_END_BYTES.contains(b)),
+        };
+        if !ready && w.awaited.is_some() {
+            self.waiting = Some(Waiting {
+                seen: bytes.len(),
+                ..w
+            });
+        }
+        ready
+    }
+
+    /// Is `pos` (in the pending text) at the start of a line?
+    fn at_line_start(&self, src: &str, pos: usize) -> bool {
         if pos == 0 {
             self.line_start
         } else {
-            self.pending().as_bytes()[pos - 1] == b'\n'
+            self.pending(src).as_bytes()[pos - 1] == b'\n'
         }
     }
 
-    /// The marker at `pos`: `Ok(Some)` matched, `Ok(None)` none, `Err(())` the buffer ends
+    /// The marker at `pos`: `Ok(Some)` matched, `Ok(None)` none, `Err(())` the text ends
     /// inside what could still be one.
-    fn marker_at(&self, pos: usize, at_end: bool) -> Result<Option<(Marker, usize)>, ()> {
-        let rest = &self.pending().as_bytes()[pos..];
+    fn marker_at(
+        &self,
+        src: &str,
+        pos: usize,
+        at_end: bool,
+    ) -> Result<Option<(Marker, usize)>, ()> {
+        let rest = &self.pending(src).as_bytes()[pos..];
         let mut partial = false;
         for (text, marker, line_start) in &self.markers {
-            if *line_start && !self.at_line_start(pos) {
+            if *line_start && !self.at_line_start(src, pos) {
                 continue;
             }
             let t = text.as_bytes();
@@ -484,8 +439,8 @@ impl Scanner {
     /// Markers that begin with other bytes (`TOOL_CALL:` at a line start, `>>>`) are searched
     /// for only up to the next `<`, `[` or backtick, so each byte is searched about once per
     /// step however long the pending text is.
-    fn next_candidate(&self, from: usize) -> Option<usize> {
-        let bytes = self.pending().as_bytes();
+    fn next_candidate(&self, src: &str, from: usize) -> Option<usize> {
+        let bytes = self.pending(src).as_bytes();
         let a = memchr3(b'<', b'[', b'`', &bytes[from..]).map(|i| from + i);
         // A marker starting before `a` may extend past it.
         let window = |f: &memmem::Finder<'_>| {
@@ -499,136 +454,141 @@ impl Scanner {
             let end = window(f);
             let mut at = from;
             while let Some(i) = f.find(&bytes[at..end]) {
-                if self.at_line_start(at + i) {
+                if self.at_line_start(src, at + i) {
                     return Some(at + i);
                 }
                 at += i + 1;
             }
             None
         });
-        // A line-start marker split by the chunk end: "\nTOOL_" at the end of the buffer.
+        // A line-start marker split by the chunk end: "\nTOOL_" at the end of the text.
         let c = self
             .line_finder
             .as_ref()
-            .and_then(|_| self.partial_line_marker(from));
+            .and_then(|_| self.partial_line_marker(src, from));
         [a, b, c, d].into_iter().flatten().min()
     }
 
-    fn partial_line_marker(&self, from: usize) -> Option<usize> {
-        let bytes = self.pending().as_bytes();
+    fn partial_line_marker(&self, src: &str, from: usize) -> Option<usize> {
+        let bytes = self.pending(src).as_bytes();
         let start = bytes.len().saturating_sub(self.longest_marker).max(from);
         (start..bytes.len()).find(|&p| {
             self.opens_marker[usize::from(bytes[p])]
-                && self.at_line_start(p)
+                && self.at_line_start(src, p)
                 && self.markers.iter().any(|(t, _, ls)| {
                     *ls && t.as_bytes().starts_with(&bytes[p..]) && bytes.len() - p < t.len()
                 })
         })
     }
 
-    fn step_content(&mut self, at_end: bool, out: &mut Vec<Event>) -> bool {
-        // A message that may be one bare JSON object / Python list is held whole until the end.
-        if !self.content_seen && self.calls == 0 && !self.whole.is_empty() && !self.fence {
-            let trimmed = self.pending().trim_start();
-            if let Some(c) = trimmed.chars().next() {
-                let lead = self.pending().len() - trimmed.len();
-                let is_marker = self
-                    .marker_at(lead, at_end)
-                    .map(|m| m.is_some())
-                    .unwrap_or(true);
-                if !is_marker && self.whole.iter().any(|w| w.may_start_with(c)) {
-                    if !at_end {
-                        return false;
-                    }
-                    let result = {
-                        let en = self.ctx_enabled();
-                        let ctx = Ctx {
-                            tools: &self.tools,
-                            at_end: true,
-                            enabled: &en,
-                            memo: None,
-                        };
-                        self.whole.iter().find_map(|w| {
-                            w.parse(self.pending(), &ctx)
-                                .ok()
-                                .map(|calls| (w.name(), calls))
-                        })
-                    };
-                    if let Some((name, calls)) = result {
-                        let all = self.take(self.pending().len());
-                        let body = all.trim();
-                        let lead = all.len() - all.trim_start().len();
-                        self.pending_ws.push_str(&all[..lead]);
-                        self.emit_calls(body, name, calls, out);
-                        let trail = all.len() - lead - body.len();
-                        self.markup(trail);
-                        return true;
-                    }
-                    // Shaped like calls but not valid ones (an undeclared name): the message
-                    // stays content, whole and unscanned, and the trace says why.
-                    let invalid = {
-                        let en = self.ctx_enabled();
-                        let ctx = Ctx {
-                            tools: &self.tools,
-                            at_end: true,
-                            enabled: &en,
-                            memo: None,
-                        };
-                        self.whole
-                            .iter()
-                            .find(|w| w.looks_like_calls(self.pending()))
-                            .and_then(|w| w.parse(self.pending(), &ctx).err())
-                    };
-                    if let Some(reason) = invalid {
-                        let all = self.take(self.pending().len());
-                        self.rejected(&all, reason, out);
-                        return true;
-                    }
-                    // Not calls after all: scan it as ordinary text.
-                    self.content_seen = true;
-                }
-            } else if !at_end {
-                return false;
-            }
+    /// A message that may be one bare JSON object / Python list is held whole until the end.
+    /// Returns `Some(progressed)` when it decided the step, `None` to scan as usual.
+    fn step_whole_message(&mut self, src: &str, at_end: bool) -> Option<bool> {
+        let pending = self.pending(src);
+        let trimmed = pending.trim_start();
+        let Some(c) = trimmed.chars().next() else {
+            return (!at_end).then_some(false);
+        };
+        let lead = pending.len() - trimmed.len();
+        let is_marker = self
+            .marker_at(src, lead, at_end)
+            .map(|m| m.is_some())
+            .unwrap_or(true);
+        if is_marker || !self.whole.iter().any(|w| w.may_start_with(c)) {
+            return None;
+        }
+        if !at_end {
+            return Some(false);
+        }
+        let (found, invalid) = {
+            let en = self.ctx_enabled();
+            let ctx = Ctx {
+                tools: &self.tools,
+                at_end: true,
+                enabled: &en,
+                memo: None,
+            };
+            let found = self
+                .whole
+                .iter()
+                .find_map(|w| w.parse(pending, &ctx).ok().map(|calls| (w.name(), calls)));
+            // Shaped like calls but not valid ones (an undeclared name): the message stays
+            // content, whole and unscanned, and the trace says why.
+            let invalid = found.is_none().then(|| {
+                self.whole
+                    .iter()
+                    .find(|w| w.looks_like_calls(pending))
+                    .and_then(|w| w.parse(pending, &ctx).err())
+            });
+            (found, invalid.flatten())
+        };
+        if let Some((name, calls)) = found {
+            let all = self.take(src, pending.len());
+            let body = all.trim();
+            let lead = all.len() - all.trim_start().len();
+            self.out.pending_ws.push_str(&all[..lead]);
+            self.out.emit_calls(body, name, calls);
+            self.out.markup(all.len() - lead - body.len());
+            return Some(true);
+        }
+        if let Some(reason) = invalid {
+            let all = self.take(src, pending.len());
+            self.out.rejected(all, reason);
+            return Some(true);
+        }
+        // Not calls after all: scan it as ordinary text.
+        self.out.content_seen = true;
+        None
+    }
+
+    fn step_content(&mut self, src: &str, at_end: bool) -> bool {
+        if !self.out.content_seen
+            && self.out.calls == 0
+            && !self.whole.is_empty()
+            && !self.fence
+            && let Some(progressed) = self.step_whole_message(src, at_end)
+        {
+            return progressed;
         }
 
         let mut pos = 0;
         loop {
-            let next = self.next_candidate(pos);
+            let next = self.next_candidate(src, pos);
+            let pending = self.pending(src);
             // Inline code ends at a line end. Checked before the text is emitted, so the
             // decision never depends on where the pieces were cut.
             if self.inline_code
                 && memchr::memchr(
                     b'\n',
-                    &self.pending().as_bytes()[pos..next.unwrap_or(self.pending().len())],
+                    &pending.as_bytes()[pos..next.unwrap_or(pending.len())],
                 )
                 .is_some()
             {
                 self.inline_code = false;
             }
             let Some(p) = next else {
-                let hold = self.hold_back(pos, at_end);
-                let n = self.pending().len() - hold;
+                let hold = self.hold_back(src, pos, at_end);
+                let n = pending.len() - hold;
                 if n == 0 {
                     return false;
                 }
-                let text = self.take(n);
-                self.content(&text, out);
-                return !self.pending().is_empty() && at_end;
+                let text = self.take(src, n);
+                self.out.content(text);
+                return self.cur < src.len() && at_end;
             };
-            let b = self.pending().as_bytes()[p];
+            let b = pending.as_bytes()[p];
             if b == b'`' {
-                let run = self.pending().as_bytes()[p..]
+                let run = pending.as_bytes()[p..]
                     .iter()
                     .take_while(|c| **c == b'`')
                     .count();
-                if p + run == self.pending().len() && !at_end {
+                if p + run == pending.len() && !at_end {
                     // The run may continue: fence or inline code? Emit what precedes and wait.
-                    let text = self.take(p);
-                    self.content(&text, out);
+                    let text = self.take(src, p);
+                    self.out.content(text);
                     return false;
                 }
-                if run >= 3 && self.at_line_start(p) {
+                if run >= 3 && self.at_line_start(src, p) {
                     self.fence = !self.fence;
                     self.inline_code = false;
                 } else if !self.fence {
@@ -642,28 +602,28 @@ impl Scanner {
                 pos = p + 1;
                 continue;
             }
-            match self.marker_at(p, at_end) {
+            match self.marker_at(src, p, at_end) {
                 Ok(None) => pos = p + 1,
                 Err(()) => {
-                    let text = self.take(p);
-                    self.content(&text, out);
+                    let text = self.take(src, p);
+                    self.out.content(text);
                     return false;
                 }
                 Ok(Some((marker, len))) => {
-                    let text = self.take(p);
-                    self.content(&text, out);
-                    return self.on_marker(marker, len, at_end, out);
+                    let text = self.take(src, p);
+                    self.out.content(text);
+                    return self.on_marker(src, marker, len, at_end);
                 }
             }
         }
     }
 
-    /// How many bytes at the end of the buffer (after `from`) must wait for more text.
-    fn hold_back(&self, from: usize, at_end: bool) -> usize {
+    /// How many bytes at the end of the pending text (after `from`) must wait for more text.
+    fn hold_back(&self, src: &str, from: usize, at_end: bool) -> usize {
         if at_end {
             return 0;
         }
-        let bytes = self.pending().as_bytes();
+        let bytes = self.pending(src).as_bytes();
         let max = self
             .longest_marker
             .saturating_sub(1)
@@ -674,114 +634,78 @@ impl Scanner {
             if !self.opens_marker[usize::from(tail[0])] {
                 continue;
             }
-            if self
-                .markers
-                .iter()
-                .any(|(t, _, ls)| t.as_bytes().starts_with(tail) && (!ls || self.at_line_start(p)))
-            {
+            if self.markers.iter().any(|(t, _, ls)| {
+                t.as_bytes().starts_with(tail) && (!ls || self.at_line_start(src, p))
+            }) {
                 return k;
             }
         }
         0
     }
 
-    fn on_marker(
-        &mut self,
-        marker: Marker,
-        len: usize,
-        at_end: bool,
-        out: &mut Vec<Event>,
-    ) -> bool {
+    fn on_marker(&mut self, src: &str, marker: Marker, len: usize, at_end: bool) -> bool {
         match marker {
             Marker::ThinkOpen => {
+                let t = self.take(src, len);
                 if self.mode == Mode::Reasoning {
-                    let t = self.take(len);
-                    self.reasoning(&t, out);
+                    self.out.reasoning(t);
                     return true;
                 }
-                let ws = std::mem::take(&mut self.pending_ws);
-                if self.content_seen {
-                    // Whitespace between prose and a think block is prose.
-                    self.push_trace("content", None, ws.len(), None);
-                    if !ws.is_empty() {
-                        push_text(out, Event::Content { text: ws });
-                    }
-                } else {
-                    self.markup(ws.len());
-                }
-                self.take(len);
-                self.markup(len);
+                self.out.section_start(len);
                 self.mode = Mode::Reasoning;
                 true
             }
             Marker::ThinkClose => {
-                let t = self.take(len);
+                let t = self.take(src, len);
                 if self.mode == Mode::Reasoning {
-                    self.markup(len);
+                    self.out.markup(len);
                     self.mode = Mode::Content;
-                    self.absorb_ws = true;
+                    self.out.absorb_ws = true;
                 } else {
                     // A `</think>` with no `<think>`: the prompt ended inside a think block but the
                     // caller did not say so (prefill_think). What came before was already sent as
                     // content; keep the tag there too rather than lose it.
                     let reason = "a </think> without <think>: the prompt probably ended inside <think>; set prefill_think".to_owned();
-                    self.rejected(&t, reason, out);
+                    self.out.rejected(t, reason);
                 }
                 true
             }
             Marker::Opener(fi, oi) => {
                 let format = self.formats[fi];
                 let opener = &format.openers()[oi];
-                // A span that needed more text is read again only once a byte that can end
-                // a span has arrived: feeding a long call token by token stays linear.
-                if !at_end && let Some(seen) = self.waiting_at {
-                    let bytes = self.pending().as_bytes();
-                    let seen = seen.min(bytes.len());
-                    let ready = match self.awaited {
-                        // The needle may straddle the old and the new text.
-                        Some(needle) => memmem::find(
-                            &bytes[seen.saturating_sub(needle.len() - 1)..],
-                            needle.as_bytes(),
-                        )
-                        .is_some(),
-                        None => bytes[seen..].iter().any(|b| SPAN_END_BYTES.contains(b)),
-                    };
-                    if !ready {
-                        if self.awaited.is_some() {
-                            self.waiting_at = Some(bytes.len());
-                        }
-                        return false;
-                    }
-                }
+                let pending = self.pending(src);
                 let scan = {
                     let en = self.ctx_enabled();
-                    self.json_memo.reading(self.pending());
+                    self.json_memo.reading(pending);
                     let ctx = Ctx {
                         tools: &self.tools,
                         at_end,
                         enabled: &en,
                         memo: Some(&self.json_memo),
                     };
-                    format.scan(self.pending(), opener, &ctx)
+                    format.scan(pending, opener, &ctx)
                 };
                 match scan {
                     Scan::NeedMore => {
-                        self.waiting_at = Some(self.pending().len());
-                        self.awaited = None;
+                        self.waiting = Some(Waiting {
+                            seen: pending.len(),
+                            awaited: None,
+                        });
                         false
                     }
                     Scan::Await { needle } => {
-                        self.waiting_at = Some(self.pending().len());
-                        self.awaited = Some(needle).filter(|n| !n.is_empty());
+                        self.waiting = Some(Waiting {
+                            seen: pending.len(),
+                            awaited: Some(needle).filter(|n| !n.is_empty()),
+                        });
                         false
                     }
                     Scan::Calls { len, format, calls } => {
                         if self.mode == Mode::Reasoning {
                             // A call inside reasoning counts only if nothing follows it.
-                            let after = &self.pending()[len..];
-                            if !after.trim().is_empty() {
-                                let t = self.take(len);
-                                self.reasoning(&t, out);
+                            if !pending[len..].trim().is_empty() {
+                                let t = self.take(src, len);
+                                self.out.reasoning(t);
                                 return true;
                             }
                             if !at_end {
@@ -789,24 +713,32 @@ impl Scanner {
                             }
                             self.mode = Mode::Content;
                         }
-                        let span = self.take(len);
-                        self.emit_calls(&span, format, calls, out);
+                        let span = self.take(src, len);
+                        self.out.emit_calls(span, format, calls);
                         true
                     }
                     Scan::Section { len, reasoning } => {
-                        self.section(len, reasoning && self.options.split_reasoning, out);
+                        let reasoning = reasoning && self.options.split_reasoning;
+                        self.take(src, len);
+                        self.out.section_start(len);
+                        self.mode = if reasoning {
+                            Mode::Reasoning
+                        } else {
+                            Mode::Content
+                        };
+                        self.out.absorb_ws = !reasoning;
                         true
                     }
                     Scan::Reject { len, reason } => {
-                        let len = len.max(1).min(self.pending().len());
-                        let len = (len..=self.pending().len())
-                            .find(|l| self.pending().is_char_boundary(*l))
-                            .unwrap_or(self.pending().len());
-                        let t = self.take(len);
+                        let len = len.max(1).min(pending.len());
+                        let len = (len..=pending.len())
+                            .find(|l| pending.is_char_boundary(*l))
+                            .unwrap_or(pending.len());
+                        let t = self.take(src, len);
                         if self.mode == Mode::Reasoning {
-                            self.reasoning(&t, out);
+                            self.out.reasoning(t);
                         } else {
-                            self.rejected(&t, reason, out);
+                            self.out.rejected(t, reason);
                         }
                         true
                     }
@@ -815,63 +747,185 @@ impl Scanner {
         }
     }
 
-    /// Markup that starts a section of reasoning or content (a harmony channel header).
-    fn section(&mut self, len: usize, reasoning: bool, out: &mut Vec<Event>) {
-        // Whitespace before the header: prose after prose, markup otherwise (as at `<think>`).
-        let ws = std::mem::take(&mut self.pending_ws);
-        if self.content_seen && !ws.is_empty() {
-            self.push_trace("content", None, ws.len(), None);
-            push_text(out, Event::Content { text: ws });
-        } else {
-            self.markup(ws.len());
-        }
-        self.take(len);
-        self.markup(len);
-        self.mode = if reasoning {
-            Mode::Reasoning
-        } else {
-            Mode::Content
-        };
-        self.absorb_ws = !reasoning;
-    }
-
-    fn step_reasoning(&mut self, at_end: bool, out: &mut Vec<Event>) -> bool {
+    fn step_reasoning(&mut self, src: &str, at_end: bool) -> bool {
         let mut pos = 0;
         loop {
-            let bytes = self.pending().as_bytes();
+            let bytes = self.pending(src).as_bytes();
             let Some(i) = memchr::memchr2(b'<', b'[', &bytes[pos..]) else {
-                let hold = self.hold_back(pos, at_end);
-                let n = self.pending().len() - hold;
+                let hold = self.hold_back(src, pos, at_end);
+                let n = bytes.len() - hold;
                 if n == 0 {
                     return false;
                 }
-                let t = self.take(n);
-                self.reasoning(&t, out);
+                let t = self.take(src, n);
+                self.out.reasoning(t);
                 return false;
             };
             let p = pos + i;
-            match self.marker_at(p, at_end) {
+            match self.marker_at(src, p, at_end) {
                 Ok(None) => pos = p + 1,
                 Err(()) => {
-                    let t = self.take(p);
-                    self.reasoning(&t, out);
+                    let t = self.take(src, p);
+                    self.out.reasoning(t);
                     return false;
                 }
                 Ok(Some((marker, len))) => {
-                    let t = self.take(p);
-                    self.reasoning(&t, out);
-                    return self.on_marker(marker, len, at_end, out);
+                    let t = self.take(src, p);
+                    self.out.reasoning(t);
+                    return self.on_marker(src, marker, len, at_end);
                 }
             }
         }
     }
 }
 
-/// Appends text to the last event when it is of the same kind, so consumers see fewer events.
-fn push_text(out: &mut Vec<Event>, event: Event) {
-    match (out.last_mut(), event) {
-        (Some(Event::Content { text: a }), Event::Content { text: b }) => a.push_str(&b),
-        (Some(Event::Reasoning { text: a }), Event::Reasoning { text: b }) => a.push_str(&b),
-        (_, e) => out.push(e),
+impl Output {
+    #[inline]
+    fn push_trace(
+        &mut self,
+        kind: SpanKind,
+        format: Option<&'static str>,
+        len: usize,
+        reason: Option<String>,
+    ) {
+        if len == 0 {
+            return;
+        }
+        if let Some(last) = self.trace.last_mut()
+            && self.extends == Some(kind)
+            && reason.is_none()
+            && last.format == format
+        {
+            // The common case, one more piece of the same kind.
+            last.end += len;
+            return;
+        }
+        let start = self.trace.last().map_or(0, |t| t.end);
+        self.extends = reason.is_none().then_some(kind);
+        self.trace.push(TraceSpan {
+            kind: kind.name(),
+            format,
+            start,
+            end: start + len,
+            reason,
+        });
+    }
+
+    /// Emits the held whitespace as content (it precedes more content).
+    #[inline]
+    fn flush_pending_ws(&mut self) {
+        if !self.pending_ws.is_empty() {
+            self.push_trace(SpanKind::Content, None, self.pending_ws.len(), None);
+            self.emitted.text(TextKind::Content, &self.pending_ws);
+            self.pending_ws.clear();
+        }
+    }
+
+    /// Emits consumed text as content, handling separator whitespace.
+    #[inline]
+    fn content(&mut self, mut text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if self.absorb_ws {
+            let trimmed = text.trim_start();
+            self.markup(text.len() - trimmed.len());
+            text = trimmed;
+            if text.is_empty() {
+                return;
+            }
+            self.absorb_ws = false;
+        }
+        // Trailing whitespace waits: it is content if prose follows, markup if a call does.
+        let body = match text.as_bytes().last() {
+            // A token ending in a visible ASCII character (the usual case) has none.
+            Some(&b) if b > b' ' && b < 0x80 => text,
+            _ => text.trim_end(),
+        };
+        if !body.is_empty() {
+            self.flush_pending_ws();
+            self.push_trace(SpanKind::Content, None, body.len(), None);
+            self.content_seen = true;
+            self.emitted.text(TextKind::Content, body);
+        }
+        self.pending_ws.push_str(&text[body.len()..]);
+    }
+
+    #[inline]
+    fn reasoning(&mut self, text: &str) {
+        self.push_trace(SpanKind::Reasoning, None, text.len(), None);
+        self.emitted.text(TextKind::Reasoning, text);
+    }
+
+    /// Content that looked like a call but is not one.
+    fn rejected(&mut self, text: &str, reason: String) {
+        self.flush_pending_ws();
+        self.push_trace(SpanKind::Rejected, None, text.len(), Some(reason));
+        self.content_seen = true;
+        self.absorb_ws = false;
+        self.emitted.text(TextKind::Content, text);
+    }
+
+    fn markup(&mut self, len: usize) {
+        self.push_trace(SpanKind::Markup, None, len, None);
+    }
+
+    /// `len` bytes of markup open a section (`<think>`, a harmony channel header). Whitespace
+    /// before it is prose after prose, markup otherwise.
+    fn section_start(&mut self, len: usize) {
+        if self.content_seen {
+            self.flush_pending_ws();
+        } else {
+            self.markup(self.pending_ws.len());
+            self.pending_ws.clear();
+        }
+        self.markup(len);
+    }
+
+    fn emit_calls(&mut self, span: &str, format: &'static str, calls: Vec<Call>) {
+        if !self.parallel_tool_calls && self.calls > 0 {
+            self.rejected(
+                span,
+                "parallel_tool_calls is false: only the first call is kept".into(),
+            );
+            return;
+        }
+        self.markup(self.pending_ws.len());
+        self.pending_ws.clear();
+        self.push_trace(SpanKind::ToolCall, Some(format), span.len(), None);
+        let keep = if self.parallel_tool_calls {
+            calls.len()
+        } else {
+            1
+        };
+        for call in calls.into_iter().take(keep) {
+            let index = self.calls;
+            self.calls += 1;
+            let id = call
+                .id
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| crate::ids::call_id(self.id_seed.wrapping_add(index as u64)));
+            self.emitted.call(EmittedCall {
+                index,
+                id,
+                name: call.name,
+                arguments: serde_json::Value::Object(call.arguments).to_string(),
+                format,
+            });
+        }
+        // Whitespace around a call only separates it. But when prose came before the call,
+        // the line break after it is kept, so the prose before and after does not run together
+        // ("for you.\nI will", not "for you.I will").
+        self.absorb_ws = !self.content_seen;
+    }
+
+    fn flush_pending_ws_at_end(&mut self) {
+        if self.calls > 0 || !self.content_seen {
+            // Only separates calls (or follows reasoning): not part of the answer.
+            self.markup(self.pending_ws.len());
+            self.pending_ws.clear();
+        } else {
+            self.flush_pending_ws();
+        }
     }
 }

@@ -201,8 +201,8 @@ proptest! {
         let mut seen = String::new();
         for (i, c) in input.char_indices() {
             for e in parser.feed(&input[i..i + c.len_utf8()]) {
-                if let toolcalls::Event::Content { text } = e {
-                    seen.push_str(&text);
+                if let toolcalls::EventRef::Content { text } = e {
+                    seen.push_str(text);
                 }
             }
             // Only trailing whitespace may wait (it may turn out to separate a call).

@@ -212,7 +212,7 @@ impl Translator {
                     && !text.is_empty()
                 {
                     push_capped(&mut state.raw, text, Some(LOG_TEXT_LIMIT));
-                    events.extend(state.parser.feed(text));
+                    events.extend(state.parser.feed(text).map(Event::from));
                 }
                 if let Some(Value::Array(calls)) = delta.get_mut("tool_calls").map(Value::take) {
                     upstream_calls = calls;
@@ -223,7 +223,11 @@ impl Translator {
             let finish = finish.map(|reason| {
                 let state = self.choice(index);
                 state.finished = true;
-                let tail = state.parser.finish(Some(&reason));
+                let tail: Vec<Event> = state
+                    .parser
+                    .finish(Some(&reason))
+                    .map(Event::from)
+                    .collect();
                 (reason, tail)
             });
             if let Some((_, tail)) = &finish {
@@ -280,7 +284,7 @@ impl Translator {
         for index in open {
             let state = self.choice(index);
             state.finished = true;
-            let tail = state.parser.finish(error);
+            let tail: Vec<Event> = state.parser.finish(error).map(Event::from).collect();
             for delta in self.deltas(index, tail) {
                 out.push(self.chunk(index, delta, None, None));
             }
