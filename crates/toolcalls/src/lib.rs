@@ -32,6 +32,27 @@
 //! (text in the delta is not copied), from buffers the parser reuses, so a token-by-token stream
 //! allocates nothing per token (`tests/allocations.rs`).
 //!
+//! ```
+//! use toolcalls::{EventRef, Options, Parser, ToolSpec};
+//!
+//! let tools = vec![ToolSpec { name: "get_weather".into(), parameters: serde_json::json!({}) }];
+//! let mut parser = Parser::new(tools, Options::default());
+//! let mut content = String::new();
+//! let mut calls = Vec::new();
+//! for delta in ["Let me check.\n<tool_", "call>{\"name\": \"get_weather\", ", "\"arguments\": {}}</tool_call>"] {
+//!     for event in parser.feed(delta) {
+//!         match event {
+//!             EventRef::Content { text } => content.push_str(text),
+//!             EventRef::ToolCallStarted { name, .. } => calls.push(name.to_owned()),
+//!             _ => {}
+//!         }
+//!     }
+//! }
+//! parser.finish(Some("stop")).for_each(drop);
+//! assert_eq!(content, "Let me check.");
+//! assert_eq!(calls, ["get_weather"]);
+//! ```
+//!
 //! Fuzzing: `fuzz/` holds a cargo-fuzz target for the scanner (nightly:
 //! `cargo +nightly fuzz run scanner`); the same body runs on stable in `tests/properties.rs`.
 
