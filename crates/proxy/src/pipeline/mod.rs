@@ -526,19 +526,37 @@ async fn run(
             if data.is_empty() {
                 continue;
             }
-            let parsed: Value = match serde_json::from_str(data) {
-                Ok(v) => v,
-                Err(e) => {
-                    flush_before_error(ex, out).await?;
-                    return Err(bad_stream(
-                        &backend,
-                        &format!("invalid JSON in a data event ({e})"),
-                    )
-                    .into());
-                }
+            let normalized;
+            let chunk = match transform::ChunkIn::parse(data) {
+                Ok(chunk) => chunk,
+                Err(_) => match transform::normalize_chunk(data) {
+                    Ok(Some(text)) => {
+                        normalized = text;
+                        match transform::ChunkIn::parse(&normalized) {
+                            Ok(chunk) => chunk,
+                            Err(e) => {
+                                return Err(ApiError::internal(format!(
+                                    "a normalized chunk did not read: {e}"
+                                ))
+                                .into());
+                            }
+                        }
+                    }
+                    // Valid JSON but not an object: nothing to translate.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        flush_before_error(ex, out).await?;
+                        return Err(bad_stream(
+                            &backend,
+                            &format!("invalid JSON in a data event ({e})"),
+                        )
+                        .into());
+                    }
+                },
             };
-            if let Some(err) = parsed.get("error") {
+            if let Some(err) = chunk.error {
                 flush_before_error(ex, out).await?;
+                let err: Value = serde_json::from_str(err.get()).unwrap_or(Value::Null);
                 let message = err
                     .get("message")
                     .and_then(Value::as_str)
@@ -552,9 +570,6 @@ async fn run(
                 )
                 .into());
             }
-            let Value::Object(chunk) = parsed else {
-                continue;
-            };
             let translator = ex
                 .translator
                 .as_mut()

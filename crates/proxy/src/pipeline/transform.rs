@@ -7,8 +7,9 @@
 //! would have assembled.
 
 use crate::config::ReasoningField;
-use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use serde::Deserialize;
+use serde_json::{Map, Value, json, value::RawValue};
+use std::{borrow::Cow, collections::BTreeMap};
 use toolcalls::{Event, Options, Parser, ToolSpec, TraceSpan};
 
 pub use toolcalls::known_formats;
@@ -90,6 +91,115 @@ fn prompt_ends_inside_think(body: &Map<String, Value>) -> bool {
         .is_some_and(|open| !text[open..].contains("</think>"))
 }
 
+/// One `chat.completion.chunk` from the backend, read only as deep as the translator looks:
+/// the leaves stay raw text borrowed from the event, so a chunk costs no `Value` tree (which was a
+/// sixth of the proxy's CPU). [`ChunkIn::parse`] reads it; [`normalize_chunk`] handles the rare
+/// chunk it refuses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ChunkIn<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    created: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    system_fingerprint: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    choices: Option<Vec<ChoiceIn<'a>>>,
+    /// An error the backend reported mid-stream.
+    #[serde(borrow)]
+    pub error: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChoiceIn<'a> {
+    #[serde(borrow)]
+    index: Option<&'a RawValue>,
+    #[serde(borrow)]
+    delta: Option<DeltaIn<'a>>,
+    #[serde(borrow)]
+    finish_reason: Option<&'a RawValue>,
+    #[serde(borrow)]
+    logprobs: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeltaIn<'a> {
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reasoning_content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reasoning: Option<&'a RawValue>,
+    #[serde(borrow)]
+    tool_calls: Option<&'a RawValue>,
+}
+
+impl<'a> ChunkIn<'a> {
+    /// Reads one data event. Fails on invalid JSON, and also on valid JSON of a shape the typed
+    /// reader refuses (a duplicate key, `choices` that is not a list of objects): pass those
+    /// through [`normalize_chunk`] first.
+    pub fn parse(data: &'a str) -> Result<ChunkIn<'a>, serde_json::Error> {
+        serde_json::from_str(data)
+    }
+}
+
+/// The chunk [`ChunkIn::parse`] refused, rewritten so it reads: as a `Value` (the last of
+/// duplicate keys wins), keeping only the parts of the shape the translator reads. `Ok(None)`: not
+/// an object, nothing to translate; `Err`: not JSON at all.
+pub fn normalize_chunk(data: &str) -> Result<Option<String>, serde_json::Error> {
+    let Value::Object(mut chunk) = serde_json::from_str::<Value>(data)? else {
+        return Ok(None);
+    };
+    let object = |v: Option<Value>| match v {
+        Some(Value::Object(m)) => Value::Object(m),
+        _ => Value::Null,
+    };
+    let choices = match chunk.remove("choices") {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|c| {
+                let Value::Object(mut c) = c else {
+                    return json!({});
+                };
+                let delta = object(c.remove("delta"));
+                c.insert("delta".into(), delta);
+                Value::Object(c)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    chunk.insert("choices".into(), Value::Array(choices));
+    Ok(Some(Value::Object(chunk).to_string()))
+}
+
+/// A raw JSON string's text (borrowed when it has no escapes); `None` for any other value.
+fn str_of(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    if !text.starts_with('"') {
+        return None;
+    }
+    match serde_json::from_str::<&str>(text) {
+        Ok(s) => Some(Cow::Borrowed(s)),
+        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
+}
+
+fn u64_of(raw: &RawValue) -> Option<u64> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+fn value_of(raw: &RawValue) -> Value {
+    // Raw values come from a parse that succeeded, so they are valid JSON.
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
 #[derive(Debug)]
 struct ChoiceState {
     parser: Parser,
@@ -163,58 +273,50 @@ impl Translator {
     }
 
     /// One chunk from the backend; returns the chunks to send to the client.
-    pub fn on_chunk(&mut self, mut chunk: Map<String, Value>) -> Vec<Value> {
-        for key in ["id", "created", "model", "system_fingerprint"] {
-            if let Some(v) = chunk.get(key)
-                && !v.is_null()
+    pub fn on_chunk(&mut self, chunk: ChunkIn<'_>) -> Vec<Value> {
+        for (key, v) in [
+            ("id", chunk.id),
+            ("created", chunk.created),
+            ("model", chunk.model),
+            ("system_fingerprint", chunk.system_fingerprint),
+        ] {
+            if let Some(v) = v
+                && !self.template.contains_key(key)
             {
-                self.template.entry(key).or_insert_with(|| v.clone());
+                self.template.insert(key.into(), value_of(v));
             }
         }
         let mut out = Vec::new();
-        let usage = chunk.remove("usage").filter(|u| !u.is_null());
+        let usage = chunk.usage.map(value_of);
         if let Some(u) = &usage {
             self.usage = Some(u.clone());
         }
-        let choices = match chunk.remove("choices") {
-            Some(Value::Array(c)) => c,
-            _ => Vec::new(),
-        };
-        for mut choice in choices {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let mut delta = choice
-                .get_mut("delta")
-                .map(Value::take)
-                .unwrap_or(Value::Null);
-            let finish = choice
-                .get("finish_reason")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let logprobs = choice
-                .get_mut("logprobs")
-                .map(Value::take)
-                .filter(|l| !l.is_null());
+        for choice in chunk.choices.unwrap_or_default() {
+            let index = choice.index.and_then(u64_of).unwrap_or(0);
+            let delta = choice.delta.unwrap_or_default();
+            let finish = choice.finish_reason.and_then(str_of).map(Cow::into_owned);
+            let logprobs = choice.logprobs.map(value_of);
             let mut events = Vec::new();
             let mut upstream_calls = Vec::new();
             {
                 let state = self.choice(index);
                 if let Some(text) = delta
-                    .get("reasoning_content")
-                    .or_else(|| delta.get("reasoning"))
-                    .and_then(Value::as_str)
+                    .reasoning_content
+                    .and_then(str_of)
+                    .or_else(|| delta.reasoning.and_then(str_of))
                     && !text.is_empty()
                 {
                     events.push(Event::Reasoning {
-                        text: text.to_owned(),
+                        text: text.into_owned(),
                     });
                 }
-                if let Some(text) = delta.get("content").and_then(Value::as_str)
+                if let Some(text) = delta.content.and_then(str_of)
                     && !text.is_empty()
                 {
-                    push_capped(&mut state.raw, text, Some(LOG_TEXT_LIMIT));
-                    events.extend(state.parser.feed(text).map(Event::from));
+                    push_capped(&mut state.raw, &text, Some(LOG_TEXT_LIMIT));
+                    events.extend(state.parser.feed(&text).map(Event::from));
                 }
-                if let Some(Value::Array(calls)) = delta.get_mut("tool_calls").map(Value::take) {
+                if let Some(Value::Array(calls)) = delta.tool_calls.map(value_of) {
                     upstream_calls = calls;
                 }
             }
@@ -579,8 +681,10 @@ impl Folder {
     pub fn push(&mut self, chunk: &Value) {
         let limit = self.text_limit;
         for key in ["id", "created", "model", "system_fingerprint"] {
-            if let Some(v) = chunk.get(key) {
-                self.template.entry(key).or_insert_with(|| v.clone());
+            if let Some(v) = chunk.get(key)
+                && !self.template.contains_key(key)
+            {
+                self.template.insert(key.into(), v.clone());
             }
         }
         if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
@@ -704,22 +808,33 @@ mod tests {
         TransformSpec::from_request(&body, &[], ReasoningField::ReasoningContent)
     }
 
-    fn upstream(content: &str, finish: Option<&str>) -> Map<String, Value> {
+    fn upstream(content: &str, finish: Option<&str>) -> String {
         json!({"id":"x","created":1,"model":"m","choices":[{"index":0,"delta":{"content":content},"finish_reason":finish}]})
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The translator's output for one backend chunk, read as the pipeline reads it.
+    fn translate(t: &mut Translator, chunk: &str) -> Vec<Value> {
+        let normalized;
+        let parsed = match ChunkIn::parse(chunk) {
+            Ok(c) => c,
+            Err(_) => {
+                normalized = normalize_chunk(chunk).unwrap().unwrap();
+                ChunkIn::parse(&normalized).unwrap()
+            }
+        };
+        t.on_chunk(parsed)
     }
 
     #[test]
     fn plain_text_passes_through_with_role_first() {
         let mut t = Translator::new(spec(false), 1);
-        let out = t.on_chunk(upstream("Hello", None));
+        let out = translate(&mut t, &upstream("Hello", None));
         assert_eq!(
             out[0]["choices"][0]["delta"],
             json!({"role":"assistant","content":"Hello"})
         );
-        let out = t.on_chunk(upstream(" world", Some("stop")));
+        let out = translate(&mut t, &upstream(" world", Some("stop")));
         let mut f = Folder::default();
         for c in &out {
             f.push(c);
@@ -730,13 +845,55 @@ mod tests {
         );
     }
 
+    /// Chunks of odd shapes read as a `Value` would: the last duplicate key wins, values of the
+    /// wrong type are ignored, escaped text is unescaped, and a non-object is skipped.
+    #[test]
+    fn chunks_of_odd_shapes_read_like_values() {
+        let mut t = Translator::new(spec(false), 1);
+        let text = |out: Vec<Value>| -> String {
+            out.iter()
+                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+                .collect()
+        };
+        let odd = [
+            // A duplicate key anywhere: the typed reader refuses it, the normalized form reads.
+            (
+                r#"{"choices":[{"index":0,"delta":{"content":"a","content":"b"}}]}"#,
+                "b",
+            ),
+            (
+                r#"{"choices":[{"index":0,"delta":{"content":"x"},"delta":{"content":"c"}}]}"#,
+                "c",
+            ),
+            // Escapes are unescaped; a number where text belongs is not text.
+            (
+                r#"{"choices":[{"index":0,"delta":{"content":"\u00e9\n\"q\""}}]}"#,
+                "é\n\"q\"",
+            ),
+            (r#"{"choices":[{"index":0,"delta":{"content":5}}]}"#, ""),
+            // Wrong shapes: a choice that is not an object, a delta that is not one, choices
+            // that are not a list.
+            (
+                r#"{"choices":[7,{"index":0,"delta":{"content":"d"}}]}"#,
+                "d",
+            ),
+            (r#"{"choices":[{"index":0,"delta":"e"}]}"#, ""),
+            (r#"{"choices":{"index":0}}"#, ""),
+        ];
+        for (chunk, want) in odd {
+            assert_eq!(text(translate(&mut t, chunk)), want, "{chunk}");
+        }
+        assert_eq!(normalize_chunk("[1]").unwrap(), None);
+        assert!(normalize_chunk("{").is_err());
+    }
+
     #[test]
     fn notices_lead_the_content() {
         let mut s = spec(false);
         s.notices.push("Memory pressure: 91% used".into());
         let mut t = Translator::new(s, 1);
         let mut f = Folder::default();
-        for c in t.on_chunk(upstream("Hi", Some("stop"))) {
+        for c in translate(&mut t, &upstream("Hi", Some("stop"))) {
             f.push(&c);
         }
         assert_eq!(
@@ -749,10 +906,7 @@ mod tests {
     fn usage_only_chunk_is_kept_for_the_log_but_not_sent_unless_asked() {
         let mut t = Translator::new(spec(false), 1);
         let usage = json!({"id":"x","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}});
-        assert!(
-            t.on_chunk(usage.as_object().cloned().unwrap_or_default())
-                .is_empty()
-        );
+        assert!(translate(&mut t, &usage.to_string()).is_empty());
         assert_eq!(t.usage().and_then(|u| u["total_tokens"].as_u64()), Some(5));
     }
 
@@ -761,7 +915,7 @@ mod tests {
         let mut t = Translator::new(spec(true), 7);
         let chunk = json!({"id":"x","choices":[{"index":0,"delta":{"tool_calls":[{"index":3,"function":{"name":"get_weather","arguments":{"city":"Paris"}}}]},"finish_reason":"tool_calls"}]});
         let mut f = Folder::default();
-        for c in t.on_chunk(chunk.as_object().cloned().unwrap_or_default()) {
+        for c in translate(&mut t, &chunk.to_string()) {
             f.push(&c);
         }
         let done = f.completion();
