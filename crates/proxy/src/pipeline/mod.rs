@@ -49,7 +49,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use transform::{Folder, TransformSpec, Translator};
+use transform::{Folder, OutChunk, Template, TransformSpec, Translator};
 
 /// How long a streaming client may wait before its headers are sent anyway.
 const COMMIT_AFTER: Duration = Duration::from_millis(500);
@@ -174,18 +174,18 @@ impl Out {
     }
 
     /// Sends one chunk now (with any queued before it).
-    async fn send(&mut self, folder: &mut Folder, chunk: Value) -> Result<(), Failure> {
+    async fn send(&mut self, folder: &mut Folder, chunk: OutChunk) -> Result<(), Failure> {
         self.queue(folder, &chunk);
         self.flush().await
     }
 
     /// Adds a chunk to the batch; [`Out::flush`] sends it.
-    fn queue(&mut self, folder: &mut Folder, chunk: &Value) {
+    fn queue(&mut self, folder: &mut Folder, chunk: &OutChunk) {
         folder.push(chunk);
         if self.frames.is_some() {
             self.batch.extend_from_slice(b"data: ");
-            // Writing a Value into memory cannot fail.
-            let _ = serde_json::to_writer((&mut self.batch).writer(), chunk);
+            // Writing into memory cannot fail.
+            let _ = chunk.write_json(&mut (&mut self.batch).writer());
             self.batch.extend_from_slice(b"\n\n");
         }
     }
@@ -772,13 +772,17 @@ async fn answer_reset(ex: &mut Exchange, out: &mut Out, line: &str) -> Result<()
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let id = format!("chatcmpl-{}", ex.ctx.id.trim_start_matches("req_"));
-    let chunk = |delta: Value, finish: Value| {
-        json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": ex.ctx.model,
-               "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
-    };
-    let content = json!({"role": "assistant", "content": line});
-    let finish = chunk(json!({}), json!("stop"));
-    let first = chunk(content, Value::Null);
+    let template = Arc::new(Template::new(
+        json!({"id": id, "created": created, "model": ex.ctx.model})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    ));
+    let mut content = Map::new();
+    content.insert("role".into(), "assistant".into());
+    content.insert("content".into(), line.into());
+    let first = OutChunk::choice(template.clone(), 0, content, None, None);
+    let finish = OutChunk::choice(template, 0, Map::new(), Some("stop".into()), None);
     out.send(&mut ex.folder, first).await?;
     out.send(&mut ex.folder, finish).await?;
     Ok(())

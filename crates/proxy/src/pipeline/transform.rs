@@ -9,7 +9,7 @@
 use crate::config::ReasoningField;
 use serde::Deserialize;
 use serde_json::{Map, Value, json, value::RawValue};
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 use toolcalls::{Event, Options, Parser, ToolSpec, TraceSpan};
 
 pub use toolcalls::known_formats;
@@ -219,7 +219,7 @@ pub struct Translator {
     spec: TransformSpec,
     choices: BTreeMap<u64, ChoiceState>,
     /// `id`, `created`, `model`, `system_fingerprint` of the backend's chunks.
-    template: Map<String, Value>,
+    template: Arc<Template>,
     usage: Option<Value>,
     id_seed: u64,
 }
@@ -229,7 +229,7 @@ impl Translator {
         Translator {
             spec,
             choices: BTreeMap::new(),
-            template: Map::new(),
+            template: Arc::default(),
             usage: None,
             id_seed,
         }
@@ -273,7 +273,7 @@ impl Translator {
     }
 
     /// One chunk from the backend; returns the chunks to send to the client.
-    pub fn on_chunk(&mut self, chunk: ChunkIn<'_>) -> Vec<Value> {
+    pub fn on_chunk(&mut self, chunk: ChunkIn<'_>) -> Vec<OutChunk> {
         for (key, v) in [
             ("id", chunk.id),
             ("created", chunk.created),
@@ -281,9 +281,9 @@ impl Translator {
             ("system_fingerprint", chunk.system_fingerprint),
         ] {
             if let Some(v) = v
-                && !self.template.contains_key(key)
+                && !self.template.fields.contains_key(key)
             {
-                self.template.insert(key.into(), value_of(v));
+                Arc::make_mut(&mut self.template).insert(key, value_of(v));
             }
         }
         let mut out = Vec::new();
@@ -352,30 +352,29 @@ impl Translator {
         if let Some(u) = usage
             && self.spec.client_wants_usage
         {
-            let mut c = self.template.clone();
-            c.insert("object".into(), "chat.completion.chunk".into());
-            c.insert("choices".into(), json!([]));
-            c.insert("usage".into(), u);
-            out.push(Value::Object(c));
+            out.push(OutChunk {
+                template: self.template.clone(),
+                body: Body::Usage(u),
+            });
         }
         out
     }
 
     /// The backend's stream ended. Flushes any held-back text of choices that never got a
     /// `finish_reason` (a lost byte is worse than a late one) and finishes them as `stop`.
-    pub fn finish(&mut self) -> Vec<Value> {
+    pub fn finish(&mut self) -> Vec<OutChunk> {
         self.close_open_choices(None)
     }
 
     /// Flushes held-back text without finishing the choices: used before an error event, so
     /// the client still receives every byte the model produced.
-    pub fn flush_on_error(&mut self) -> Vec<Value> {
+    pub fn flush_on_error(&mut self) -> Vec<OutChunk> {
         self.close_open_choices(Some("error"))
     }
 
     /// Ends every choice still open: its held-back text, then (unless an error follows) a
     /// finish chunk.
-    fn close_open_choices(&mut self, error: Option<&str>) -> Vec<Value> {
+    fn close_open_choices(&mut self, error: Option<&str>) -> Vec<OutChunk> {
         let open: Vec<u64> = self
             .choices
             .iter()
@@ -539,7 +538,7 @@ impl Translator {
         mut delta: Map<String, Value>,
         finish: Option<String>,
         logprobs: Option<Value>,
-    ) -> Value {
+    ) -> OutChunk {
         let notices = if index == 0 {
             std::mem::take(&mut self.spec.notices)
         } else {
@@ -560,13 +559,111 @@ impl Translator {
             first.extend(delta);
             delta = first;
         }
-        let mut c = self.template.clone();
-        c.insert("object".into(), "chat.completion.chunk".into());
-        c.insert(
-            "choices".into(),
-            json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]),
-        );
-        Value::Object(c)
+        OutChunk::choice(self.template.clone(), index, delta, finish, logprobs)
+    }
+}
+
+/// A response's `id`, `created`, `model` and `system_fingerprint` (each as first seen), and
+/// their JSON, written once rather than per chunk.
+#[derive(Debug, Clone, Default)]
+pub struct Template {
+    fields: Map<String, Value>,
+    /// `"id":…,"created":…` (no braces), in `fields`' order.
+    json: String,
+}
+
+impl Template {
+    pub fn new(fields: Map<String, Value>) -> Template {
+        let mut t = Template::default();
+        for (k, v) in fields {
+            t.insert(&k, v);
+        }
+        t
+    }
+
+    fn insert(&mut self, key: &str, value: Value) {
+        self.fields.insert(key.to_owned(), value);
+        let whole = Value::Object(self.fields.clone()).to_string();
+        self.json = whole[1..whole.len() - 1].to_owned();
+    }
+}
+
+/// One `chat.completion.chunk` for the client, written straight to JSON ([`OutChunk::write_json`])
+/// and folded from its fields ([`Folder::push`]), never built as a `Value` tree.
+#[derive(Debug, Clone)]
+pub struct OutChunk {
+    template: Arc<Template>,
+    body: Body,
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    Choice {
+        index: u64,
+        delta: Map<String, Value>,
+        logprobs: Option<Value>,
+        finish_reason: Option<String>,
+    },
+    /// The usage-only chunk (`choices: []`).
+    Usage(Value),
+}
+
+impl OutChunk {
+    pub fn choice(
+        template: Arc<Template>,
+        index: u64,
+        delta: Map<String, Value>,
+        finish_reason: Option<String>,
+        logprobs: Option<Value>,
+    ) -> OutChunk {
+        OutChunk {
+            template,
+            body: Body::Choice {
+                index,
+                delta,
+                logprobs,
+                finish_reason,
+            },
+        }
+    }
+
+    /// The chunk as JSON: the template's fields, `object`, then `choices` (and `usage`).
+    pub fn write_json(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(b"{")?;
+        if !self.template.json.is_empty() {
+            out.write_all(self.template.json.as_bytes())?;
+            out.write_all(b",")?;
+        }
+        out.write_all(br#""object":"chat.completion.chunk","choices":["#)?;
+        match &self.body {
+            Body::Choice {
+                index,
+                delta,
+                logprobs,
+                finish_reason,
+            } => {
+                write!(out, r#"{{"index":{index},"delta":"#)?;
+                serde_json::to_writer(&mut *out, delta)?;
+                out.write_all(br#","logprobs":"#)?;
+                serde_json::to_writer(&mut *out, logprobs)?;
+                out.write_all(br#","finish_reason":"#)?;
+                serde_json::to_writer(&mut *out, finish_reason)?;
+                out.write_all(b"}]}")
+            }
+            Body::Usage(usage) => {
+                out.write_all(br#"],"usage":"#)?;
+                serde_json::to_writer(&mut *out, usage)?;
+                out.write_all(b"}")
+            }
+        }
+    }
+
+    /// The chunk as a `Value` (what [`OutChunk::write_json`] writes).
+    pub fn to_value(&self) -> Value {
+        let mut json = Vec::new();
+        // Writing into memory cannot fail.
+        let _ = self.write_json(&mut json);
+        serde_json::from_slice(&json).unwrap_or(Value::Null)
     }
 }
 
@@ -646,7 +743,7 @@ fn push_capped(dst: &mut String, text: &str, limit: Option<usize>) {
 /// Assembles output chunks into one `chat.completion`, the way an OpenAI SDK accumulates a stream.
 #[derive(Debug, Default)]
 pub struct Folder {
-    template: Map<String, Value>,
+    template: Arc<Template>,
     choices: BTreeMap<u64, FoldedChoice>,
     usage: Option<Value>,
     /// `Some` when the fold is only a record (the client got the stream): texts are bounded.
@@ -678,64 +775,61 @@ impl Folder {
         }
     }
 
-    pub fn push(&mut self, chunk: &Value) {
+    pub fn push(&mut self, chunk: &OutChunk) {
         let limit = self.text_limit;
-        for key in ["id", "created", "model", "system_fingerprint"] {
-            if let Some(v) = chunk.get(key)
-                && !self.template.contains_key(key)
-            {
-                self.template.insert(key.into(), v.clone());
+        // The translator's template only grows, so the latest one holds every field.
+        self.template = chunk.template.clone();
+        let (index, delta, finish_reason) = match &chunk.body {
+            Body::Usage(u) => {
+                self.usage = Some(u.clone());
+                return;
             }
-        }
-        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            self.usage = Some(u.clone());
-        }
-        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
-            return;
+            Body::Choice {
+                index,
+                delta,
+                finish_reason,
+                ..
+            } => (*index, delta, finish_reason),
         };
-        for choice in choices {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let folded = self.choices.entry(index).or_default();
-            let delta = choice.get("delta").unwrap_or(&Value::Null);
-            if let Some(t) = delta.get("content").and_then(Value::as_str) {
-                push_capped(&mut folded.content, t, limit);
+        let folded = self.choices.entry(index).or_default();
+        if let Some(t) = delta.get("content").and_then(Value::as_str) {
+            push_capped(&mut folded.content, t, limit);
+        }
+        if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
+            push_capped(
+                folded.reasoning_content.get_or_insert_with(String::new),
+                t,
+                limit,
+            );
+        }
+        if let Some(t) = delta.get("reasoning").and_then(Value::as_str) {
+            push_capped(folded.reasoning.get_or_insert_with(String::new), t, limit);
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let i = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+            if folded.tool_calls.len() <= i {
+                folded.tool_calls.resize(i + 1, FoldedCall::default());
             }
-            if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
-                push_capped(
-                    folded.reasoning_content.get_or_insert_with(String::new),
-                    t,
-                    limit,
-                );
+            let slot = &mut folded.tool_calls[i];
+            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                slot.id = id.to_owned();
             }
-            if let Some(t) = delta.get("reasoning").and_then(Value::as_str) {
-                push_capped(folded.reasoning.get_or_insert_with(String::new), t, limit);
-            }
-            for call in delta
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let i = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-                if folded.tool_calls.len() <= i {
-                    folded.tool_calls.resize(i + 1, FoldedCall::default());
+            if let Some(f) = call.get("function") {
+                if let Some(n) = f.get("name").and_then(Value::as_str) {
+                    slot.name.push_str(n);
                 }
-                let slot = &mut folded.tool_calls[i];
-                if let Some(id) = call.get("id").and_then(Value::as_str) {
-                    slot.id = id.to_owned();
-                }
-                if let Some(f) = call.get("function") {
-                    if let Some(n) = f.get("name").and_then(Value::as_str) {
-                        slot.name.push_str(n);
-                    }
-                    if let Some(a) = f.get("arguments").and_then(Value::as_str) {
-                        push_capped(&mut slot.arguments, a, limit);
-                    }
+                if let Some(a) = f.get("arguments").and_then(Value::as_str) {
+                    push_capped(&mut slot.arguments, a, limit);
                 }
             }
-            if let Some(r) = choice.get("finish_reason").and_then(Value::as_str) {
-                folded.finish_reason = Some(r.to_owned());
-            }
+        }
+        if let Some(r) = finish_reason {
+            folded.finish_reason = Some(r.clone());
         }
     }
 
@@ -751,7 +845,7 @@ impl Folder {
 
     /// The folded response as a `chat.completion` object.
     pub fn completion(&self) -> Value {
-        let mut c = self.template.clone();
+        let mut c = self.template.fields.clone();
         c.insert("object".into(), "chat.completion".into());
         let choices: Vec<Value> = self
             .choices
@@ -814,7 +908,7 @@ mod tests {
     }
 
     /// The translator's output for one backend chunk, read as the pipeline reads it.
-    fn translate(t: &mut Translator, chunk: &str) -> Vec<Value> {
+    fn translate(t: &mut Translator, chunk: &str) -> Vec<OutChunk> {
         let normalized;
         let parsed = match ChunkIn::parse(chunk) {
             Ok(c) => c,
@@ -831,8 +925,15 @@ mod tests {
         let mut t = Translator::new(spec(false), 1);
         let out = translate(&mut t, &upstream("Hello", None));
         assert_eq!(
-            out[0]["choices"][0]["delta"],
+            out[0].to_value()["choices"][0]["delta"],
             json!({"role":"assistant","content":"Hello"})
+        );
+        // Written directly, in OpenAI's field order.
+        let mut json = Vec::new();
+        out[0].write_json(&mut json).unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"id":"x","created":1,"model":"m","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"logprobs":null,"finish_reason":null}]}"#
         );
         let out = translate(&mut t, &upstream(" world", Some("stop")));
         let mut f = Folder::default();
@@ -850,9 +951,13 @@ mod tests {
     #[test]
     fn chunks_of_odd_shapes_read_like_values() {
         let mut t = Translator::new(spec(false), 1);
-        let text = |out: Vec<Value>| -> String {
+        let text = |out: Vec<OutChunk>| -> String {
             out.iter()
-                .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+                .filter_map(|c| {
+                    c.to_value()["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
                 .collect()
         };
         let odd = [
