@@ -306,16 +306,15 @@ impl Hub {
     pub fn finished(&self, mut record: RequestRecord) {
         traffic_log::redact(&mut record.request);
         self.inner.metrics.request_finished(&record);
-        if let Ok(line) = serde_json::to_value(&record) {
-            self.inner.log.write(line);
-        }
         let summary = record.summary.clone();
+        let record = Arc::new(record);
+        self.inner.log.write(record.clone());
         {
             let mut records = self.inner.records.lock().unwrap_or_else(|e| e.into_inner());
             if records.len() == RECENT_REQUESTS {
                 records.pop_back();
             }
-            records.push_front(Arc::new(record));
+            records.push_front(record);
         }
         let uptime = self.inner.started.elapsed().as_secs_f64();
         self.update(|s| {

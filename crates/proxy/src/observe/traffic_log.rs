@@ -3,6 +3,7 @@
 //! at shutdown. A write failure (disk full, file removed) is a warning and the writer reopens
 //! the file on the next record, so logging recovers by itself.
 
+use serde::Serialize;
 use serde_json::Value;
 use std::{
     fs::{self, File, OpenOptions},
@@ -15,8 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 /// Rotated files kept beside the live one: `proxy.log.1` … `proxy.log.5`.
 pub const KEEP_FILES: usize = 5;
 
+/// A record, serialized by the writer thread (off the request path) when it writes it.
+type Record = Box<dyn FnOnce() -> Vec<u8> + Send>;
+
 enum Msg {
-    Record(Value),
+    Record(Record),
     Flush(oneshot::Sender<()>),
 }
 
@@ -45,7 +49,8 @@ impl TrafficLog {
         (TrafficLog { tx }, handle)
     }
 
-    pub fn write(&self, record: Value) {
+    pub fn write<T: Serialize + Send + 'static>(&self, record: T) {
+        let record: Record = Box::new(move || serde_json::to_vec(&record).unwrap_or_default());
         if self.tx.send(Msg::Record(record)).is_err() {
             tracing::warn!("traffic log writer has stopped; record not written");
         }
@@ -94,7 +99,7 @@ impl Writer {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Record(record) => {
-                let mut line = serde_json::to_vec(&record).unwrap_or_default();
+                let mut line = record();
                 line.push(b'\n');
                 if let Err(e) = self.append(&line) {
                     self.file = None;

@@ -185,10 +185,12 @@ fn str_of(raw: &RawValue) -> Option<Cow<'_, str>> {
     if !text.starts_with('"') {
         return None;
     }
-    match serde_json::from_str::<&str>(text) {
-        Ok(s) => Some(Cow::Borrowed(s)),
-        Err(_) => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    let inner = &text[1..text.len() - 1];
+    if memchr::memchr(b'\\', inner.as_bytes()).is_none() {
+        // A validated JSON string without escapes is its own text.
+        return Some(Cow::Borrowed(inner));
     }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
 fn u64_of(raw: &RawValue) -> Option<u64> {
