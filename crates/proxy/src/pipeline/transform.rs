@@ -5,6 +5,10 @@
 //! produced are passed through, re-indexed, with ids filled. [`Folder`] turns the output chunks
 //! back into one `chat.completion`, so a non-streaming client gets exactly what a streaming one
 //! would have assembled.
+//!
+//! Every streamed token passes through here, so neither side builds a `serde_json::Value` tree:
+//! [`ChunkIn`] reads only the fields used, borrowed from the event's text, and [`OutChunk`] is
+//! written straight to JSON with the response's fixed fields serialized once.
 
 use crate::config::ReasoningField;
 use serde::Deserialize;
