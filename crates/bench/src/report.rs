@@ -221,11 +221,10 @@ impl Report {
             "max sustainable rate ≥ 10× LiteLLM's",
             match (bmax, lmax) {
                 // LiteLLM failed even the first step of the search.
-                (Some(b), Some(0.0)) => format!(
-                    "{b:.0} vs < {start:.0} req/s (> {:.0}×)",
-                    b / start,
-                    start = self.plan.search_start
-                ),
+                (Some(b), Some(0.0)) => {
+                    let start = self.plan.search_start;
+                    format!("{b:.0} vs < {start:.0} req/s (> {:.0}×)", b / start)
+                }
                 (Some(b), Some(l)) => format!("{b:.0} vs {l:.0} req/s ({}×)", opt(factor, 1)),
                 _ => "–".into(),
             },
