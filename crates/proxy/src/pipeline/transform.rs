@@ -328,18 +328,10 @@ impl Translator {
             }
             let mut deltas = self.deltas(index, events);
             deltas.extend(self.upstream_tool_calls(index, upstream_calls));
-            let finish = finish.map(|reason| {
+            if let Some(reason) = &finish {
                 let state = self.choice(index);
                 state.finished = true;
-                let tail: Vec<Event> = state
-                    .parser
-                    .finish(Some(&reason))
-                    .map(Event::from)
-                    .collect();
-                (reason, tail)
-            });
-            if let Some((_, tail)) = &finish {
-                let tail = tail.clone();
+                let tail: Vec<Event> = state.parser.finish(Some(reason)).map(Event::from).collect();
                 deltas.extend(self.deltas(index, tail));
             }
             let has_logprobs = logprobs.is_some();
@@ -347,7 +339,7 @@ impl Translator {
             for delta in deltas {
                 out.push(self.chunk(index, delta, None, logprobs.take()));
             }
-            if let Some((reason, _)) = finish {
+            if let Some(reason) = finish {
                 let reason = self.final_reason(index, &reason);
                 out.push(self.chunk(index, Map::new(), Some(reason), None));
             } else if has_logprobs && let Some(l) = logprobs {
