@@ -49,7 +49,7 @@ use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
 };
-use transform::{Folder, OutChunk, Template, TransformSpec, Translator};
+use transform::{Delta, Folder, OutChunk, Template, TransformSpec, Translator};
 
 /// How long a streaming client may wait before its headers are sent anyway.
 const COMMIT_AFTER: Duration = Duration::from_millis(500);
@@ -778,11 +778,13 @@ async fn answer_reset(ex: &mut Exchange, out: &mut Out, line: &str) -> Result<()
             .cloned()
             .unwrap_or_default(),
     ));
-    let mut content = Map::new();
-    content.insert("role".into(), "assistant".into());
-    content.insert("content".into(), line.into());
+    let content = Delta {
+        role: Some("assistant"),
+        content: Some(line.to_owned()),
+        ..Delta::default()
+    };
     let first = OutChunk::choice(template.clone(), 0, content, None, None);
-    let finish = OutChunk::choice(template, 0, Map::new(), Some("stop".into()), None);
+    let finish = OutChunk::choice(template, 0, Delta::default(), Some("stop".into()), None);
     out.send(&mut ex.folder, first).await?;
     out.send(&mut ex.folder, finish).await?;
     Ok(())

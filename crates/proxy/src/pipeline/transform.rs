@@ -11,7 +11,7 @@
 //! written straight to JSON with the response's fixed fields serialized once.
 
 use crate::config::ReasoningField;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json, value::RawValue};
 use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 use toolcalls::{Event, Options, Parser, ToolSpec, TraceSpan};
@@ -341,10 +341,10 @@ impl Translator {
             }
             if let Some(reason) = finish {
                 let reason = self.final_reason(index, &reason);
-                out.push(self.chunk(index, Map::new(), Some(reason), None));
+                out.push(self.chunk(index, Delta::default(), Some(reason), None));
             } else if has_logprobs && let Some(l) = logprobs {
                 // Logprobs of a chunk whose text was held back still reach the client, in order.
-                out.push(self.chunk(index, Map::new(), None, Some(l)));
+                out.push(self.chunk(index, Delta::default(), None, Some(l)));
             }
         }
         if let Some(u) = usage
@@ -389,7 +389,7 @@ impl Translator {
             }
             if error.is_none() {
                 let reason = self.final_reason(index, "stop");
-                out.push(self.chunk(index, Map::new(), Some(reason), None));
+                out.push(self.chunk(index, Delta::default(), Some(reason), None));
             }
         }
         out
@@ -408,37 +408,31 @@ impl Translator {
     }
 
     /// Engine events to OpenAI deltas, merging runs of text and argument fragments.
-    fn deltas(&mut self, index: u64, events: Vec<Event>) -> Vec<Map<String, Value>> {
+    fn deltas(&mut self, index: u64, events: Vec<Event>) -> Vec<Delta> {
         let field = self.spec.reasoning_field;
-        let mut out: Vec<Map<String, Value>> = Vec::new();
+        let mut out: Vec<Delta> = Vec::new();
         for event in events {
             let state = self.choice(index);
-            let mut delta = Map::new();
+            let mut delta = Delta::default();
             match event {
                 Event::Content { text } => {
                     if text.is_empty() {
                         continue;
                     }
-                    delta.insert("content".into(), text.into());
+                    delta.content = Some(text);
                 }
                 Event::Reasoning { text } => {
                     if text.is_empty() {
                         continue;
                     }
                     match field {
-                        ReasoningField::ReasoningContent => {
-                            delta.insert("reasoning_content".into(), text.into());
-                        }
-                        ReasoningField::Reasoning => {
-                            delta.insert("reasoning".into(), text.into());
-                        }
+                        ReasoningField::ReasoningContent => delta.reasoning_content = Some(text),
+                        ReasoningField::Reasoning => delta.reasoning = Some(text),
                         ReasoningField::Both => {
-                            delta.insert("reasoning_content".into(), text.clone().into());
-                            delta.insert("reasoning".into(), text.into());
+                            delta.reasoning_content = Some(text.clone());
+                            delta.reasoning = Some(text);
                         }
-                        ReasoningField::None => {
-                            delta.insert("content".into(), text.into());
-                        }
+                        ReasoningField::None => delta.content = Some(text),
                     }
                 }
                 Event::ToolCallStarted {
@@ -450,10 +444,9 @@ impl Translator {
                     let out_index = state.next_call;
                     state.next_call += 1;
                     state.engine_calls.insert(call, out_index);
-                    delta.insert(
-                        "tool_calls".into(),
-                        json!([{"index": out_index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]),
-                    );
+                    delta.tool_calls = Some(vec![
+                        json!({"index": out_index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}),
+                    ]);
                 }
                 Event::ToolCallArguments {
                     index: call,
@@ -465,14 +458,13 @@ impl Translator {
                     if fragment.is_empty() {
                         continue;
                     }
-                    delta.insert(
-                        "tool_calls".into(),
-                        json!([{"index": out_index, "function": {"arguments": fragment}}]),
-                    );
+                    delta.tool_calls = Some(vec![
+                        json!({"index": out_index, "function": {"arguments": fragment}}),
+                    ]);
                 }
                 Event::ToolCallFinished { .. } => continue,
             }
-            let merged = out.last_mut().is_some_and(|last| merge(last, &delta));
+            let merged = out.last_mut().is_some_and(|last| last.merge(&mut delta));
             if !merged {
                 out.push(delta);
             }
@@ -480,7 +472,7 @@ impl Translator {
         out
     }
 
-    fn upstream_tool_calls(&mut self, index: u64, calls: Vec<Value>) -> Vec<Map<String, Value>> {
+    fn upstream_tool_calls(&mut self, index: u64, calls: Vec<Value>) -> Vec<Delta> {
         let mut out = Vec::new();
         for (position, mut call) in calls.into_iter().enumerate() {
             let upstream_index = call
@@ -523,9 +515,10 @@ impl Translator {
             {
                 *args = Value::String(args.to_string());
             }
-            let mut delta = Map::new();
-            delta.insert("tool_calls".into(), Value::Array(vec![call]));
-            out.push(delta);
+            out.push(Delta {
+                tool_calls: Some(vec![call]),
+                ..Delta::default()
+            });
         }
         out
     }
@@ -533,7 +526,7 @@ impl Translator {
     fn chunk(
         &mut self,
         index: u64,
-        mut delta: Map<String, Value>,
+        mut delta: Delta,
         finish: Option<String>,
         logprobs: Option<Value>,
     ) -> OutChunk {
@@ -545,17 +538,12 @@ impl Translator {
         let state = self.choice(index);
         if !state.started {
             state.started = true;
-            let mut first = Map::new();
-            first.insert("role".into(), "assistant".into());
+            delta.role = Some("assistant");
             if !notices.is_empty() {
                 let mut text: String = notices.iter().map(|n| format!("⚠ {n}\n\n")).collect();
-                if let Some(Value::String(c)) = delta.remove("content") {
-                    text.push_str(&c);
-                }
-                first.insert("content".into(), text.into());
+                text.push_str(delta.content.as_deref().unwrap_or_default());
+                delta.content = Some(text);
             }
-            first.extend(delta);
-            delta = first;
         }
         OutChunk::choice(self.template.clone(), index, delta, finish, logprobs)
     }
@@ -598,7 +586,7 @@ pub struct OutChunk {
 enum Body {
     Choice {
         index: u64,
-        delta: Map<String, Value>,
+        delta: Delta,
         logprobs: Option<Value>,
         finish_reason: Option<String>,
     },
@@ -610,7 +598,7 @@ impl OutChunk {
     pub fn choice(
         template: Arc<Template>,
         index: u64,
-        delta: Map<String, Value>,
+        delta: Delta,
         finish_reason: Option<String>,
         logprobs: Option<Value>,
     ) -> OutChunk {
@@ -665,47 +653,82 @@ impl OutChunk {
     }
 }
 
-/// Appends `next` to `last` when both carry only text of the same fields, or only argument
-/// fragments of the same call; returns whether it did.
-fn merge(last: &mut Map<String, Value>, next: &Map<String, Value>) -> bool {
-    const TEXT: [&str; 3] = ["content", "reasoning_content", "reasoning"];
-    let text_only = |d: &Map<String, Value>| {
-        d.iter()
-            .all(|(k, v)| TEXT.contains(&k.as_str()) && v.is_string())
-    };
-    if text_only(last) && text_only(next) && last.keys().eq(next.keys()) {
-        for (k, v) in next {
-            if let (Some(Value::String(a)), Value::String(b)) = (last.get_mut(k), v) {
-                a.push_str(b);
-            }
-        }
-        return true;
-    }
-    let fragment_of = |d: &Map<String, Value>| -> Option<(u64, bool)> {
-        let [call] = d.get("tool_calls")?.as_array()?.as_slice() else {
-            return None;
+/// One `delta` for the client, in OpenAI's field order; absent fields are not written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<Value>>,
+}
+
+impl Delta {
+    /// Appends `next` when both carry only text of the same fields, or only argument
+    /// fragments of the same call; returns whether it did.
+    fn merge(&mut self, next: &mut Delta) -> bool {
+        let text_fields = |d: &Delta| {
+            [
+                d.content.is_some(),
+                d.reasoning_content.is_some(),
+                d.reasoning.is_some(),
+            ]
         };
-        (d.len() == 1).then_some((call.get("index")?.as_u64()?, call.get("id").is_some()))
-    };
-    let (Some((a, _)), Some((b, false))) = (fragment_of(last), fragment_of(next)) else {
-        return false;
-    };
-    if a != b {
-        return false;
-    }
-    let fragment = next["tool_calls"][0]["function"]["arguments"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned();
-    match last
-        .get_mut("tool_calls")
-        .and_then(|c| c.pointer_mut("/0/function/arguments"))
-    {
-        Some(Value::String(args)) => {
-            args.push_str(&fragment);
-            true
+        if self.role.is_none()
+            && next.role.is_none()
+            && self.tool_calls.is_none()
+            && next.tool_calls.is_none()
+        {
+            if text_fields(self) != text_fields(next) {
+                return false;
+            }
+            for (a, b) in [
+                (&mut self.content, &mut next.content),
+                (&mut self.reasoning_content, &mut next.reasoning_content),
+                (&mut self.reasoning, &mut next.reasoning),
+            ] {
+                if let (Some(a), Some(b)) = (a, b) {
+                    a.push_str(b);
+                }
+            }
+            return true;
         }
-        _ => false,
+        let fragment_of = |d: &Delta| -> Option<(u64, bool)> {
+            let [call] = d.tool_calls.as_deref()? else {
+                return None;
+            };
+            let only_calls = d.role.is_none() && text_fields(d) == [false; 3];
+            only_calls.then_some((call.get("index")?.as_u64()?, call.get("id").is_some()))
+        };
+        let (Some((a, _)), Some((b, false))) = (fragment_of(self), fragment_of(next)) else {
+            return false;
+        };
+        if a != b {
+            return false;
+        }
+        let fragment = next
+            .tool_calls
+            .as_ref()
+            .and_then(|c| c[0].pointer("/function/arguments"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        match self
+            .tool_calls
+            .as_mut()
+            .and_then(|c| c[0].pointer_mut("/function/arguments"))
+        {
+            Some(Value::String(args)) => {
+                args.push_str(&fragment);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -790,25 +813,20 @@ impl Folder {
             } => (*index, delta, finish_reason),
         };
         let folded = self.choices.entry(index).or_default();
-        if let Some(t) = delta.get("content").and_then(Value::as_str) {
+        if let Some(t) = &delta.content {
             push_capped(&mut folded.content, t, limit);
         }
-        if let Some(t) = delta.get("reasoning_content").and_then(Value::as_str) {
+        if let Some(t) = &delta.reasoning_content {
             push_capped(
                 folded.reasoning_content.get_or_insert_with(String::new),
                 t,
                 limit,
             );
         }
-        if let Some(t) = delta.get("reasoning").and_then(Value::as_str) {
+        if let Some(t) = &delta.reasoning {
             push_capped(folded.reasoning.get_or_insert_with(String::new), t, limit);
         }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for call in delta.tool_calls.iter().flatten() {
             let i = call.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
             if folded.tool_calls.len() <= i {
                 folded.tool_calls.resize(i + 1, FoldedCall::default());
