@@ -1009,6 +1009,47 @@ mod tests {
     }
 
     #[test]
+    fn deltas_merge_runs_of_the_same_text_fields_and_fragments_of_one_call() {
+        let text = |content: &str| Delta {
+            content: Some(content.into()),
+            ..Delta::default()
+        };
+        let mut a = text("Hel");
+        assert!(a.merge(&mut text("lo")));
+        assert_eq!(a.content.as_deref(), Some("Hello"));
+        // Different fields stay separate deltas, in order.
+        let mut reasoning = Delta {
+            reasoning_content: Some("hmm".into()),
+            ..Delta::default()
+        };
+        assert!(!a.merge(&mut reasoning));
+        let call = |v: Value| Delta {
+            tool_calls: Some(vec![v]),
+            ..Delta::default()
+        };
+        let mut start =
+            call(json!({"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}}));
+        assert!(start.merge(&mut call(
+            json!({"index": 0, "function": {"arguments": "{\"a\":"}})
+        )));
+        assert!(start.merge(&mut call(
+            json!({"index": 0, "function": {"arguments": "1}"}})
+        )));
+        assert_eq!(
+            start.tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        // Another call, or a call's start, is a delta of its own.
+        assert!(!start.merge(&mut call(
+            json!({"index": 1, "function": {"arguments": "{}"}})
+        )));
+        assert!(!start.merge(&mut call(
+            json!({"index": 0, "id": "call_2", "function": {"arguments": "{}"}})
+        )));
+        assert!(!start.merge(&mut text("after")));
+    }
+
+    #[test]
     fn notices_lead_the_content() {
         let mut s = spec(false);
         s.notices.push("Memory pressure: 91% used".into());
