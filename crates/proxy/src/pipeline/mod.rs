@@ -526,33 +526,19 @@ async fn run(
             if data.is_empty() {
                 continue;
             }
-            let normalized;
-            let chunk = match transform::ChunkIn::parse(data) {
-                Ok(chunk) => chunk,
-                Err(_) => match transform::normalize_chunk(data) {
-                    Ok(Some(text)) => {
-                        normalized = text;
-                        match transform::ChunkIn::parse(&normalized) {
-                            Ok(chunk) => chunk,
-                            Err(e) => {
-                                return Err(ApiError::internal(format!(
-                                    "a normalized chunk did not read: {e}"
-                                ))
-                                .into());
-                            }
-                        }
-                    }
-                    // Valid JSON but not an object: nothing to translate.
-                    Ok(None) => continue,
-                    Err(e) => {
-                        flush_before_error(ex, out).await?;
-                        return Err(bad_stream(
-                            &backend,
-                            &format!("invalid JSON in a data event ({e})"),
-                        )
-                        .into());
-                    }
-                },
+            let mut normalized = String::new();
+            let chunk = match transform::read_chunk(data, &mut normalized) {
+                Ok(Some(chunk)) => chunk,
+                // Valid JSON but not an object: nothing to translate.
+                Ok(None) => continue,
+                Err(e) => {
+                    flush_before_error(ex, out).await?;
+                    return Err(bad_stream(
+                        &backend,
+                        &format!("invalid JSON in a data event ({e})"),
+                    )
+                    .into());
+                }
             };
             if let Some(err) = chunk.error {
                 flush_before_error(ex, out).await?;

@@ -27,16 +27,21 @@ pub async fn count(state: &AppState, body: &Map<String, Value>) -> Option<Counte
     let kind = state.hub.snapshot().borrow().backend.kind.clone();
     let base = settings.backend_url.as_str();
     let key = settings.upstream_api_key.as_deref();
-    let post = |path: &str, payload: Value| {
-        let mut r = state
+    // One request to the tokenizer: its JSON answer, or `None` on any failure.
+    let post = async |path: &str, payload: Value| -> Option<Value> {
+        let mut request = state
             .client
             .post(format!("{base}{path}"))
             .timeout(TOKENIZE_TIMEOUT)
             .json(&payload);
         if let Some(k) = key {
-            r = r.bearer_auth(k);
+            request = request.bearer_auth(k);
         }
-        r
+        let response = request.send().await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
     };
     let messages = body.get("messages").cloned().unwrap_or(Value::Null);
     match kind.as_str() {
@@ -49,11 +54,7 @@ pub async fn count(state: &AppState, body: &Map<String, Value>) -> Option<Counte
             if let Some(tools) = body.get("tools") {
                 payload["tools"] = tools.clone();
             }
-            let response = post("/tokenize", payload).send().await.ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let v: Value = response.json().await.ok()?;
+            let v = post("/tokenize", payload).await?;
             Some(Counted {
                 tokens: v.get("count")?.as_u64()?,
                 source: "vllm /tokenize",
@@ -61,23 +62,9 @@ pub async fn count(state: &AppState, body: &Map<String, Value>) -> Option<Counte
             })
         }
         "llamacpp" => {
-            let response = post("/apply-template", json!({"messages": messages}))
-                .send()
-                .await
-                .ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let v: Value = response.json().await.ok()?;
+            let v = post("/apply-template", json!({"messages": messages})).await?;
             let prompt = v.get("prompt")?.as_str()?.to_owned();
-            let response = post("/tokenize", json!({"content": prompt, "add_special": true}))
-                .send()
-                .await
-                .ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let v: Value = response.json().await.ok()?;
+            let v = post("/tokenize", json!({"content": prompt, "add_special": true})).await?;
             Some(Counted {
                 tokens: v.get("tokens")?.as_array()?.len() as u64,
                 source: "llamacpp /tokenize",

@@ -97,8 +97,7 @@ fn prompt_ends_inside_think(body: &Map<String, Value>) -> bool {
 
 /// One `chat.completion.chunk` from the backend, read only as deep as the translator looks:
 /// the leaves stay raw text borrowed from the event, so a chunk costs no `Value` tree (which was a
-/// sixth of the proxy's CPU). [`ChunkIn::parse`] reads it; [`normalize_chunk`] handles the rare
-/// chunk it refuses.
+/// sixth of the proxy's CPU). [`read_chunk`] reads it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct ChunkIn<'a> {
@@ -145,19 +144,29 @@ struct DeltaIn<'a> {
     tool_calls: Option<&'a RawValue>,
 }
 
-impl<'a> ChunkIn<'a> {
-    /// Reads one data event. Fails on invalid JSON, and also on valid JSON of a shape the typed
-    /// reader refuses (a duplicate key, `choices` that is not a list of objects): pass those
-    /// through [`normalize_chunk`] first.
-    pub fn parse(data: &'a str) -> Result<ChunkIn<'a>, serde_json::Error> {
-        serde_json::from_str(data)
+/// Reads one data event. `Ok(None)`: valid JSON but not an object, nothing to translate;
+/// `Err`: not JSON. A chunk of valid JSON whose shape the typed reader refuses (a duplicate key,
+/// `choices` that is not a list of objects) is read from its [`normalize_chunk`]ed form, kept in
+/// `normalized`, so it reads as a `Value` would.
+pub fn read_chunk<'a>(
+    data: &'a str,
+    normalized: &'a mut String,
+) -> Result<Option<ChunkIn<'a>>, serde_json::Error> {
+    if let Ok(chunk) = serde_json::from_str(data) {
+        return Ok(Some(chunk));
     }
+    let Some(text) = normalize_chunk(data)? else {
+        return Ok(None);
+    };
+    *normalized = text;
+    let normalized: &'a String = normalized;
+    serde_json::from_str(normalized).map(Some)
 }
 
-/// The chunk [`ChunkIn::parse`] refused, rewritten so it reads: as a `Value` (the last of
+/// A chunk the typed reader refused, rewritten so it reads: as a `Value` (the last of
 /// duplicate keys wins), keeping only the parts of the shape the translator reads. `Ok(None)`: not
 /// an object, nothing to translate; `Err`: not JSON at all.
-pub fn normalize_chunk(data: &str) -> Result<Option<String>, serde_json::Error> {
+fn normalize_chunk(data: &str) -> Result<Option<String>, serde_json::Error> {
     let Value::Object(mut chunk) = serde_json::from_str::<Value>(data)? else {
         return Ok(None);
     };
@@ -925,15 +934,8 @@ mod tests {
 
     /// The translator's output for one backend chunk, read as the pipeline reads it.
     fn translate(t: &mut Translator, chunk: &str) -> Vec<OutChunk> {
-        let normalized;
-        let parsed = match ChunkIn::parse(chunk) {
-            Ok(c) => c,
-            Err(_) => {
-                normalized = normalize_chunk(chunk).unwrap().unwrap();
-                ChunkIn::parse(&normalized).unwrap()
-            }
-        };
-        t.on_chunk(parsed)
+        let mut normalized = String::new();
+        t.on_chunk(read_chunk(chunk, &mut normalized).unwrap().unwrap())
     }
 
     #[test]
