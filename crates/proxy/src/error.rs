@@ -19,6 +19,9 @@ pub enum Source {
     Proxy,
 }
 
+/// The core's error type (the name front doors use; `ApiError` is its older name).
+pub type ProxyError = ApiError;
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,

@@ -18,6 +18,7 @@
 
 pub mod admission;
 pub mod ids;
+pub mod reply;
 pub mod shaping;
 pub mod sse;
 pub mod tokenize;

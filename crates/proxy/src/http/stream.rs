@@ -1,0 +1,111 @@
+//! One SSE response for every front door: frames from the core, rendered by the front door's
+//! encoder, with the encoder's own heartbeat after every interval of silence.
+
+use crate::error::ProxyError;
+use crate::pipeline::reply::{Event, Frame};
+use axum::{
+    body::Body,
+    http::{HeaderValue, header},
+    response::Response,
+};
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::{sync::mpsc, time::Instant};
+
+/// How a front door writes the core's frames on the wire. Every method appends whole SSE
+/// events to `out`; the response sends what one call wrote as one write.
+pub trait StreamEncoder: Send + 'static {
+    /// Written as soon as the response starts (before anything from the core).
+    fn open(&mut self, out: &mut BytesMut);
+    /// The request waits for a slot.
+    fn queued(&mut self, depth: usize, out: &mut BytesMut);
+    /// A batch of reply events.
+    fn events(&mut self, events: &[Event], out: &mut BytesMut);
+    /// Nothing was sent for one heartbeat interval.
+    fn heartbeat(&mut self, out: &mut BytesMut);
+    /// The reply ended normally.
+    fn done(&mut self, out: &mut BytesMut);
+    /// The reply ended with an error, after everything the model produced.
+    fn failed(&mut self, error: &ProxyError, out: &mut BytesMut);
+}
+
+/// The SSE response body: frames as they come, each rendered by `encoder`, and its heartbeat
+/// after every `interval` of silence. Heartbeats go between events only, never inside one.
+pub fn sse_response<E: StreamEncoder>(
+    rx: mpsc::Receiver<Frame>,
+    interval: Duration,
+    encoder: E,
+) -> Response {
+    struct State<E> {
+        rx: mpsc::Receiver<Frame>,
+        encoder: E,
+        interval: Duration,
+        next_beat: Instant,
+        opened: bool,
+        ended: bool,
+    }
+    let state = State {
+        rx,
+        encoder,
+        interval,
+        next_beat: Instant::now() + interval,
+        opened: false,
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let mut out = BytesMut::new();
+        if !st.opened {
+            st.opened = true;
+            st.encoder.open(&mut out);
+            st.next_beat = Instant::now() + st.interval;
+            return Some((Ok::<_, std::convert::Infallible>(out.freeze()), st));
+        }
+        loop {
+            if st.ended {
+                return None;
+            }
+            tokio::select! {
+                frame = st.rx.recv() => {
+                    match frame {
+                        Some(Frame::Queued { depth }) => st.encoder.queued(depth, &mut out),
+                        Some(Frame::Events(events)) => st.encoder.events(&events, &mut out),
+                        Some(Frame::Done) => {
+                            st.encoder.done(&mut out);
+                            st.ended = true;
+                        }
+                        Some(Frame::Failed(e)) => {
+                            st.encoder.failed(&e, &mut out);
+                            st.ended = true;
+                        }
+                        // The core ended without a last frame: it was cancelled (shutdown).
+                        None => return None,
+                    }
+                }
+                () = tokio::time::sleep_until(st.next_beat) => st.encoder.heartbeat(&mut out),
+            }
+            st.next_beat = Instant::now() + st.interval;
+            if !out.is_empty() {
+                return Some((Ok(out.freeze()), st));
+            }
+        }
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Keeps reverse proxies (nginx) from buffering the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Appends one named SSE event (`event: NAME`, `data: JSON`), as Anthropic and Responses use.
+pub fn named_event(out: &mut BytesMut, name: &str, data: &serde_json::Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
