@@ -1,3 +1,6 @@
+//! FRONT DOORS: the core interface a front door builds on (serve, Reply, FrontDoor, ChatRequest)
+//! is described in ARCHITECTURE.md at the repository root; read it first.
+//!
 //! The request path for chat completions: admission → shaping → upstream → transform.
 //!
 //! Shaping comes in two parts. What needs no slot runs before admission: a memory refusal, a
