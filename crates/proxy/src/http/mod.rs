@@ -2,6 +2,7 @@
 
 mod admin;
 mod chat;
+pub mod messages;
 mod passthrough;
 pub mod stream;
 pub mod timing;
