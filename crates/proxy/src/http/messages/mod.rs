@@ -8,3 +8,8 @@ pub mod encode;
 pub mod error;
 pub mod request;
 pub mod stop;
+
+/// Whether a path belongs to this door (its errors, refusals included, take Anthropic's shape).
+pub fn is_messages_path(path: &str) -> bool {
+    path == "/v1/messages" || path.starts_with("/v1/messages/")
+}
