@@ -587,7 +587,10 @@ mod tests {
         assert!(text.contains("blockops_billing_headers_removed_total 0\n"));
         m.billing_headers_removed(0);
         m.billing_headers_removed(2);
-        assert!(m.render().contains("blockops_billing_headers_removed_total 2\n"));
+        assert!(
+            m.render()
+                .contains("blockops_billing_headers_removed_total 2\n")
+        );
         assert!(
             text.contains("blockops_cache_purges_total{adapter=\"vllm\",result=\"purged\"} 1\n")
         );

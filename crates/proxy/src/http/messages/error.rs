@@ -2,7 +2,7 @@
 //! statuses Anthropic uses, so the SDKs raise the right exception and Claude Code retries what
 //! it should (529 and 429 with `Retry-After`, 5xx) and shows the rest.
 
-use crate::error::ApiError;
+use crate::error::ProxyError;
 use axum::{
     Json,
     http::{HeaderValue, StatusCode, header},
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 const OVERLOADED: u16 = 529;
 
 /// The status and `error.type` Anthropic would answer for this error.
-pub fn classify(e: &ApiError) -> (StatusCode, &'static str) {
+pub fn classify(e: &ProxyError) -> (StatusCode, &'static str) {
     // The proxy protecting the backend (queue full or timed out, memory critical) is what
     // Anthropic calls overloaded.
     if matches!(e.code, "queue_full" | "queue_timeout" | "memory_pressure") {
@@ -44,13 +44,13 @@ fn overloaded() -> StatusCode {
 }
 
 /// The error object (`{"type":"error","error":{…}}`); also the data of a mid-stream `error` event.
-pub fn body(e: &ApiError) -> Value {
+pub fn body(e: &ProxyError) -> Value {
     let (_, kind) = classify(e);
     json!({"type": "error", "error": {"type": kind, "message": e.message}})
 }
 
 /// The whole HTTP response for an error before anything was sent.
-pub fn response(e: &ApiError) -> Response {
+pub fn response(e: &ProxyError) -> Response {
     let (status, _) = classify(e);
     let mut r = (status, Json(body(e))).into_response();
     if let Some(secs) = e.retry_after_secs {
@@ -65,8 +65,8 @@ mod tests {
     use super::*;
     use crate::error::Source;
 
-    fn e(status: u16, code: &'static str) -> ApiError {
-        ApiError::new(
+    fn e(status: u16, code: &'static str) -> ProxyError {
+        ProxyError::new(
             StatusCode::from_u16(status).unwrap(),
             Source::Proxy,
             code,

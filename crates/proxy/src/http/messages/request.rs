@@ -4,7 +4,7 @@
 //! JSON). Unknown fields and unknown block types are ignored, never refused: Claude Code adds
 //! new ones with every release (`context_management`, `output_config`, …).
 
-use crate::error::ApiError;
+use crate::error::ProxyError;
 use serde_json::{Map, Value, json};
 
 /// Claude Code's per-conversation attribution line. Forwarded, it changes the first bytes of
@@ -32,12 +32,12 @@ pub struct Converted {
     pub billing_headers_removed: u64,
 }
 
-fn invalid(code: &'static str, param: &str, message: String) -> ApiError {
-    ApiError::client(code, message).with_param(param)
+fn invalid(code: &'static str, param: &str, message: String) -> ProxyError {
+    ProxyError::client(code, message).with_param(param)
 }
 
 /// Converts a Messages body. Errors name the field and how to fix it.
-pub fn convert(body: &Map<String, Value>, purpose: Purpose) -> Result<Converted, ApiError> {
+pub fn convert(body: &Map<String, Value>, purpose: Purpose) -> Result<Converted, ProxyError> {
     let model = match body.get("model") {
         None | Some(Value::Null) => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -128,7 +128,7 @@ pub fn convert(body: &Map<String, Value>, purpose: Purpose) -> Result<Converted,
     })
 }
 
-fn stop_sequences(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+fn stop_sequences(v: Option<&Value>) -> Result<Vec<String>, ProxyError> {
     match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -178,7 +178,7 @@ impl SystemText {
         }
     }
 
-    fn add_field(&mut self, system: Option<&Value>) -> Result<(), ApiError> {
+    fn add_field(&mut self, system: Option<&Value>) -> Result<(), ProxyError> {
         match system {
             None | Some(Value::Null) => Ok(()),
             Some(Value::String(s)) => {
@@ -238,7 +238,7 @@ fn convert_message(
     m: &Value,
     system: &mut SystemText,
     out: &mut Vec<Value>,
-) -> Result<(), ApiError> {
+) -> Result<(), ProxyError> {
     let param = format!("messages[{i}]");
     let Some(m) = m.as_object() else {
         return Err(invalid(
@@ -434,7 +434,10 @@ fn image_part(b: &Value) -> Option<Value> {
 /// `tools`, `tool_choice` and `disable_parallel_tool_use` in OpenAI form. Server tools (typed,
 /// without an `input_schema`: web search, code execution, …) have no function form and are
 /// dropped; `cache_control` and `defer_loading` are not copied.
-fn convert_tools(body: &Map<String, Value>, chat: &mut Map<String, Value>) -> Result<(), ApiError> {
+fn convert_tools(
+    body: &Map<String, Value>,
+    chat: &mut Map<String, Value>,
+) -> Result<(), ProxyError> {
     let tools: Vec<Value> = match body.get("tools") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(tools)) => tools.iter().filter_map(function_tool).collect(),
@@ -552,7 +555,7 @@ mod tests {
         convert(v.as_object().unwrap(), Purpose::Create).unwrap()
     }
 
-    fn err(v: Value) -> ApiError {
+    fn err(v: Value) -> ProxyError {
         convert(v.as_object().unwrap(), Purpose::Create).unwrap_err()
     }
 

@@ -22,7 +22,7 @@
 
 use crate::{
     config::Settings,
-    error::{ApiError, Source},
+    error::{ProxyError, Source},
     state::AppState,
 };
 use axum::{
@@ -66,7 +66,7 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         Verdict::Refuse(error) => {
             // The Messages door answers in Anthropic's error shape, refusals included.
             let messages = crate::http::messages::is_messages_path(request.uri().path());
-            let render = |e: ApiError| {
+            let render = |e: ProxyError| {
                 if messages {
                     crate::http::messages::error::response(&e)
                 } else {
@@ -96,7 +96,7 @@ pub enum Verdict {
     },
     /// A CORS preflight from an allowed origin: answered by the guard itself.
     Preflight(HeaderValue, Option<HeaderValue>),
-    Refuse(ApiError),
+    Refuse(ProxyError),
 }
 
 /// The pure decision: no I/O, so every rule is unit-tested directly.
@@ -117,7 +117,7 @@ pub fn check(
     if let Some(host) = &host
         && !host_allowed(settings, host)
     {
-        return Verdict::Refuse(ApiError::new(
+        return Verdict::Refuse(ProxyError::new(
             StatusCode::FORBIDDEN,
             Source::Client,
             "host_not_allowed",
@@ -192,18 +192,18 @@ fn is_open(path: &str) -> bool {
     matches!(path, "/" | "/health" | "/ui" | "/favicon.ico") || path.starts_with("/ui/")
 }
 
-fn unauthorized(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, Source::Client, code, message)
+fn unauthorized(code: &'static str, message: &str) -> ProxyError {
+    ProxyError::new(StatusCode::UNAUTHORIZED, Source::Client, code, message)
 }
 
-fn origin_refused(origin: &HeaderValue, v1: bool) -> ApiError {
+fn origin_refused(origin: &HeaderValue, v1: bool) -> ProxyError {
     let origin = String::from_utf8_lossy(origin.as_bytes());
     let hint = if v1 {
         "a browser app may call /v1/* only if its origin is listed in BLOCKOPS_CORS_ORIGINS"
     } else {
         "the admin API answers only the proxy's own dashboard and the tray app"
     };
-    ApiError::new(
+    ProxyError::new(
         StatusCode::FORBIDDEN,
         Source::Client,
         "origin_not_allowed",
@@ -513,11 +513,21 @@ mod tests {
         // Anthropic clients send the key as `x-api-key`.
         let messages = "/v1/messages";
         assert!(matches!(
-            verdict(&s, Method::POST, messages, &[host, ("x-api-key", "sk-local-123")]),
+            verdict(
+                &s,
+                Method::POST,
+                messages,
+                &[host, ("x-api-key", "sk-local-123")]
+            ),
             Verdict::Pass { cors: None }
         ));
         assert_eq!(
-            refused_code(verdict(&s, Method::POST, messages, &[host, ("x-api-key", "sk-local-1")])),
+            refused_code(verdict(
+                &s,
+                Method::POST,
+                messages,
+                &[host, ("x-api-key", "sk-local-1")]
+            )),
             Some("invalid_api_key")
         );
         s.api_key = None;
