@@ -5,6 +5,7 @@ import { getRequest, ApiError } from '../api.js';
 import {
   $, h, setText, fmtMs, fmtInt, fmtClock, prettyJson, sliceByBytes, mergeSpans,
 } from '../util.js';
+import { frontDoor } from './traffic.js';
 
 const KIND_LABEL = {
   content: 'content',
@@ -213,6 +214,7 @@ function summaryBar(r, timings) {
   const chips = [
     ['Time', fmtClock(r.time)],
     ['Model', r.model || '–'],
+    ['Front door', frontDoor(r)?.label ?? '–'],
     ['Mode', r.stream ? 'stream' : 'JSON'],
     ['Status', r.status ?? r.state],
     ['Queue', fmtMs(t.queue_ms)],
