@@ -9,7 +9,14 @@ the clients' content checks catch it.
 
   python3 backend.py --port 0      prints "listening on 127.0.0.1:PORT" first, then serves
 
-GET /_state answers {"purges": N, "chats": N, "in_flight": {model: N}} for the checkers.
+GET /_state answers {"purges": N, "chats": N, "in_flight": {model: N}, "billing_headers": N} for
+the checkers (`billing_headers`: requests whose body held Claude Code's x-anthropic-billing-header,
+which the proxy must remove).
+
+A scenario may also give `tool_calls` (sent as structured `tool_calls` deltas after the script),
+`after_tool_script` (the reply once the last message is a tool result; `{result}` is replaced by
+its text) and `no_tools_script` (the reply to a request without tools, e.g. an agent's title
+request).
 """
 
 import argparse
@@ -27,7 +34,7 @@ with open(os.path.join(HERE, "scenarios.json"), encoding="utf-8") as f:
 SCENARIOS = {s["name"]: s for s in SUITE["scenarios"]}
 
 LOCK = threading.Lock()
-STATE = {"purges": 0, "chats": 0, "in_flight": {}}
+STATE = {"purges": 0, "chats": 0, "in_flight": {}, "billing_headers": 0}
 
 
 def pieces(text, size=3):
@@ -48,6 +55,13 @@ def last_user_text(messages):
 def reply_text(scenario, body):
     """The model's text for this request, or a loud wrong text when the proxy forwarded badly."""
     messages = body.get("messages") or []
+    if "no_tools_script" in scenario and not body.get("tools"):
+        return scenario["no_tools_script"]
+    if "after_tool_script" in scenario and messages and messages[-1].get("role") == "tool":
+        content = messages[-1].get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return scenario["after_tool_script"].replace("{result}", str(content))
     prefix = scenario.get("reject_user_prefix")
     if prefix and last_user_text(messages).lstrip().startswith(prefix):
         return "BACKEND SAW THE RESET COMMAND"
@@ -136,8 +150,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if b"x-anthropic-billing-header" in raw:
+            with LOCK:
+                STATE["billing_headers"] += 1
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(raw or b"{}")
         except ValueError:
             self.send_json(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
             return
@@ -185,8 +203,21 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
+        messages = body.get("messages") or [{}]
+        # After a tool result the model answers in text.
+        calls = [] if messages[-1].get("role") == "tool" else scenario.get("tool_calls") or []
+        if calls:
+            # Structured calls, as vLLM or llama.cpp send them: id and name first, then the
+            # arguments in pieces.
+            for i, c in enumerate(calls):
+                start = {"index": i, "id": "call_struct%d" % i, "type": "function",
+                         "function": {"name": c["name"], "arguments": ""}}
+                self.write_chunk(chunk({"tool_calls": [start]}))
+                for p in pieces(json.dumps(c["arguments"]), 7):
+                    self.write_chunk(chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]}))
+        finish = "tool_calls" if calls else "stop"
         n = len(pieces(text))
-        self.write_chunk(chunk({}, "stop", {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}))
+        self.write_chunk(chunk({}, finish, {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}))
         # Leave the in-flight count before the last frame: once the proxy has seen [DONE] it may
         # admit the next request, and that one must not find this one still counted.
         self.leave(scenario["name"])

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Client conformance suite, as .ci/run calls it: real SDKs (OpenAI Python and Node, LangChain,
-# the Vercel AI SDK) against blockops-proxy in front of a scripted fake backend. Installs the
+# the Vercel AI SDK, Anthropic Python and Node on the Messages front door) and Claude Code
+# itself (claude_code.sh, in a loopback-only network namespace) against blockops-proxy in front of a scripted fake backend. Installs the
 # pinned clients itself (a venv in ~/.cache/blockops, npm ci here), builds the proxy unless
 # BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json, and ends with
 # "clients: N passed, M failed" (exit 1 when any failed).
@@ -90,9 +91,16 @@ ARGS=(--proxy "$PROXY" --backend "$BACKEND")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
 "$VENV/bin/python" python/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/python.log"
 (cd node && node check.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/node.log"
+(cd python && "$VENV/bin/python" check_anthropic.py "${ARGS[@]}") 2>&1 | tee "$WORK/anthropic-python.log"
+(cd node && node check_anthropic.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/anthropic-node.log"
+if [ -z "$ONLY" ] || [[ ",$ONLY," == *",claude-code,"* ]]; then
+  BLOCKOPS_BIN="$BLOCKOPS_BIN" bash claude_code.sh 2>&1 | tee "$WORK/claude-code.log"
+fi
 
-passed=$(cat "$WORK/python.log" "$WORK/node.log" | grep -c '^PASS ')
-failed=$(cat "$WORK/python.log" "$WORK/node.log" | grep -c '^FAIL ')
+LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/anthropic-python.log" "$WORK/anthropic-node.log")
+[ -f "$WORK/claude-code.log" ] && LOGS+=("$WORK/claude-code.log")
+passed=$(cat "${LOGS[@]}" | grep -c '^PASS ')
+failed=$(cat "${LOGS[@]}" | grep -c '^FAIL ')
 if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
   failed=1
   echo "clients: no case ran"
