@@ -69,9 +69,9 @@ mkdir -p "$WORK/home" "$WORK/project"
   > "$WORK/claude.jsonl" 2> "$WORK/claude.err"
 rc=$?
 
-python3 - "$WORK/claude.jsonl" "$BACKEND" "$rc" <<'PY'
-import json, sys, urllib.request
-path, backend, rc = sys.argv[1], sys.argv[2], int(sys.argv[3])
+python3 - "$WORK/claude.jsonl" "$BACKEND" "$rc" "$PROXY" "$KEY" <<'PY'
+import json, re, sys, urllib.request
+path, backend, rc, proxy, key = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 lines = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip().startswith("{")]
 problems = []
 calls = [b for l in lines if l.get("type") == "assistant"
@@ -91,12 +91,19 @@ with urllib.request.urlopen(backend + "/_state", timeout=5) as r:
     state = json.load(r)
 if state["billing_headers"]:
     problems.append("the backend saw Claude Code's billing header %d times" % state["billing_headers"])
+# Claude Code did send it (else the check above proves nothing), and the proxy removed it.
+req = urllib.request.Request(proxy + "/metrics", headers={"authorization": "Bearer " + key})
+with urllib.request.urlopen(req, timeout=5) as r:
+    m = re.search(r"^blockops_billing_headers_removed_total (\d+)", r.read().decode(), re.M)
+removed = int(m.group(1)) if m else 0
+if removed == 0:
+    problems.append("no billing header was removed (did Claude Code stop sending it?)")
 if rc != 0:
     problems.append("claude exited %d" % rc)
 if problems:
     print("FAIL claude-code headless tool loop: " + "; ".join(problems))
     sys.exit(1)
-print("PASS claude-code headless tool loop (%d backend requests)" % state["chats"])
+print("PASS claude-code headless tool loop (%d backend requests, %d billing headers removed)" % (state["chats"], removed))
 PY
 ok=$?
 if [ $ok -ne 0 ]; then
