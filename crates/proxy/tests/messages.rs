@@ -77,7 +77,8 @@ async fn fake(frames: Vec<Bytes>, hold_at: Option<usize>) -> Fake {
                                 release.notified().await;
                             }
                             let Some(f) = frames.get(i).cloned() else {
-                                guard.0 = None; // finished: not a cancellation
+                                // Finished: not a cancellation.
+                                drop(guard.0.take());
                                 return None;
                             };
                             Some((Ok::<_, std::convert::Infallible>(f), (i + 1, guard)))
@@ -195,10 +196,20 @@ fn fold(evs: &[(String, Value)]) -> Value {
                 let delta = &d["delta"];
                 match (b["type"].as_str().unwrap(), delta["type"].as_str().unwrap()) {
                     ("text", "text_delta") => {
-                        b["text"] = format!("{}{}", b["text"].as_str().unwrap(), delta["text"].as_str().unwrap()).into();
+                        b["text"] = format!(
+                            "{}{}",
+                            b["text"].as_str().unwrap(),
+                            delta["text"].as_str().unwrap()
+                        )
+                        .into();
                     }
                     ("thinking", "thinking_delta") => {
-                        b["thinking"] = format!("{}{}", b["thinking"].as_str().unwrap(), delta["thinking"].as_str().unwrap()).into();
+                        b["thinking"] = format!(
+                            "{}{}",
+                            b["thinking"].as_str().unwrap(),
+                            delta["thinking"].as_str().unwrap()
+                        )
+                        .into();
                     }
                     ("thinking", "signature_delta") => b["signature"] = delta["signature"].clone(),
                     ("tool_use", "input_json_delta") => {
@@ -212,7 +223,10 @@ fn fold(evs: &[(String, Value)]) -> Value {
                 assert_eq!(d["index"], blocks.len() - 1);
                 let b = blocks.last_mut().unwrap();
                 if b["type"] == "thinking" {
-                    assert!(!b["signature"].as_str().unwrap().is_empty(), "unsigned thinking");
+                    assert!(
+                        !b["signature"].as_str().unwrap().is_empty(),
+                        "unsigned thinking"
+                    );
                 }
                 if b["type"] == "tool_use" && !partial_json.is_empty() {
                     b["input"] = serde_json::from_str(&partial_json).unwrap();
@@ -238,7 +252,10 @@ async fn post_messages(base: &str, body: &Value) -> reqwest::Response {
     client()
         .post(format!("{base}/v1/messages?beta=true"))
         .header("anthropic-version", "2023-06-01")
-        .header("anthropic-beta", "claude-code-20250219,interleaved-thinking-2025-05-14")
+        .header(
+            "anthropic-beta",
+            "claude-code-20250219,interleaved-thinking-2025-05-14",
+        )
         .json(body)
         .send()
         .await
@@ -254,7 +271,12 @@ async fn a_text_tool_call_comes_back_as_tool_use_streaming_and_not() {
     let r = post_messages(&base, &request(true)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    assert!(r.headers()["request-id"].to_str().unwrap().starts_with("req_"));
+    assert!(
+        r.headers()["request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
     let streamed = fold(&events(&r.text().await.unwrap()));
 
     let r = post_messages(&base, &request(false)).await;
@@ -264,7 +286,10 @@ async fn a_text_tool_call_comes_back_as_tool_use_streaming_and_not() {
     for m in [&streamed, &whole] {
         assert_eq!(m["type"], "message");
         assert_eq!(m["role"], "assistant");
-        assert_eq!(m["model"], "claude-sonnet-4-5", "the requested name is echoed");
+        assert_eq!(
+            m["model"], "claude-sonnet-4-5",
+            "the requested name is echoed"
+        );
         assert!(m["id"].as_str().unwrap().starts_with("msg_"));
         assert_eq!(m["stop_reason"], "tool_use");
         let content = m["content"].as_array().unwrap();
@@ -283,10 +308,19 @@ async fn a_text_tool_call_comes_back_as_tool_use_streaming_and_not() {
     let sent = backend.body(0);
     assert_eq!(sent["model"], "claude-sonnet-4-5");
     assert_eq!(sent["max_tokens"], 32000);
-    assert_eq!(sent["messages"][0], json!({"role": "system", "content": "You are a coding agent."}));
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "You are a coding agent."})
+    );
     assert_eq!(sent["tools"][0]["function"]["name"], "Bash");
     assert!(sent["tools"][0].get("cache_control").is_none());
-    for key in ["system", "thinking", "context_management", "output_config", "metadata"] {
+    for key in [
+        "system",
+        "thinking",
+        "context_management",
+        "output_config",
+        "metadata",
+    ] {
         assert!(sent.get(key).is_none(), "{key} was forwarded");
     }
     assert_eq!(sent["stream_options"]["include_usage"], true);
@@ -321,7 +355,10 @@ async fn the_tool_result_turn_reaches_the_backend_as_a_tool_message_with_the_cal
     let r = post_messages(&base, &body).await;
     assert_eq!(r.status(), 200);
     let m: Value = r.json().await.unwrap();
-    assert_eq!(m["content"], json!([{"type": "text", "text": "It printed hi."}]));
+    assert_eq!(
+        m["content"],
+        json!([{"type": "text", "text": "It printed hi."}])
+    );
     assert_eq!(m["stop_reason"], "end_turn");
     let sent = backend.body(0);
     assert_eq!(
@@ -354,7 +391,10 @@ async fn the_billing_header_never_reaches_the_backend() {
     }
     let bodies = backend.bodies.lock().unwrap().clone();
     assert_eq!(bodies.len(), 2);
-    assert_eq!(bodies[0], bodies[1], "the same conversation must be the same bytes");
+    assert_eq!(
+        bodies[0], bodies[1],
+        "the same conversation must be the same bytes"
+    );
     assert!(!String::from_utf8_lossy(&bodies[0]).contains("x-anthropic-billing-header"));
     let metrics = client()
         .get(format!("{base}/metrics"))
@@ -376,7 +416,10 @@ async fn structured_calls_and_reasoning_from_the_backend_become_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let frames = frames_end(
         vec![
-            chunk(json!({"role": "assistant", "reasoning_content": "Need "}), Value::Null),
+            chunk(
+                json!({"role": "assistant", "reasoning_content": "Need "}),
+                Value::Null,
+            ),
             chunk(json!({"reasoning_content": "a shell."}), Value::Null),
             chunk(json!({"content": "Sure."}), Value::Null),
             chunk(
@@ -397,11 +440,24 @@ async fn structured_calls_and_reasoning_from_the_backend_become_blocks() {
     );
     let backend = fake(frames, None).await;
     let (handle, base) = proxy(settings(&backend.url, &dir)).await;
-    let streamed = fold(&events(&post_messages(&base, &request(true)).await.text().await.unwrap()));
-    let whole: Value = post_messages(&base, &request(false)).await.json().await.unwrap();
+    let streamed = fold(&events(
+        &post_messages(&base, &request(true))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    ));
+    let whole: Value = post_messages(&base, &request(false))
+        .await
+        .json()
+        .await
+        .unwrap();
     for m in [&streamed, &whole] {
         let content = m["content"].as_array().unwrap();
-        let kinds: Vec<&str> = content.iter().map(|b| b["type"].as_str().unwrap()).collect();
+        let kinds: Vec<&str> = content
+            .iter()
+            .map(|b| b["type"].as_str().unwrap())
+            .collect();
         assert_eq!(kinds, ["thinking", "text", "tool_use"], "{m}");
         assert_eq!(content[0]["thinking"], "Need a shell.");
         assert!(!content[0]["signature"].as_str().unwrap().is_empty());
@@ -417,7 +473,11 @@ async fn error_of(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "error", "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     (status, v["error"].clone())
 }
 
@@ -439,17 +499,27 @@ async fn errors_are_in_anthropics_shape() {
         }
         r.send()
     };
-    let good = br#"{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}"#;
+    let good =
+        br#"{"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}"#;
     let key = Some(("x-api-key", "sk-local-key"));
 
     let (status, e) = error_of(post(good, None).await.unwrap()).await;
-    assert_eq!((status, e["type"].as_str()), (401, Some("authentication_error")));
+    assert_eq!(
+        (status, e["type"].as_str()),
+        (401, Some("authentication_error"))
+    );
     assert!(e["message"].as_str().unwrap().contains("x-api-key"));
     let (status, e) = error_of(post(good, Some(("x-api-key", "wrong"))).await.unwrap()).await;
-    assert_eq!((status, e["type"].as_str()), (401, Some("authentication_error")));
+    assert_eq!(
+        (status, e["type"].as_str()),
+        (401, Some("authentication_error"))
+    );
     assert_eq!(post(good, key).await.unwrap().status(), 200);
     assert_eq!(
-        post(good, Some(("authorization", "Bearer sk-local-key"))).await.unwrap().status(),
+        post(good, Some(("authorization", "Bearer sk-local-key")))
+            .await
+            .unwrap()
+            .status(),
         200
     );
 
@@ -495,11 +565,17 @@ async fn pings_flow_while_the_backend_is_silent_and_a_full_queue_is_529() {
 
     let mut r = post_messages(&base, &request(true)).await;
     assert_eq!(r.status(), 200);
-    tokio::time::timeout(BOUND, backend.arrived.recv()).await.unwrap();
+    tokio::time::timeout(BOUND, backend.arrived.recv())
+        .await
+        .unwrap();
     // The backend holds the only slot and says nothing: message_start, then pings.
     let mut seen = String::new();
     while seen.matches("event: ping").count() < 2 {
-        let chunk = tokio::time::timeout(BOUND, r.chunk()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(BOUND, r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     assert!(seen.starts_with("event: message_start\n"), "{seen}");
@@ -513,7 +589,11 @@ async fn pings_flow_while_the_backend_is_silent_and_a_full_queue_is_529() {
     assert_eq!(e["type"], "overloaded_error");
 
     backend.release.notify_one();
-    while let Some(chunk) = tokio::time::timeout(BOUND, r.chunk()).await.unwrap().unwrap() {
+    while let Some(chunk) = tokio::time::timeout(BOUND, r.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     let m = fold(&events(&seen));
@@ -530,7 +610,11 @@ async fn a_client_that_leaves_cancels_its_upstream_request() {
     let mut r = post_messages(&base, &request(true)).await;
     let mut seen = String::new();
     while !seen.contains("text_delta") {
-        let chunk = tokio::time::timeout(BOUND, r.chunk()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(BOUND, r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         seen.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     drop(r);
@@ -557,7 +641,11 @@ async fn a_stop_sequence_ends_the_reply_and_the_upstream_request() {
         } else {
             r.json().await.unwrap()
         };
-        assert_eq!(m["content"], json!([{"type": "text", "text": "one two "}]), "{m}");
+        assert_eq!(
+            m["content"],
+            json!([{"type": "text", "text": "one two "}]),
+            "{m}"
+        );
         assert_eq!(m["stop_reason"], "stop_sequence");
         assert_eq!(m["stop_sequence"], "END");
         // The backend, held after "ND three", was cancelled rather than waited for.
@@ -577,7 +665,11 @@ async fn a_backend_that_fails_mid_stream_ends_with_an_error_event() {
     let frames = vec![chunk(json!({"content": "The weather is"}), Value::Null)];
     let backend = fake(frames, None).await;
     let (handle, base) = proxy(settings(&backend.url, &dir)).await;
-    let text = post_messages(&base, &request(true)).await.text().await.unwrap();
+    let text = post_messages(&base, &request(true))
+        .await
+        .text()
+        .await
+        .unwrap();
     let evs = events(&text);
     assert!(
         evs.iter()
@@ -586,6 +678,12 @@ async fn a_backend_that_fails_mid_stream_ends_with_an_error_event() {
     );
     let (name, last) = evs.last().unwrap();
     assert_eq!(name, "error", "{text}");
-    assert!(last["error"]["message"].as_str().unwrap().contains("backend"), "{last}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("backend"),
+        "{last}"
+    );
     handle.shutdown().await;
 }
