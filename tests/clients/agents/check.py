@@ -18,12 +18,17 @@ An agent's own "success" is not enough: both report success when a call stays te
 run points each agent straight at the backend with a text-format call, and passes only when the
 checks above fail there (the agent reports the raw markup instead of running the tool).
 
+The README's "Use it with your agent" snippets for both agents are run as written too (the model
+name swapped for a scenario, the `npm install -g` and interactive lines left out), against a proxy
+on the port they name, with the same checks.
+
 Prints one PASS/FAIL line per agent and case; run.sh counts them.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -269,11 +274,73 @@ def control(agent, scenario, args, backend, work, lock):
             print("PASS %s (%s; %.1f s)" % (label, why, took), flush=True)
 
 
+# --- The README's snippets, as written -------------------------------------------------------------
+
+README = os.path.join(CLIENTS, "..", "..", "README.md")
+README_MODEL = "qwen3-coder"          # the placeholder model name the README uses
+README_SCENARIO = "agent-xml-function"  # Qwen3-Coder's own format
+
+
+def readme_blocks():
+    """{"qwen": [(lang, text)...], "opencode": [...]} from the README's agent subsections."""
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    section = text[text.index("## Use it with your agent"):]
+    section = section[: section.index("\n## ", 1)]
+    out = {}
+    for name, title in (("qwen", "### Qwen Code"), ("opencode", "### opencode")):
+        sub = section[section.index(title):]
+        sub = sub[: sub.index("\n### ", 1)]
+        out[name] = re.findall(r"```(\w+)\n(.*?)```", sub, re.S)
+    return out
+
+
+def readme_case(agent, args, backend, work, lock):
+    """The README's snippet for this agent, run as written against a proxy on the README's port."""
+    label = "%s readme-snippet" % agent.name
+    problems = []
+    model = "%s.readme-%s" % (README_SCENARIO, agent.name)
+    home = os.path.join(work, "readme-" + agent.name)
+    cwd = os.path.join(home, "work")
+    os.makedirs(cwd, exist_ok=True)
+    try:
+        blocks = [(lang, body.replace(README_MODEL, model)) for lang, body in readme_blocks()[agent.name]]
+        shell = [b for lang, b in blocks if lang == "sh"]
+        config = [b for lang, b in blocks if lang == "json"]
+        if len(shell) != 1 or len(config) != 1:
+            raise ValueError("expected one sh and one json block, found %s" % [lang for lang, _ in blocks])
+        where = {"qwen": ".qwen/settings.json", "opencode": ".config/opencode/opencode.json"}[agent.name]
+        os.makedirs(os.path.dirname(os.path.join(home, where)), exist_ok=True)
+        with open(os.path.join(home, where), "w", encoding="utf-8") as f:
+            f.write(config[0])
+        lines = [l for l in shell[0].splitlines() if not l.startswith("npm install") and "# interactive" not in l]
+        env = {"PATH": agent.path().replace("/usr/local/bin", agent.bin_dir + ":/usr/local/bin"),
+               "HOME": home, "LANG": "C.UTF-8", "TERM": "dumb", "NO_COLOR": "1"}
+        p = subprocess.run(["bash", "-c", "set -e\n" + "\n".join(lines)], cwd=cwd, env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=args.timeout)
+        if p.returncode != 0:
+            problems.append("exit %s: %s" % (p.returncode, p.stderr.strip()[-300:]))
+        final, shown, error = agent.outcome(p.stdout)
+        record = get_json(backend + "/_state")["agents"].get(model)
+        if record is None or not record["verified"]:
+            problems.append("the shell tool never ran (backend: %s)" % (record and record["errors"]))
+        elif (final or "").strip() != record["final"]:
+            problems.append("the agent ended with %r, not %r" % ((final or "")[:200], record["final"]))
+    except subprocess.TimeoutExpired:
+        problems.append("timed out after %d s" % args.timeout)
+    except (OSError, ValueError) as e:
+        problems.append("cannot run the README snippet: %s" % e)
+    with lock:
+        print(("FAIL %s: %s" % (label, "; ".join(problems))) if problems else ("PASS %s" % label), flush=True)
+
+
 def lane(agent, scenarios, args, proxy, backend, work, lock):
     for s in scenarios:
         case(agent, s, args, proxy, backend, work, lock)
     if not args.only or CONTROL_SCENARIO in args.only:
         control(agent, next(s for s in AGENT_SCENARIOS if s["name"] == CONTROL_SCENARIO), args, backend, work, lock)
+    if args.readme and (not args.only or "readme" in args.only):
+        readme_case(agent, args, backend, work, lock)
 
 
 def main():
@@ -284,6 +351,7 @@ def main():
     ap.add_argument("--agent", default="qwen,opencode", help="which agents, comma-separated")
     ap.add_argument("--timeout", type=float, default=90, help="seconds for one agent run")
     ap.add_argument("--keep", help="keep the scratch folder (logs, agent output) here")
+    ap.add_argument("--no-readme", dest="readme", action="store_false", help="skip the README snippets")
     args = ap.parse_args()
     args.only = set(filter(None, args.only.split(",")))
 
@@ -319,6 +387,16 @@ def main():
         if not wait_up(proxy + "/health"):
             print("FAIL agents: the proxy did not start")
             return 1
+        if args.readme:
+            # The README's snippets name 127.0.0.1:8080, blockops' default: a second proxy there,
+            # started the way the README starts one (defaults, BACKEND_URL only).
+            readme_env = {"PATH": env["PATH"], "HOME": work, "RUST_LOG": "warn", "BACKEND_URL": backend,
+                          "BLOCKOPS_LOG_FILE": os.path.join(work, "traffic-readme.log")}
+            procs.append(subprocess.Popen([args.bin], env=readme_env, stdout=open(os.path.join(work, "proxy-readme.out"), "w"),
+                                          stderr=subprocess.STDOUT))
+            if not wait_up("http://127.0.0.1:8080/health"):
+                print("FAIL agents: the README's proxy on 127.0.0.1:8080 did not start")
+                args.readme = False
         print("agents: proxy %s, backend %s, scratch %s" % (proxy, backend, work), flush=True)
 
         scenarios = [s for s in AGENT_SCENARIOS if not args.only or s["name"] in args.only]
