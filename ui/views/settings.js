@@ -115,7 +115,9 @@ export class SettingsView {
         h('div', { class: 'test-result', id: 'backend-test-result', role: 'status', 'aria-live': 'polite', hidden: true }),
         err);
     }
-    return h('div', { class: 'field', dataset: { field: s.key } }, label, control, hint, err);
+    // A list with named choices spells them out in its hint: give it the room.
+    const wide = s.type === 'list' && s.choices;
+    return h('div', { class: wide ? 'field field-wide' : 'field', dataset: { field: s.key } }, label, control, hint, err);
   }
 
   /** Fills the form; fields the user is editing keep their value unless `force`. */
