@@ -40,6 +40,13 @@ pub async fn config(State(state): State<AppState>) -> Response {
     Json(state.settings.current().to_public_json()).into_response()
 }
 
+/// `GET /admin/api/config/schema`: what each setting may be (type, bounds, unit, choices,
+/// default, live or restart), from the table the server validates with. The dashboard builds
+/// its settings form from it.
+pub async fn config_schema() -> Response {
+    Json(crate::config::schema()).into_response()
+}
+
 /// Reads a JSON object body (admin endpoints that change things accept nothing else).
 async fn json_body(request: Request) -> Result<Value, ProxyError> {
     let json = request

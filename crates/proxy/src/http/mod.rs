@@ -35,6 +35,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/api/config",
             get(admin::config).merge(patch(admin::patch_config)),
         )
+        .route("/admin/api/config/schema", get(admin::config_schema))
         .route("/admin/api/backend/test", post(admin::test_backend))
         .route("/admin/api/cache/purge", post(admin::purge_cache))
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
