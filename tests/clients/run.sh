@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Client conformance suite, as .ci/run calls it: real SDKs (OpenAI Python and Node, LangChain,
-# the Vercel AI SDK, Anthropic Python and Node on the Messages front door) and Claude Code
-# itself (claude_code.sh, in a loopback-only network namespace) against blockops-proxy in front of a scripted fake backend. Installs the
-# pinned clients itself (a venv in ~/.cache/blockops, npm ci here), builds the proxy unless
-# BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json, and ends with
-# "clients: N passed, M failed" (exit 1 when any failed).
+# the Vercel AI SDK, Anthropic Python and Node on the Messages front door) against blockops-proxy
+# in front of a scripted fake backend, then the coding agents Qwen Code and opencode
+# (agents/check.py) and Claude Code (claude_code.sh): headless, in a network namespace with only
+# loopback, with a proxy and backend of their own. Installs the pinned clients itself (a venv in
+# ~/.cache/blockops, npm ci in node/ and claude-code/, npm install of the pinned agents in
+# agents/), builds the proxy unless BLOCKOPS_BIN names one, runs every client on every scenario
+# of scenarios.json and every agent on every agent scenario, and ends with "clients: N passed, M
+# failed" (exit 1 when any failed). The agents need root (for `unshare -n`); BLOCKOPS_AGENTS=0
+# leaves them out.
 #   bash tests/clients/run.sh [--only scenario,scenario]
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -27,6 +31,11 @@ die() { echo "clients: $*"; echo "clients: 0 passed, 1 failed"; exit 1; }
 command -v python3 >/dev/null 2>&1 || need_apt python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt python3-venv
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then need_apt nodejs npm; fi
+AGENTS="${BLOCKOPS_AGENTS:-1}"
+if [ "$AGENTS" != 0 ]; then
+  command -v ip >/dev/null 2>&1 || need_apt iproute2
+  command -v unshare >/dev/null 2>&1 || need_apt util-linux
+fi
 
 # Python clients: a venv per pinned set, rebuilt when requirements.txt changes.
 VENV="${BLOCKOPS_CLIENTS_VENV:-$HOME/.cache/blockops/venv-clients}"
@@ -93,11 +102,40 @@ ARGS=(--proxy "$PROXY" --backend "$BACKEND")
 (cd node && node check.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/node.log"
 (cd python && "$VENV/bin/python" check_anthropic.py "${ARGS[@]}") 2>&1 | tee "$WORK/anthropic-python.log"
 (cd node && node check_anthropic.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/anthropic-node.log"
-if [ -z "$ONLY" ] || [[ ",$ONLY," == *",claude-code,"* ]]; then
+if [ "$AGENTS" != 0 ] && { [ -z "$ONLY" ] || [[ ",$ONLY," == *",claude-code,"* ]]; }; then
   BLOCKOPS_BIN="$BLOCKOPS_BIN" bash claude_code.sh 2>&1 | tee "$WORK/claude-code.log"
 fi
 
-LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/anthropic-python.log" "$WORK/anthropic-node.log")
+# Coding agents, pinned in agents/package.json (with Node 22 from npm for Qwen Code). Their
+# packages are bundles with only optional platform dependencies, which npm 11 leaves out of the
+# lock file for other platforms, so `npm ci` refuses it: `npm install --no-save` follows the lock.
+touch "$WORK/agents.log"
+install_agents() {
+  if [ -f agents/node_modules/.package-lock.json ] && cmp -s agents/package-lock.json agents/node_modules/.blockops-lock; then
+    return 0
+  fi
+  echo "clients: installing the coding agents"
+  (cd agents && npm install --no-save --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.blockops-lock)
+}
+if [ "$AGENTS" != 0 ]; then
+  agents_start=$SECONDS
+  {
+    if [ "$(id -u)" != 0 ]; then
+      echo "FAIL agents: the agents run in a network namespace (unshare -n), which needs root"
+    elif ! install_agents; then
+      echo "FAIL agents: npm install in tests/clients/agents failed"
+    else
+      AARGS=(--bin "$BLOCKOPS_BIN" --keep "$WORK/agents")
+      [ -n "$ONLY" ] && AARGS+=(--only "$ONLY")
+      # Every agent run has its own timeout (check.py --timeout); this bounds the whole part.
+      timeout -k 10 900 unshare -n python3 agents/check.py "${AARGS[@]}" \
+        || echo "FAIL agents: agents/check.py exited with status $?"
+    fi
+  } 2>&1 | tee "$WORK/agents.log"
+  echo "clients: the coding agents took $((SECONDS - agents_start)) s"
+fi
+
+LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/anthropic-python.log" "$WORK/anthropic-node.log" "$WORK/agents.log")
 [ -f "$WORK/claude-code.log" ] && LOGS+=("$WORK/claude-code.log")
 passed=$(cat "${LOGS[@]}" | grep -c '^PASS ')
 failed=$(cat "${LOGS[@]}" | grep -c '^FAIL ')
@@ -107,6 +145,11 @@ if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
 fi
 if [ "$failed" -gt 0 ] && [ -n "${BLOCKOPS_ARTIFACTS:-}" ]; then
   mkdir -p "$BLOCKOPS_ARTIFACTS" && cp "$WORK/proxy.out" "$BLOCKOPS_ARTIFACTS/clients-proxy.log"
+  if grep -q '^FAIL ' "$WORK/agents.log" && [ -d "$WORK/agents" ]; then
+    rm -rf "$BLOCKOPS_ARTIFACTS/clients-agents"
+    mkdir -p "$BLOCKOPS_ARTIFACTS/clients-agents"
+    (cd "$WORK/agents" && cp -- *.stdout *.stderr *.json proxy.out backend.out "$BLOCKOPS_ARTIFACTS/clients-agents/" 2>/dev/null)
+  fi
 fi
 echo "clients: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

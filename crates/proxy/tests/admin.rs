@@ -371,7 +371,7 @@ async fn the_event_stream_starts_with_the_snapshot_then_sends_events() {
 
     state.hub.publish(ProxyEvent::Noticed {
         request_id: None,
-        kind: "memory".into(),
+        kind: blockops_proxy::observe::NoticeKind::Memory,
         text: "Memory pressure: 91% used".into(),
     });
     let frames = body.until("event: proxy").await;
@@ -583,6 +583,91 @@ async fn bad_patches_are_400_naming_the_field_and_change_nothing() {
     );
 }
 
+/// The dashboard builds its form from `GET /admin/api/config/schema`; the bounds it shows must be
+/// what a PATCH accepts, for every live number, and every setting GET config shows is described.
+#[tokio::test]
+async fn the_settings_schema_describes_every_setting_with_the_bounds_patch_enforces() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = build_state(settings(&dead_url().await, &dir));
+    let (code, schema) = json_of(send(&state, get_req("/admin/api/config/schema")).await).await;
+    assert_eq!(code, StatusCode::OK, "{schema}");
+    let described = schema["settings"].as_array().expect("settings: [...]");
+    let (_, config) = json_of(send(&state, get_req("/admin/api/config")).await).await;
+    for key in config.as_object().unwrap().keys() {
+        if key == "api_key_set" {
+            continue;
+        }
+        let d = described
+            .iter()
+            .find(|d| d["key"] == key.as_str())
+            .unwrap_or_else(|| panic!("GET config shows {key}, the schema does not describe it"));
+        assert!(
+            d["label"].as_str().is_some_and(|l| !l.is_empty()),
+            "{key}: {d}"
+        );
+        assert!(d["live"].is_boolean(), "{key}: {d}");
+    }
+    assert!(
+        described
+            .iter()
+            .any(|d| d["key"] == "max_concurrent" && d["min"] == 1 && d["live"] == true),
+        "max_concurrent is live with min 1"
+    );
+
+    // Each live number just past either bound is refused, naming the key.
+    let mut lowest = serde_json::Map::new();
+    let mut highest = serde_json::Map::new();
+    for d in described {
+        let key = d["key"].as_str().unwrap();
+        let integer = d["type"] == "integer";
+        if d["live"] != true || !(integer || d["type"] == "number") {
+            continue;
+        }
+        let (min, max) = (d["min"].as_f64().unwrap(), d["max"].as_f64().unwrap());
+        let hair = |x: f64| {
+            if integer {
+                1.0
+            } else {
+                (x.abs() * 1e-9).max(1e-9)
+            }
+        };
+        // As the form sends them: whole numbers without a fraction.
+        let num = |x: f64| if integer { json!(x as i64) } else { json!(x) };
+        let low = if d["exclusive_min"] == true {
+            min + hair(min)
+        } else {
+            min
+        };
+        for bad in [min - hair(min), max + hair(max)] {
+            let body = json!({ key: num(bad) }).to_string();
+            let (code, e) =
+                json_of(send(&state, json_req("PATCH", "/admin/api/config", &body)).await).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{body} → {e}");
+            assert_eq!(e["error"]["param"], key, "{body} → {e}");
+        }
+        if d["exclusive_min"] == true {
+            let body = json!({ key: min }).to_string();
+            let (code, e) =
+                json_of(send(&state, json_req("PATCH", "/admin/api/config", &body)).await).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{body} → {e}");
+        }
+        lowest.insert(key.into(), num(low));
+        highest.insert(key.into(), num(max));
+    }
+    assert!(lowest.len() >= 10, "live numbers: {lowest:?}");
+
+    // And every bound itself is accepted (all at once, so the warn ≤ hard rules hold).
+    for bounds in [lowest, highest] {
+        let body = Value::Object(bounds.clone()).to_string();
+        let (code, after) =
+            json_of(send(&state, json_req("PATCH", "/admin/api/config", &body)).await).await;
+        assert_eq!(code, StatusCode::OK, "{body} → {after}");
+        for (key, v) in &bounds {
+            assert_eq!(after[key].as_f64(), v.as_f64(), "{key}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn backend_test_probes_a_url_before_it_is_saved() {
     let dir = tempfile::tempdir().unwrap();
@@ -737,28 +822,33 @@ async fn metrics_are_prometheus_text_and_move_after_a_request() {
             .unwrap_or_else(|| panic!("no {k} in {after:?}"))
     };
     assert_eq!(
-        get(r#"blockops_requests_total{model="fake",status="200"}"#),
-        2.0
-    );
-    assert_eq!(get(r#"blockops_prompt_tokens_total{model="fake"}"#), 14.0);
-    assert_eq!(
-        get(r#"blockops_generation_tokens_total{model="fake"}"#),
+        get(r#"blockops_requests_total{model="fake",front_door="chat",status="200"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_e2e_request_latency_seconds_count{model="fake"}"#),
+        get(r#"blockops_prompt_tokens_total{model="fake",front_door="chat"}"#),
+        14.0
+    );
+    assert_eq!(
+        get(r#"blockops_generation_tokens_total{model="fake",front_door="chat"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_time_to_first_token_seconds_count{model="fake"}"#),
+        get(r#"blockops_e2e_request_latency_seconds_count{model="fake",front_door="chat"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_request_queue_time_seconds_count{model="fake"}"#),
+        get(r#"blockops_time_to_first_token_seconds_count{model="fake",front_door="chat"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_e2e_request_latency_seconds_bucket{model="fake",le="+Inf"}"#),
+        get(r#"blockops_request_queue_time_seconds_count{model="fake",front_door="chat"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(
+            r#"blockops_e2e_request_latency_seconds_bucket{model="fake",front_door="chat",le="+Inf"}"#
+        ),
         2.0
     );
     assert_eq!(get("blockops_proxy_overhead_seconds_count"), 2.0);
@@ -780,7 +870,7 @@ async fn a_stalled_event_subscriber_lags_and_never_slows_requests() {
         for _ in 0..100 {
             state.hub.publish(ProxyEvent::Noticed {
                 request_id: None,
-                kind: "test".into(),
+                kind: blockops_proxy::observe::NoticeKind::Memory,
                 text: format!("filler {i}"),
             });
         }
@@ -814,7 +904,7 @@ async fn a_stalled_event_subscriber_lags_and_never_slows_requests() {
     // And it keeps going after the gap: the latest state still arrives.
     state.hub.publish(ProxyEvent::Noticed {
         request_id: None,
-        kind: "test".into(),
+        kind: blockops_proxy::observe::NoticeKind::Memory,
         text: "after the gap".into(),
     });
     events.until("after the gap").await;

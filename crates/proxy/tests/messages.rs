@@ -331,6 +331,9 @@ async fn a_text_tool_call_comes_back_as_tool_use_streaming_and_not() {
     for r in &records {
         assert_eq!(r["front_door"], "messages", "{r}");
         assert_eq!(r["model"], "claude-sonnet-4-5");
+        // The record keeps what the client sent, and what went upstream beside it.
+        assert_eq!(r["request"]["output_config"]["effort"], "high", "{r}");
+        assert_eq!(r["upstream_request"]["tools"][0]["type"], "function", "{r}");
     }
 }
 

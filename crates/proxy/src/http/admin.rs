@@ -40,6 +40,13 @@ pub async fn config(State(state): State<AppState>) -> Response {
     Json(state.settings.current().to_public_json()).into_response()
 }
 
+/// `GET /admin/api/config/schema`: what each setting may be (type, bounds, unit, choices,
+/// default, live or restart), from the table the server validates with. The dashboard builds
+/// its settings form from it.
+pub async fn config_schema() -> Response {
+    Json(crate::config::schema()).into_response()
+}
+
 /// Reads a JSON object body (admin endpoints that change things accept nothing else).
 async fn json_body(request: Request) -> Result<Value, ProxyError> {
     let json = request
@@ -228,7 +235,8 @@ pub async fn events(State(state): State<AppState>) -> Response {
         }
     });
     let interval = Duration::from_secs_f64(state.settings.current().heartbeat_interval_secs);
-    let mut response = crate::pipeline::sse_response(rx, interval);
+    let mut response =
+        crate::http::stream::sse_response(rx, interval, crate::http::stream::Rendered);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

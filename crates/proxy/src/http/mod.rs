@@ -26,6 +26,7 @@ use serde_json::json;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .merge(messages::routes())
         .route("/v1/{*path}", any(passthrough::forward))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/api/config",
             get(admin::config).merge(patch(admin::patch_config)),
         )
+        .route("/admin/api/config/schema", get(admin::config_schema))
         .route("/admin/api/backend/test", post(admin::test_backend))
         .route("/admin/api/cache/purge", post(admin::purge_cache))
         .route("/", get(|| async { Redirect::temporary("/ui/") }))

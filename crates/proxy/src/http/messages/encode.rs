@@ -21,8 +21,6 @@ pub struct Head {
     pub model: String,
     /// The prompt's estimated tokens, until the backend reports its own count.
     pub input_tokens: u64,
-    /// Notices are shown in the reply's text (the `notices = "content"` setting).
-    pub notices_in_content: bool,
     /// Bytes per token, to estimate output tokens when the backend reports none.
     pub bytes_per_token: f64,
 }
@@ -104,10 +102,9 @@ pub fn message(head: &Head, fold: &Fold) -> Value {
         content.push(json!({"type": "thinking", "thinking": r, "signature": head.signature()}));
     }
     let mut text = String::new();
-    if head.notices_in_content {
-        for n in &fold.notices {
-            text.push_str(&notice_line(&n.text));
-        }
+    // The core sends notices only when the settings put them in the reply.
+    for n in &fold.notices {
+        text.push_str(&notice_line(&n.text));
     }
     text.push_str(&choice.content);
     if !text.is_empty() {
@@ -251,7 +248,7 @@ impl Encoder {
 
     fn event(&mut self, out: &mut BytesMut, event: &Event) {
         match event {
-            Event::Notice { text, .. } if self.head.notices_in_content => {
+            Event::Notice { text, .. } => {
                 self.text(out, &notice_line(text));
             }
             Event::Text { choice: 0, text } => self.text(out, text),
@@ -352,7 +349,6 @@ mod tests {
             id: "msg_1".into(),
             model: "claude-sonnet-4-5".into(),
             input_tokens: 12,
-            notices_in_content: true,
             bytes_per_token: 4.0,
         }
     }
