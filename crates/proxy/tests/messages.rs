@@ -195,22 +195,8 @@ fn fold(evs: &[(String, Value)]) -> Value {
                 let b = blocks.last_mut().unwrap();
                 let delta = &d["delta"];
                 match (b["type"].as_str().unwrap(), delta["type"].as_str().unwrap()) {
-                    ("text", "text_delta") => {
-                        b["text"] = format!(
-                            "{}{}",
-                            b["text"].as_str().unwrap(),
-                            delta["text"].as_str().unwrap()
-                        )
-                        .into();
-                    }
-                    ("thinking", "thinking_delta") => {
-                        b["thinking"] = format!(
-                            "{}{}",
-                            b["thinking"].as_str().unwrap(),
-                            delta["thinking"].as_str().unwrap()
-                        )
-                        .into();
-                    }
+                    ("text", "text_delta") => append(b, delta, "text"),
+                    ("thinking", "thinking_delta") => append(b, delta, "thinking"),
                     ("thinking", "signature_delta") => b["signature"] = delta["signature"].clone(),
                     ("tool_use", "input_json_delta") => {
                         partial_json.push_str(delta["partial_json"].as_str().unwrap());
@@ -246,6 +232,16 @@ fn fold(evs: &[(String, Value)]) -> Value {
     assert_eq!(evs.last().unwrap().0, "message_stop");
     message["content"] = Value::Array(blocks);
     message
+}
+
+/// Appends a delta's `key` text to the block's.
+fn append(block: &mut Value, delta: &Value, key: &str) {
+    let text = format!(
+        "{}{}",
+        block[key].as_str().unwrap(),
+        delta[key].as_str().unwrap()
+    );
+    block[key] = text.into();
 }
 
 async fn post_messages(base: &str, body: &Value) -> reqwest::Response {

@@ -78,45 +78,30 @@ def tool_loop_turns(message, result):
     return [assistant, {"role": "user", "content": results}]
 
 
-def run_create(proxy, s):
+def final_message(c, s, system, msgs, streaming, out):
+    """One request through `messages.create` or `messages.stream`; the final Message."""
+    params = dict(model=s["name"], max_tokens=MAX_TOKENS, system=system, messages=msgs, tools=TOOLS)
+    if not streaming:
+        return c.messages.create(**params)
+    with c.messages.stream(**params) as stream:
+        for event in stream:
+            if event.type == "text":
+                out.partial += event.text
+        return stream.get_final_message()
+
+
+def run_sdk(proxy, s, streaming):
     out = chat.Outcome()
     system, msgs = anthropic_messages(s)
     c = client(proxy)
     try:
-        m = c.messages.create(model=s["name"], max_tokens=MAX_TOKENS, system=system,
-                              messages=msgs, tools=TOOLS)
+        m = final_message(c, s, system, msgs, streaming, out)
         if m.model != s["name"]:
             raise AssertionError("model %r, expected the requested %r" % (m.model, s["name"]))
         fill(out, m)
         if "tool_result" in s and out.calls:
             msgs += tool_loop_turns(m, s["tool_result"])
-            again = c.messages.create(model=s["name"], max_tokens=MAX_TOKENS, system=system,
-                                      messages=msgs, tools=TOOLS)
-            out.final_content = "".join(b.text for b in again.content if b.type == "text")
-    except AssertionError:
-        raise
-    except Exception as e:
-        out.error = api_error(e)
-    return out
-
-
-def run_stream(proxy, s):
-    out = chat.Outcome()
-    system, msgs = anthropic_messages(s)
-    c = client(proxy)
-    try:
-        with c.messages.stream(model=s["name"], max_tokens=MAX_TOKENS, system=system,
-                               messages=msgs, tools=TOOLS) as stream:
-            for event in stream:
-                if event.type == "text":
-                    out.partial += event.text
-            m = stream.get_final_message()
-        fill(out, m)
-        if "tool_result" in s and out.calls:
-            msgs += tool_loop_turns(m, s["tool_result"])
-            with c.messages.stream(model=s["name"], max_tokens=MAX_TOKENS, system=system,
-                                   messages=msgs, tools=TOOLS) as stream:
-                again = stream.get_final_message()
+            again = final_message(c, s, system, msgs, streaming, chat.Outcome())
             out.final_content = "".join(b.text for b in again.content if b.type == "text")
     except AssertionError:
         raise
@@ -216,8 +201,8 @@ def run_raw(proxy, s):
 
 
 CLIENTS = [
-    ("py-anthropic.create", run_create, {"reasoning": True}),
-    ("py-anthropic.stream", run_stream, {"reasoning": True, "streaming": True}),
+    ("py-anthropic.create", lambda p, s: run_sdk(p, s, False), {"reasoning": True}),
+    ("py-anthropic.stream", lambda p, s: run_sdk(p, s, True), {"reasoning": True, "streaming": True}),
     ("raw-messages", run_raw, {"reasoning": True, "streaming": True, "raw": True}),
 ]
 
