@@ -12,7 +12,7 @@ mod ui;
 /// Public for the fuzz targets and property tests (crates/proxy/fuzz).
 pub use chat::parse_chat_body;
 
-use crate::{backend, error::ProxyError, state::AppState};
+use crate::{backend, error::ProxyError, pipeline::AppState};
 use axum::{
     Json, Router,
     extract::State,

@@ -10,8 +10,7 @@ use super::{
 use crate::{
     error::ProxyError,
     observe::{NoticeKind, ProxyEvent},
-    pipeline::{Exchange, reply::Notice, tokenize},
-    state::AppState,
+    pipeline::{AppState, Exchange, reply::Notice},
 };
 use serde_json::{Map, Value, json};
 
@@ -29,8 +28,8 @@ pub async fn reset(state: &AppState, ex: &mut Exchange) -> AfterReset {
     let Some(reset) = reset_command(&ex.body, &ex.ctx.settings.reset_commands) else {
         return AfterReset::Forward;
     };
-    let outcome = crate::purge::purge(state, Some(&ex.ctx.model)).await;
-    let line = crate::purge::sentence(&outcome);
+    let outcome = crate::pipeline::purge::purge(state, Some(&ex.ctx.model)).await;
+    let line = crate::backend::purge::sentence(&outcome);
     ex.shaping = Some(json!({"action": "reset", "purge": outcome}));
     match reset {
         Reset::Only { .. } => AfterReset::Answer(line),
@@ -59,7 +58,7 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
         |tokens: u64| tokens.saturating_mul(5) >= settings.token_warn_threshold.saturating_mul(4);
     let mut counted: Option<(u64, &'static str)> = None;
     if near(measure.tokens(bytes_per_token))
-        && let Some(c) = tokenize::count(state, body).await
+        && let Some(c) = crate::pipeline::count_with_tokenizer(state, body).await
     {
         let counted_part = if c.includes_tools {
             measure
@@ -86,7 +85,7 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
         let mut trimmed = body.clone();
         trimmed.insert("messages".into(), Value::Array(messages.clone()));
         let budget = policy.hard_tokens.saturating_sub(max_tokens(body));
-        if let Some(c) = tokenize::count(state, &trimmed).await
+        if let Some(c) = crate::pipeline::count_with_tokenizer(state, &trimmed).await
             && c.tokens > budget
         {
             let part = if c.includes_tools {

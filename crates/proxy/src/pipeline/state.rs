@@ -1,11 +1,10 @@
 //! The shared state every handler and stage sees, and the owner of request tasks.
 
+use super::{admission::Gate, shaping::estimate::Calibration};
 use crate::{
+    backend::purge,
     config::LiveSettings,
-    memory::MemoryMonitor,
-    observe::Hub,
-    pipeline::{admission::Gate, shaping::estimate::Calibration},
-    purge,
+    observe::{Hub, memory::MemoryMonitor},
 };
 use std::{
     future::Future,

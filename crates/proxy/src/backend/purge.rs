@@ -16,15 +16,13 @@
 use crate::{
     backend::{self, BackendKind},
     config::{CachePurge, Settings},
-    observe::{ProxyEvent, PurgeOutcome},
-    state::AppState,
+    observe::PurgeOutcome,
 };
 use serde_json::{Value, json};
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::time::Instant;
 
 /// Longest wait for requests in flight to finish before purging.
 pub const WAIT_FOR_SLOTS: Duration = Duration::from_secs(30);
@@ -83,13 +81,19 @@ impl Detected {
 }
 
 /// Why no adapter could be chosen: the outcome to report instead.
-struct NoAdapter {
-    adapter: &'static str,
-    status: &'static str,
-    message: String,
+pub struct NoAdapter {
+    pub adapter: &'static str,
+    pub status: &'static str,
+    pub message: String,
 }
 
-async fn choose(state: &AppState, settings: &Settings) -> Result<Adapter, NoAdapter> {
+/// The adapter for the backend in `settings`: the configured one, or (`auto`) the one its kind
+/// calls for, probed once per backend URL.
+pub async fn choose(
+    client: &reqwest::Client,
+    detected: &Detected,
+    settings: &Settings,
+) -> Result<Adapter, NoAdapter> {
     match settings.cache_purge {
         CachePurge::Off => Err(NoAdapter {
             adapter: "off",
@@ -101,18 +105,18 @@ async fn choose(state: &AppState, settings: &Settings) -> Result<Adapter, NoAdap
         CachePurge::Llamacpp => Ok(Adapter::Llamacpp),
         CachePurge::Ollama => Ok(Adapter::Ollama),
         CachePurge::Auto => {
-            if let Some(a) = state.purge_adapter.get(&settings.backend_url) {
+            if let Some(a) = detected.get(&settings.backend_url) {
                 return Ok(a);
             }
             let probe = backend::probe(
-                &state.client,
+                client,
                 &settings.backend_url,
                 settings.upstream_api_key.as_deref(),
             )
             .await;
             match Adapter::of_kind(probe.kind).filter(|_| probe.reachable) {
                 Some(a) => {
-                    state.purge_adapter.remember(&settings.backend_url, a);
+                    detected.remember(&settings.backend_url, a);
                     Ok(a)
                 }
                 None => Err(NoAdapter {
@@ -129,68 +133,15 @@ async fn choose(state: &AppState, settings: &Settings) -> Result<Adapter, NoAdap
     }
 }
 
-/// Purges the backend's KV cache. `model` is the conversation's model (Ollama unloads that one;
-/// without it, every model Ollama has loaded). Publishes the outcome and returns it.
-pub async fn purge(state: &AppState, model: Option<&str>) -> PurgeOutcome {
-    let started = Instant::now();
-    let settings = state.settings.current();
-    let (adapter, status, message) = match choose(state, &settings).await {
-        Err(n) => (n.adapter.to_owned(), n.status, n.message),
-        Ok(Adapter::Mlx) => (
-            "mlx".to_owned(),
-            "unsupported",
-            "not supported by this backend: stock mlx_lm.server has no cache-purge endpoint (see the README for the workaround)".to_owned(),
-        ),
-        Ok(adapter) => {
-            let (status, message) = purge_with(state, &settings, adapter, model).await;
-            (adapter.as_str().to_owned(), status, message)
-        }
-    };
-    let outcome = PurgeOutcome {
-        adapter,
-        status: status.to_owned(),
-        message,
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    tracing::info!(
-        adapter = %outcome.adapter,
-        status = %outcome.status,
-        duration_ms = outcome.duration_ms,
-        "{}",
-        outcome.message
-    );
-    state.hub.log().write(json!({
-        "event": "cache_purged",
-        "time": crate::observe::rfc3339(std::time::SystemTime::now()),
-        "adapter": outcome.adapter,
-        "status": outcome.status,
-        "message": outcome.message,
-        "duration_ms": outcome.duration_ms,
-    }));
-    state.hub.publish(ProxyEvent::CachePurged {
-        outcome: outcome.clone(),
-    });
-    outcome
-}
-
-/// Holds every slot, then calls the backend.
-async fn purge_with(
-    state: &AppState,
+/// Runs `adapter` against the backend (the caller holds every slot): `(status, message)`.
+pub async fn run(
+    client: &reqwest::Client,
     settings: &Settings,
     adapter: Adapter,
     model: Option<&str>,
 ) -> (&'static str, String) {
-    let Ok(_hold) = tokio::time::timeout(WAIT_FOR_SLOTS, state.gate.hold_all()).await else {
-        return (
-            "failed",
-            format!(
-                "requests were still running after {} s; nothing was purged, try again when they finish",
-                WAIT_FOR_SLOTS.as_secs()
-            ),
-        );
-    };
     let call = Call {
-        client: &state.client,
+        client,
         base: &settings.backend_url,
         key: settings.upstream_api_key.as_deref(),
     };
