@@ -169,6 +169,8 @@ pub struct TraceSpan {
     /// Byte offsets into the raw model output.
     pub start: usize,
     pub end: usize,
+    /// Why a `rejected` span is not a call; for a `tool_call` span, what had to be repaired to
+    /// read it (`repaired: …`), if anything.
     pub reason: Option<String>,
 }
 

@@ -106,6 +106,8 @@ pub struct Scanner {
     inline_code: bool,
     out: Output,
     finished: bool,
+    /// `finish` was told the reply ended normally (`stop`), not cut off (see [`Ctx`]).
+    ends_normally: bool,
 }
 
 /// The classifying side: turns consumed text into events and trace spans.
@@ -227,6 +229,7 @@ impl Scanner {
                 id_seed,
             },
             finished: false,
+            ends_normally: false,
             tools,
             options,
         }
@@ -313,9 +316,10 @@ impl Scanner {
         if self.finished {
             return;
         }
-        // A call cut off by the length limit must not be completed by us: with `length`, an
-        // unterminated span is rejected like any other incomplete one (formats see `at_end`).
-        let _ = finish_reason;
+        // A call cut off by the length limit must not be completed by us: only a reply that
+        // ended normally completes a call that lacks just its closing tags. Without a reason
+        // (the stream broke off) or with `length`/`error`, such a span goes back to content.
+        self.ends_normally = matches!(finish_reason, Some("stop" | "tool_calls"));
         let buf = std::mem::take(&mut self.buf);
         self.run(&buf[self.head..], true);
         self.head = 0;
@@ -505,8 +509,11 @@ impl Scanner {
             let ctx = Ctx {
                 tools: &self.tools,
                 at_end: true,
+                ends_normally: self.ends_normally,
+                output_start: self.out.consumed() == 0,
                 enabled: &en,
                 memo: None,
+                repairs: Default::default(),
             };
             let found = self
                 .whole
@@ -527,7 +534,7 @@ impl Scanner {
             let body = all.trim();
             let lead = all.len() - all.trim_start().len();
             self.out.pending_ws.push_str(&all[..lead]);
-            self.out.emit_calls(body, name, calls);
+            self.out.emit_calls(body, name, calls, None);
             self.out.markup(all.len() - lead - body.len());
             return Some(true);
         }
@@ -674,16 +681,20 @@ impl Scanner {
                 let format = self.formats[fi];
                 let opener = &format.openers()[oi];
                 let pending = self.pending(src);
-                let scan = {
+                let (scan, repairs) = {
                     let en = self.ctx_enabled();
                     self.json_memo.reading(pending);
                     let ctx = Ctx {
                         tools: &self.tools,
                         at_end,
+                        ends_normally: self.ends_normally,
+                        output_start: self.out.consumed() == 0,
                         enabled: &en,
                         memo: Some(&self.json_memo),
+                        repairs: Default::default(),
                     };
-                    format.scan(pending, opener, &ctx)
+                    let scan = format.scan(pending, opener, &ctx);
+                    (scan, ctx.repairs.into_inner())
                 };
                 match scan {
                     Scan::NeedMore => {
@@ -714,7 +725,19 @@ impl Scanner {
                             self.mode = Mode::Content;
                         }
                         let span = self.take(src, len);
-                        self.out.emit_calls(span, format, calls);
+                        let repaired = (!repairs.is_empty())
+                            .then(|| format!("repaired: {}", repairs.join("; ")));
+                        self.out.emit_calls(span, format, calls, repaired);
+                        true
+                    }
+                    Scan::Plain { len } => {
+                        // The opener is ordinary text here (`all` on a line that does not
+                        // begin the reply).
+                        let t = self.take(src, len.clamp(1, pending.len()));
+                        match self.mode {
+                            Mode::Content => self.out.content(t),
+                            Mode::Reasoning => self.out.reasoning(t),
+                        }
                         true
                     }
                     Scan::Section { len, reasoning } => {
@@ -870,6 +893,11 @@ impl Output {
         self.push_trace(SpanKind::Markup, None, len, None);
     }
 
+    /// Bytes of the output consumed so far.
+    fn consumed(&self) -> usize {
+        self.trace.last().map_or(0, |t| t.end) + self.pending_ws.len()
+    }
+
     /// `len` bytes of markup open a section (`<think>`, a harmony channel header). Whitespace
     /// before it is prose after prose, markup otherwise.
     fn section_start(&mut self, len: usize) {
@@ -882,7 +910,15 @@ impl Output {
         self.markup(len);
     }
 
-    fn emit_calls(&mut self, span: &str, format: &'static str, calls: Vec<Call>) {
+    /// Emits the calls of a span; `repaired` says what had to be repaired to read it (the
+    /// trace keeps it as the span's reason).
+    fn emit_calls(
+        &mut self,
+        span: &str,
+        format: &'static str,
+        calls: Vec<Call>,
+        repaired: Option<String>,
+    ) {
         if !self.parallel_tool_calls && self.calls > 0 {
             self.rejected(
                 span,
@@ -892,7 +928,7 @@ impl Output {
         }
         self.markup(self.pending_ws.len());
         self.pending_ws.clear();
-        self.push_trace(SpanKind::ToolCall, Some(format), span.len(), None);
+        self.push_trace(SpanKind::ToolCall, Some(format), span.len(), repaired);
         let keep = if self.parallel_tool_calls {
             calls.len()
         } else {

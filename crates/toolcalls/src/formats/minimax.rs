@@ -10,6 +10,7 @@ pub struct MiniMax;
 const OPEN: &str = "<minimax:tool_call>";
 
 const FUNCTIONS: Functions = Functions {
+    open: OPEN,
     function: "<invoke name=",
     function_close: "</invoke>",
     parameter: "<parameter name=",
@@ -30,7 +31,7 @@ impl Format for MiniMax {
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
-        FUNCTIONS.scan_block(text, OPEN, "minimax_m2", ctx)
+        FUNCTIONS.scan_block(text, "minimax_m2", ctx)
     }
 }
 

@@ -32,7 +32,7 @@ mod xml;
 
 use crate::{ToolSpec, coerce, json};
 use serde_json::{Map, Value};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 /// A marker that opens a span of some format.
 #[derive(Debug)]
@@ -72,6 +72,9 @@ pub enum Scan {
     Section { len: usize, reasoning: bool },
     /// `len` bytes from the opener are not a valid call and go back to content, for this reason.
     Reject { len: usize, reason: String },
+    /// The opener is ordinary text where it stands (a marker valid only at the reply's start):
+    /// its `len` bytes are content, with no rejection to report.
+    Plain { len: usize },
 }
 
 /// What a format may ask about the request.
@@ -79,9 +82,17 @@ pub struct Ctx<'a> {
     pub tools: &'a [ToolSpec],
     /// No more text will come.
     pub at_end: bool,
+    /// The reply ended normally (`finish_reason: stop`), not cut by the token limit: a call
+    /// that lacks only its closing tags is complete. Meaningful only with `at_end`.
+    pub ends_normally: bool,
+    /// The span starts at the first byte of the reply (Functionary v3.2's `all` line).
+    pub output_start: bool,
     pub enabled: &'a dyn Fn(&str) -> bool,
     /// The scanner's memory of the pending span's unfinished JSON value (`None` in unit tests).
     pub memo: Option<&'a JsonMemo>,
+    /// What was repaired to read the span (a closing brace, a trailing comma): the trace of a
+    /// call that needed it says so.
+    pub repairs: RefCell<Vec<String>>,
 }
 
 /// Remembers how far the scan of the pending span's unfinished JSON value got, so reading the
@@ -144,6 +155,11 @@ impl Ctx<'_> {
             Scan::NeedMore => Scan::Await { needle },
             other => other,
         }
+    }
+
+    /// Notes a repair made to read the span (kept in the call's trace).
+    pub fn repaired(&self, what: impl Into<String>) {
+        self.repairs.borrow_mut().push(what.into());
     }
 
     /// A span that ends without its closing marker: wait for more, or at the end give it back.
@@ -346,8 +362,11 @@ pub(crate) mod testing {
         f(&Ctx {
             tools: &tools,
             at_end,
+            ends_normally: true,
+            output_start: false,
             enabled: &all,
             memo: None,
+            repairs: Default::default(),
         })
     }
 

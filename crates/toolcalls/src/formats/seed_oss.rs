@@ -12,6 +12,7 @@ const THINK: &str = "<seed:think>";
 const THINK_END: &str = "</seed:think>";
 
 const FUNCTIONS: Functions = Functions {
+    open: OPEN,
     function: "<function=",
     function_close: "</function>",
     parameter: "<parameter=",
@@ -55,7 +56,7 @@ impl Format for SeedOss {
                 len: THINK_END.len(),
                 reasoning: false,
             },
-            _ => FUNCTIONS.scan_block(text, OPEN, "seed_oss", ctx),
+            _ => FUNCTIONS.scan_block(text, "seed_oss", ctx),
         }
     }
 }

@@ -52,6 +52,7 @@ impl Format for Tagged {
 
 /// Qwen3-Coder's body: `<function=NAME><parameter=K>V</parameter></function>`.
 const QWEN3_CODER: Functions = Functions {
+    open: OPEN,
     function: "<function=",
     function_close: "</function>",
     parameter: "<parameter=",
