@@ -90,7 +90,9 @@ pub struct Scanner {
     waiting: Option<Waiting>,
     /// How far that span's unfinished JSON value was scanned.
     json_memo: JsonMemo,
-    line_finder: Option<memmem::Finder<'static>>,
+    /// Bytes that begin a marker valid only at a line start (`TOOL_CALL:`, `functools[`).
+    opens_line_marker: [bool; 256],
+    has_line_markers: bool,
     /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
     /// which the byte search for marker starts would not find.
     other_finder: Option<memmem::Finder<'static>>,
@@ -185,10 +187,13 @@ impl Scanner {
                 stops_plain[usize::from(t.as_bytes()[0])] = true;
             }
         }
-        let line_finder = markers
-            .iter()
-            .find(|(_, _, ls)| *ls)
-            .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
+        let mut opens_line_marker = [false; 256];
+        for (t, _, line_start) in &markers {
+            if *line_start {
+                opens_line_marker[usize::from(t.as_bytes()[0])] = true;
+            }
+        }
+        let has_line_markers = markers.iter().any(|(_, _, ls)| *ls);
         let other_finder = markers
             .iter()
             .find(|(t, _, ls)| !ls && !t.starts_with(['<', '[']))
@@ -208,7 +213,8 @@ impl Scanner {
             stops_plain,
             waiting: None,
             json_memo: JsonMemo::default(),
-            line_finder,
+            opens_line_marker,
+            has_line_markers,
             other_finder,
             buf: String::new(),
             head: 0,
@@ -454,35 +460,36 @@ impl Scanner {
             .other_finder
             .as_ref()
             .and_then(|f| f.find(&bytes[from..window(f)]).map(|i| from + i));
-        let b = self.line_finder.as_ref().and_then(|f| {
-            let end = window(f);
-            let mut at = from;
-            while let Some(i) = f.find(&bytes[at..end]) {
-                if self.at_line_start(src, at + i) {
-                    return Some(at + i);
-                }
-                at += i + 1;
-            }
-            None
-        });
-        // A line-start marker split by the chunk end: "\nTOOL_" at the end of the text.
-        let c = self
-            .line_finder
-            .as_ref()
-            .and_then(|_| self.partial_line_marker(src, from));
-        [a, b, c, d].into_iter().flatten().min()
+        // Line-start markers: only the first bytes of lines before `a` need a look (one
+        // memchr per line), and a marker cut by the end of the text counts (it may complete).
+        let b = self
+            .has_line_markers
+            .then(|| self.next_line_marker(src, from, a.unwrap_or(bytes.len())))
+            .flatten();
+        [a, b, d].into_iter().flatten().min()
     }
 
-    fn partial_line_marker(&self, src: &str, from: usize) -> Option<usize> {
+    /// The first line start in `from..limit` where a line-start marker begins (or its start
+    /// ends the text).
+    fn next_line_marker(&self, src: &str, from: usize, limit: usize) -> Option<usize> {
         let bytes = self.pending(src).as_bytes();
-        let start = bytes.len().saturating_sub(self.longest_marker).max(from);
-        (start..bytes.len()).find(|&p| {
-            self.opens_marker[usize::from(bytes[p])]
-                && self.at_line_start(src, p)
-                && self.markers.iter().any(|(t, _, ls)| {
-                    *ls && t.as_bytes().starts_with(&bytes[p..]) && bytes.len() - p < t.len()
-                })
-        })
+        let mut p = from;
+        if !self.at_line_start(src, p) {
+            p += memchr::memchr(b'\n', bytes.get(p..limit)?)? + 1;
+        }
+        while p < limit {
+            if self.opens_line_marker[usize::from(bytes[p])] {
+                let rest = &bytes[p..];
+                if self.markers.iter().any(|(t, _, ls)| {
+                    let t = t.as_bytes();
+                    *ls && (rest.starts_with(t) || t.starts_with(rest))
+                }) {
+                    return Some(p);
+                }
+            }
+            p += memchr::memchr(b'\n', &bytes[p..limit])? + 1;
+        }
+        None
     }
 
     /// A message that may be one bare JSON object / Python list is held whole until the end.

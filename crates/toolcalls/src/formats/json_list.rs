@@ -7,6 +7,7 @@ use super::xml::{Body, settle, shared_suffix};
 use super::{Call, Ctx, Format, Opener, Scan};
 use crate::json::End;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A dialect of this family is one `static` of this type (see `nemotron.rs`).
 pub struct JsonList {
@@ -49,7 +50,7 @@ impl JsonList {
     /// Values until `close`.
     fn body(&self, body: &str, open: &'static str, close: &'static str, ctx: &Ctx<'_>) -> Body {
         let mut pos = 0;
-        let mut values = Vec::new();
+        let mut values: Vec<Cow<'_, str>> = Vec::new();
         loop {
             let rest = &body[pos..];
             let skip = rest.len()
@@ -93,8 +94,15 @@ impl JsonList {
             }
             match ctx.value_end(r) {
                 End::Complete(n) => {
-                    values.push(&r[..n]);
+                    values.push(Cow::Borrowed(&r[..n]));
                     pos += skip + n;
+                }
+                End::Incomplete if let Some((at, closers)) = crate::json::cut_by(r, close) => {
+                    // The closing marker came with brackets still open: the model left out
+                    // the last closers (repaired only if the result is valid calls).
+                    ctx.repaired(format!("added the missing {closers} before {close}"));
+                    values.push(Cow::Owned(format!("{}{closers}", r[..at].trim_end())));
+                    pos += skip + at;
                 }
                 End::Incomplete if ctx.at_end => {
                     return Body::Bad(format!(
@@ -144,14 +152,15 @@ impl JsonList {
         }
     }
 
-    fn calls(&self, values: &[&str], ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
+    fn calls(&self, values: &[impl AsRef<str>], ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
         let mut calls = Vec::new();
         for v in values {
+            let v = v.as_ref();
             if !self.keyed_by_name {
                 calls.extend(ctx.calls_from_json_text(v)?);
                 continue;
             }
-            let value = crate::json::parse_lenient(v).ok_or("the call is not valid JSON")?;
+            let value = ctx.parse_json(v).ok_or("the call is not valid JSON")?;
             let items = match value {
                 Value::Array(items) => items,
                 other => vec![other],

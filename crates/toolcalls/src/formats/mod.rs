@@ -10,6 +10,7 @@ mod command_r;
 mod deepseek;
 mod deepseek_dsml;
 mod functionary;
+mod functools;
 mod gemma4;
 mod granite;
 mod harmony;
@@ -174,6 +175,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// Parses JSON leniently ([`json::parse_lenient`]), noting any repair for the trace.
+    pub fn parse_json(&self, text: &str) -> Option<Value> {
+        let (v, repaired) = json::parse_noting(text)?;
+        if let Some(what) = repaired {
+            self.repaired(format!("fixed {what} in the JSON"));
+        }
+        Some(v)
+    }
+
     /// Builds a call from an object like `{"name": …, "arguments": {…}}` (also `args`,
     /// `parameters`, `input`, Command R's `tool_name`, and the nested `{"function": {…}}` form).
     pub fn call_from_json(&self, value: &Value) -> Result<Call, String> {
@@ -217,7 +227,7 @@ impl Ctx<'_> {
         let value = if args.is_empty() {
             Value::Null
         } else {
-            json::parse_lenient(args)
+            self.parse_json(args)
                 .ok_or_else(|| "the arguments are not valid JSON".to_owned())?
         };
         let call = self.call_from_json(&serde_json::json!({"name": name, "arguments": value}))?;
@@ -226,8 +236,9 @@ impl Ctx<'_> {
 
     /// Reads a JSON value (or a list of them) of calls.
     pub fn calls_from_json_text(&self, text: &str) -> Result<Vec<Call>, String> {
-        let value =
-            json::parse_lenient(text).ok_or_else(|| "the call is not valid JSON".to_owned())?;
+        let value = self
+            .parse_json(text)
+            .ok_or_else(|| "the call is not valid JSON".to_owned())?;
         match &value {
             Value::Array(items) if !items.is_empty() => {
                 items.iter().map(|v| self.call_from_json(v)).collect()
@@ -319,6 +330,7 @@ pub static ALL: &[&dyn Format] = &[
     &lfm2::LFM2,
     &functionary::Functionary,
     &functionary::FunctionaryV32,
+    &functools::Functools,
     &gemma4::Gemma4,
     &deepseek_dsml::DeepSeekDsml,
     &internlm2::INTERNLM2,
