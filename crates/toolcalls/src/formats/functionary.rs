@@ -63,17 +63,16 @@ fn body(body: &str, ctx: &Ctx<'_>) -> Body {
     let ws = after.len() - after.trim_start().len();
     let args = &after[ws..];
     let args_at = name_end + 1 + ws;
-    match ctx.value_end(args) {
+    let end = ctx.value_end(args);
+    // `</function>` came with brackets still open: the last closers were left out.
+    if let Some((json, at)) = ctx.closers_before(args, end, CLOSE) {
+        return Body::Done {
+            len: args_at + at + CLOSE.len(),
+            calls: ctx.call_from_args_text(name, &json, None).map(|c| vec![c]),
+        };
+    }
+    match end {
         _ if args.is_empty() && !ctx.at_end => Body::NeedMore,
-        End::Incomplete if let Some((at, closers)) = crate::json::cut_by(args, CLOSE) => {
-            // `</function>` came with brackets still open: the last closers were left out.
-            ctx.repaired(format!("added the missing {closers} before {CLOSE}"));
-            let json = format!("{}{closers}", args[..at].trim_end());
-            Body::Done {
-                len: args_at + at + CLOSE.len(),
-                calls: ctx.call_from_args_text(name, &json, None).map(|c| vec![c]),
-            }
-        }
         End::Incomplete if !ctx.at_end => Body::NeedMore,
         End::Incomplete => Body::Bad(format!(
             "{OPEN}{name}> was never closed (the output ended inside the call)"

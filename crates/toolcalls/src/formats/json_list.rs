@@ -86,23 +86,27 @@ impl JsonList {
                         open
                     ));
                 }
+                if !ctx.ends_normally {
+                    return Body::Bad(super::xml::cut_off(close));
+                }
                 // The closing marker was a stop sequence: the values are the calls.
                 return Body::Done {
                     len: body.len(),
                     calls: self.calls(&values, ctx),
                 };
             }
-            match ctx.value_end(r) {
+            let end = ctx.value_end(r);
+            if let Some((json, at)) = ctx.closers_before(r, end, close) {
+                // The closing marker came with brackets still open: the model left out the
+                // last closers (repaired only if the result is valid calls).
+                values.push(Cow::Owned(json));
+                pos += skip + at;
+                continue;
+            }
+            match end {
                 End::Complete(n) => {
                     values.push(Cow::Borrowed(&r[..n]));
                     pos += skip + n;
-                }
-                End::Incomplete if let Some((at, closers)) = crate::json::cut_by(r, close) => {
-                    // The closing marker came with brackets still open: the model left out
-                    // the last closers (repaired only if the result is valid calls).
-                    ctx.repaired(format!("added the missing {closers} before {close}"));
-                    values.push(Cow::Owned(format!("{}{closers}", r[..at].trim_end())));
-                    pos += skip + at;
                 }
                 End::Incomplete if ctx.at_end => {
                     return Body::Bad(format!(

@@ -158,6 +158,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A JSON value at `s[0]` (scanned to `end`) that its closing tag `close` cut short,
+    /// brackets still open: the value with the missing closers appended, and where the tag
+    /// starts. The repair is noted. JSON has no `<` outside strings, so such a tag ends the
+    /// value whatever follows it; checking a complete value too keeps the answer the same
+    /// however the text was cut (a later `}` must not complete it).
+    pub fn closers_before(&self, s: &str, end: json::End, close: &str) -> Option<(String, usize)> {
+        let cut = match end {
+            json::End::Incomplete => json::cut_by(s, close),
+            json::End::Complete(n) if s[..n].contains(close) => json::cut_by(s, close),
+            _ => None,
+        };
+        let (at, closers) = cut?;
+        self.repaired(format!("added the missing {closers} before {close}"));
+        Some((format!("{}{closers}", s[..at].trim_end()), at))
+    }
+
     /// Notes a repair made to read the span (kept in the call's trace).
     pub fn repaired(&self, what: impl Into<String>) {
         self.repairs.borrow_mut().push(what.into());

@@ -61,20 +61,17 @@ const QWEN3_CODER: Functions = Functions {
 };
 
 fn hermes(body: &str, ctx: &Ctx<'_>) -> Body {
-    match ctx.value_end(body) {
-        End::Incomplete => match crate::json::cut_by(body, CLOSE) {
-            // The closing tag came with brackets still open: the model left out the last
-            // closers. Repaired when the result is a valid call (else the span goes back).
-            Some((at, closers)) => {
-                ctx.repaired(format!("added the missing {closers} before {CLOSE}"));
-                let json = format!("{}{closers}", body[..at].trim_end());
-                Body::Done {
-                    len: at + CLOSE.len(),
-                    calls: ctx.calls_from_json_text(&json),
-                }
-            }
-            None => Body::Await(NEEDLE),
-        },
+    let end = ctx.value_end(body);
+    // The closing tag came with brackets still open: the model left out the last closers.
+    // Repaired when the result is a valid call (else the span goes back).
+    if let Some((json, at)) = ctx.closers_before(body, end, CLOSE) {
+        return Body::Done {
+            len: at + CLOSE.len(),
+            calls: ctx.calls_from_json_text(&json),
+        };
+    }
+    match end {
+        End::Incomplete => Body::Await(NEEDLE),
         End::NotAValue => Body::Bad("not a JSON call".into()),
         End::Complete(n) => match close_tag(&body[n..], CLOSE, ctx) {
             None => Body::Await(NEEDLE),
