@@ -122,11 +122,8 @@ pub fn cut_by(s: &str, stop: &str) -> Option<(usize, String)> {
             b'"' | b'\'' => quote = Some(b),
             b'{' => open.push(b'}'),
             b'[' => open.push(b']'),
-            b'}' | b']' => {
-                if open.pop() != Some(b) || open.is_empty() {
-                    return None;
-                }
-            }
+            // A mismatched closer, or the value ending before the tag: nothing to repair.
+            b'}' | b']' if open.pop() != Some(b) || open.is_empty() => return None,
             _ if bytes[i..].starts_with(stop.as_bytes()) => {
                 return Some((i, open.iter().rev().map(|&c| char::from(c)).collect()));
             }

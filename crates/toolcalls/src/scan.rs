@@ -323,9 +323,10 @@ impl Scanner {
             return;
         }
         // A call cut off by the length limit must not be completed by us: only a reply that
-        // ended normally completes a call that lacks just its closing tags. Without a reason
-        // (the stream broke off) or with `length`/`error`, such a span goes back to content.
-        self.ends_normally = matches!(finish_reason, Some("stop" | "tool_calls"));
+        // ended normally completes a call that lacks just its closing tags. No reason counts as
+        // `stop`, as the proxy then reports (some MLX servers never send one, vllm-mlx#628);
+        // `length`, `error` and anything else leave such a span content.
+        self.ends_normally = matches!(finish_reason, None | Some("stop" | "tool_calls"));
         let buf = std::mem::take(&mut self.buf);
         self.run(&buf[self.head..], true);
         self.head = 0;
