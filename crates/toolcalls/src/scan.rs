@@ -92,7 +92,8 @@ pub struct Scanner {
     json_memo: JsonMemo,
     /// Bytes that begin a marker valid only at a line start (`TOOL_CALL:`, `functools[`).
     opens_line_marker: [bool; 256],
-    has_line_markers: bool,
+    /// The markers valid only at a line start: checked at each line start, so kept apart.
+    line_markers: Vec<&'static [u8]>,
     /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
     /// which the byte search for marker starts would not find.
     other_finder: Option<memmem::Finder<'static>>,
@@ -193,7 +194,11 @@ impl Scanner {
                 opens_line_marker[usize::from(t.as_bytes()[0])] = true;
             }
         }
-        let has_line_markers = markers.iter().any(|(_, _, ls)| *ls);
+        let line_markers: Vec<&'static [u8]> = markers
+            .iter()
+            .filter(|(_, _, ls)| *ls)
+            .map(|(t, _, _)| t.as_bytes())
+            .collect();
         let other_finder = markers
             .iter()
             .find(|(t, _, ls)| !ls && !t.starts_with(['<', '[']))
@@ -214,7 +219,7 @@ impl Scanner {
             waiting: None,
             json_memo: JsonMemo::default(),
             opens_line_marker,
-            has_line_markers,
+            line_markers,
             other_finder,
             buf: String::new(),
             head: 0,
@@ -463,10 +468,11 @@ impl Scanner {
             .and_then(|f| f.find(&bytes[from..window(f)]).map(|i| from + i));
         // Line-start markers: only the first bytes of lines before `a` need a look (one
         // memchr per line), and a marker cut by the end of the text counts (it may complete).
-        let b = self
-            .has_line_markers
-            .then(|| self.next_line_marker(src, from, a.unwrap_or(bytes.len())))
-            .flatten();
+        let b = if self.line_markers.is_empty() {
+            None
+        } else {
+            self.next_line_marker(src, from, a.unwrap_or(bytes.len()))
+        };
         [a, b, d].into_iter().flatten().min()
     }
 
@@ -481,10 +487,13 @@ impl Scanner {
         while p < limit {
             if self.opens_line_marker[usize::from(bytes[p])] {
                 let rest = &bytes[p..];
-                if self.markers.iter().any(|(t, _, ls)| {
-                    let t = t.as_bytes();
-                    *ls && (rest.starts_with(t) || t.starts_with(rest))
-                }) {
+                // The marker, or its start cut by the end of the text. Compared byte by byte:
+                // prose lines fail at the second byte, cheaper than a memcmp call per line.
+                if self
+                    .line_markers
+                    .iter()
+                    .any(|t| rest.iter().zip(t.iter()).all(|(a, b)| a == b))
+                {
                     return Some(p);
                 }
             }

@@ -5,8 +5,9 @@
 //!   as raw text, newline or compact layout;
 //! - `NAME\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>` — GLM 4.5/4.6/4.7 (`glm45`).
 //!
-//! Closing tags are found structurally: a `</parameter>` ends a value only when what follows is
-//! the next `<parameter=`, `</function>`; a `</tool_call>` inside a JSON string is just text.
+//! Closing tags are found structurally: a `</parameter>` ends a value only when the schema's
+//! structure follows (see `xml.rs`); a `</tool_call>` inside a JSON string is just text, and one
+//! that arrives with the JSON's brackets still open gets the missing closers (noted).
 
 use super::xml::{Body, Functions, close_tag, settle, structural_end};
 use super::{Ctx, Format, Opener, Scan};

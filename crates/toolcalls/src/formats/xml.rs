@@ -3,9 +3,11 @@
 //! `<invoke name="NAME"><parameter name="K">V</parameter>`), and the rule for how much of a
 //! span that is not a valid call goes back to content.
 //!
-//! Closing tags are found structurally: a `</parameter>` ends a value only when what follows is
-//! the next parameter or the end of the function, so a literal `</parameter>` (an agent writing
-//! parser code) stays inside the value (Rapid-MLX#1515, vllm PR#34919).
+//! Closing tags are found structurally and by the tool's schema: a `</parameter>` ends a value
+//! only when what follows is the next parameter the tool declares and the call has not given
+//! yet, or the end of the function and then of the block; tags opened on their own line inside
+//! a value quote a block. So literal markup (an agent writing parser code, a template, docs)
+//! stays inside the value (Rapid-MLX#1515, vllm PR#34919). See [`Functions::parse`].
 
 use super::{Call, Ctx, Scan};
 
