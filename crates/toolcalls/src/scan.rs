@@ -35,6 +35,16 @@ enum Mode {
     Reasoning,
 }
 
+/// Where a marker counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Anywhere,
+    /// At the start of a line (`TOOL_CALL:`), so prose mentioning it mid-sentence stays prose.
+    LineStart,
+    /// As the reply's first bytes only.
+    ReplyStart,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Marker {
     ThinkOpen,
@@ -80,7 +90,7 @@ pub struct Scanner {
     formats: Vec<&'static dyn Format>,
     whole: Vec<&'static dyn WholeMessage>,
     /// Markers that can start anywhere / only at a line start, as (text, marker).
-    markers: Vec<(&'static str, Marker, bool)>,
+    markers: Vec<(&'static str, Marker, Place)>,
     longest_marker: usize,
     /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
     opens_marker: [bool; 256],
@@ -90,10 +100,13 @@ pub struct Scanner {
     waiting: Option<Waiting>,
     /// How far that span's unfinished JSON value was scanned.
     json_memo: JsonMemo,
-    /// Bytes that begin a marker valid only at a line start (`TOOL_CALL:`, `functools[`).
-    opens_line_marker: [bool; 256],
-    /// The markers valid only at a line start: checked at each line start, so kept apart.
-    line_markers: Vec<&'static [u8]>,
+    /// Line-start markers searched for by memmem (`TOOL_CALL:`).
+    line_finders: Vec<memmem::Finder<'static>>,
+    /// Line-start markers holding a byte the candidate search stops at, and its index
+    /// (`functools[` and its `[`).
+    anchored: Vec<(&'static [u8], usize)>,
+    /// Markers valid only as the reply's first bytes (Functionary's `all` line).
+    reply_markers: Vec<&'static [u8]>,
     /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
     /// which the byte search for marker starts would not find.
     other_finder: Option<memmem::Finder<'static>>,
@@ -170,38 +183,50 @@ impl Scanner {
         };
         let mut markers = Vec::new();
         if options.split_reasoning {
-            markers.push((THINK_OPEN, Marker::ThinkOpen, false));
-            markers.push((THINK_CLOSE, Marker::ThinkClose, false));
+            markers.push((THINK_OPEN, Marker::ThinkOpen, Place::Anywhere));
+            markers.push((THINK_CLOSE, Marker::ThinkClose, Place::Anywhere));
         }
         for (fi, f) in formats.iter().enumerate() {
             for (oi, o) in f.openers().iter().enumerate() {
-                markers.push((o.text, Marker::Opener(fi, oi), o.line_start));
+                let place = match (o.reply_start, o.line_start) {
+                    (true, _) => Place::ReplyStart,
+                    (false, true) => Place::LineStart,
+                    (false, false) => Place::Anywhere,
+                };
+                markers.push((o.text, Marker::Opener(fi, oi), place));
             }
         }
         let longest_marker = markers.iter().map(|(t, _, _)| t.len()).max().unwrap_or(0);
         let mut opens_marker = [false; 256];
         let mut stops_plain = [false; 256];
         stops_plain[usize::from(b'`')] = true;
-        for (t, _, line_start) in &markers {
+        for (t, _, place) in &markers {
             opens_marker[usize::from(t.as_bytes()[0])] = true;
-            if !line_start {
+            if *place == Place::Anywhere {
                 stops_plain[usize::from(t.as_bytes()[0])] = true;
             }
         }
-        let mut opens_line_marker = [false; 256];
-        for (t, _, line_start) in &markers {
-            if *line_start {
-                opens_line_marker[usize::from(t.as_bytes()[0])] = true;
+        // How each line-start marker is found: through a byte the candidate search stops at
+        // anyway (`functools[` by its `[`: free on prose), else by its own memmem search.
+        let mut line_finders = Vec::new();
+        let mut anchored = Vec::new();
+        for (t, _, place) in &markers {
+            if *place != Place::LineStart {
+                continue;
+            }
+            match t.bytes().position(|b| matches!(b, b'<' | b'[' | b'`')) {
+                Some(k) => anchored.push((t.as_bytes(), k)),
+                None => line_finders.push(memmem::Finder::new(t.as_bytes())),
             }
         }
-        let line_markers: Vec<&'static [u8]> = markers
+        let reply_markers: Vec<&'static [u8]> = markers
             .iter()
-            .filter(|(_, _, ls)| *ls)
+            .filter(|(_, _, place)| *place == Place::ReplyStart)
             .map(|(t, _, _)| t.as_bytes())
             .collect();
         let other_finder = markers
             .iter()
-            .find(|(t, _, ls)| !ls && !t.starts_with(['<', '[']))
+            .find(|(t, _, place)| *place == Place::Anywhere && !t.starts_with(['<', '[']))
             .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
         let id_seed = options.id_seed.unwrap_or_else(crate::ids::next_seed);
         let mode = if options.prefill_think && options.split_reasoning {
@@ -218,8 +243,9 @@ impl Scanner {
             stops_plain,
             waiting: None,
             json_memo: JsonMemo::default(),
-            opens_line_marker,
-            line_markers,
+            line_finders,
+            anchored,
+            reply_markers,
             other_finder,
             buf: String::new(),
             head: 0,
@@ -436,8 +462,8 @@ impl Scanner {
     ) -> Result<Option<(Marker, usize)>, ()> {
         let rest = &self.pending(src).as_bytes()[pos..];
         let mut partial = false;
-        for (text, marker, line_start) in &self.markers {
-            if *line_start && !self.at_line_start(src, pos) {
+        for (text, marker, place) in &self.markers {
+            if !self.placed(src, pos, *place) {
                 continue;
             }
             let t = text.as_bytes();
@@ -466,40 +492,64 @@ impl Scanner {
             .other_finder
             .as_ref()
             .and_then(|f| f.find(&bytes[from..window(f)]).map(|i| from + i));
-        // Line-start markers: only the first bytes of lines before `a` need a look (one
-        // memchr per line), and a marker cut by the end of the text counts (it may complete).
-        let b = if self.line_markers.is_empty() {
+        let b = self.line_finders.iter().find_map(|f| {
+            let end = window(f);
+            let mut at = from;
+            while let Some(i) = f.find(&bytes[at..end]) {
+                if self.at_line_start(src, at + i) {
+                    return Some(at + i);
+                }
+                at += i + 1;
+            }
             None
-        } else {
-            self.next_line_marker(src, from, a.unwrap_or(bytes.len()))
-        };
-        [a, b, d].into_iter().flatten().min()
+        });
+        // A line-start marker that contains the byte found at `a`, starting at a line start.
+        let e = a.and_then(|x| {
+            self.anchored.iter().find_map(|(t, k)| {
+                let start = x.checked_sub(*k).filter(|s| *s >= from)?;
+                (bytes[start..].starts_with(t) && self.at_line_start(src, start)).then_some(start)
+            })
+        });
+        // A line-start marker split by the chunk end: "\nTOOL_" at the end of the text.
+        let c = self.partial_line_marker(src, from);
+        // A marker valid only where the reply begins, when the text read begins it.
+        let r = (from == 0 && !bytes.is_empty() && self.at_reply_start(0))
+            .then(|| {
+                self.reply_markers
+                    .iter()
+                    .any(|t| bytes.iter().zip(t.iter()).all(|(a, b)| a == b))
+            })
+            .filter(|found| *found)
+            .map(|_| 0);
+        [a, b, c, d, e, r].into_iter().flatten().min()
     }
 
-    /// The first line start in `from..limit` where a line-start marker begins (or its start
-    /// ends the text).
-    fn next_line_marker(&self, src: &str, from: usize, limit: usize) -> Option<usize> {
+    fn partial_line_marker(&self, src: &str, from: usize) -> Option<usize> {
         let bytes = self.pending(src).as_bytes();
-        let mut p = from;
-        if !self.at_line_start(src, p) {
-            p += memchr::memchr(b'\n', bytes.get(p..limit)?)? + 1;
+        let start = bytes.len().saturating_sub(self.longest_marker).max(from);
+        (start..bytes.len()).find(|&p| {
+            self.opens_marker[usize::from(bytes[p])]
+                && self.at_line_start(src, p)
+                && self.markers.iter().any(|(t, _, place)| {
+                    *place == Place::LineStart
+                        && t.as_bytes().starts_with(&bytes[p..])
+                        && bytes.len() - p < t.len()
+                })
+        })
+    }
+
+    /// Is `pos` (in the pending text) the first byte of the reply?
+    fn at_reply_start(&self, pos: usize) -> bool {
+        pos == 0 && self.cur == 0 && self.out.consumed() == 0
+    }
+
+    /// May a marker with this place begin at `pos` (in the pending text)?
+    fn placed(&self, src: &str, pos: usize, place: Place) -> bool {
+        match place {
+            Place::Anywhere => true,
+            Place::LineStart => self.at_line_start(src, pos),
+            Place::ReplyStart => self.at_reply_start(pos),
         }
-        while p < limit {
-            if self.opens_line_marker[usize::from(bytes[p])] {
-                let rest = &bytes[p..];
-                // The marker, or its start cut by the end of the text. Compared byte by byte:
-                // prose lines fail at the second byte, cheaper than a memcmp call per line.
-                if self
-                    .line_markers
-                    .iter()
-                    .any(|t| rest.iter().zip(t.iter()).all(|(a, b)| a == b))
-                {
-                    return Some(p);
-                }
-            }
-            p += memchr::memchr(b'\n', &bytes[p..limit])? + 1;
-        }
-        None
     }
 
     /// A message that may be one bare JSON object / Python list is held whole until the end.
@@ -658,9 +708,11 @@ impl Scanner {
             if !self.opens_marker[usize::from(tail[0])] {
                 continue;
             }
-            if self.markers.iter().any(|(t, _, ls)| {
-                t.as_bytes().starts_with(tail) && (!ls || self.at_line_start(src, p))
-            }) {
+            if self
+                .markers
+                .iter()
+                .any(|(t, _, place)| t.as_bytes().starts_with(tail) && self.placed(src, p, *place))
+            {
                 return k;
             }
         }

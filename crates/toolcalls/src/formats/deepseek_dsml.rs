@@ -32,10 +32,12 @@ impl Format for DeepSeekDsml {
             Opener {
                 text: V32,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: V4,
                 line_start: false,
+                reply_start: false,
             },
         ]
     }

@@ -26,6 +26,7 @@ impl Format for Functionary {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 
@@ -107,17 +108,20 @@ impl Format for FunctionaryV32 {
             Opener {
                 text: SEGMENT,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: ALL_LINE,
                 line_start: true,
+                reply_start: true,
             },
         ]
     }
 
     fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan {
         if opener.text == ALL_LINE {
-            // Only the reply's first line is a recipient; elsewhere `all` is a word.
+            // The scanner offers it only as the reply's first line (the recipient); were it
+            // elsewhere, `all` would be a word.
             return if ctx.output_start {
                 Scan::Section {
                     len: ALL_LINE.len(),

@@ -19,10 +19,12 @@ impl Format for Functools {
             Opener {
                 text: "functools[",
                 line_start: true,
+                reply_start: false,
             },
             Opener {
                 text: " functools[",
                 line_start: true,
+                reply_start: false,
             },
         ]
     }

@@ -29,10 +29,12 @@ impl Format for Gemma4 {
             Opener {
                 text: "<|tool_call>",
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: "<start_function_call>",
                 line_start: false,
+                reply_start: false,
             },
         ]
     }

@@ -200,6 +200,7 @@ mod tests {
         openers: &[Opener {
             text: "<tool_calls>",
             line_start: false,
+            reply_start: false,
         }],
         close: Some("</tool_calls>"),
         keyed_by_name: false,
@@ -209,6 +210,7 @@ mod tests {
         openers: &[Opener {
             text: "<|tool_call|>",
             line_start: false,
+            reply_start: false,
         }],
         close: None,
         keyed_by_name: false,

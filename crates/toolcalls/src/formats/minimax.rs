@@ -27,6 +27,7 @@ impl Format for MiniMax {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 

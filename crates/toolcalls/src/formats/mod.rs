@@ -42,6 +42,8 @@ pub struct Opener {
     /// The marker counts only at the start of a line (`TOOL_CALL:`), so prose mentioning it
     /// mid-sentence stays prose.
     pub line_start: bool,
+    /// The marker counts only as the reply's first bytes (Functionary v3.2's `all` line).
+    pub reply_start: bool,
 }
 
 /// One call read from text, before ids and indices are assigned.

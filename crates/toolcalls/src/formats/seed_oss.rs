@@ -30,14 +30,17 @@ impl Format for SeedOss {
             Opener {
                 text: OPEN,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: THINK,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: THINK_END,
                 line_start: false,
+                reply_start: false,
             },
         ]
     }

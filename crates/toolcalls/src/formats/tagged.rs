@@ -30,6 +30,7 @@ impl Format for Tagged {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 
