@@ -57,18 +57,27 @@ pub fn coerce_json_arguments(args: Map<String, Value>, parameters: &Value) -> Ma
 
 /// A type name as JSON Schema spells it. Tool definitions in the wild use Python's and
 /// C's names (`int`, `float`, `dict`, `str`, …) and capitals; they mean the same types.
+/// (Compared without lowercasing a copy: this runs for every typed value.)
 fn json_schema_type(name: &str) -> String {
-    let lower = name.trim().to_ascii_lowercase();
-    let canonical = match lower.as_str() {
-        "int" | "long" => "integer",
-        "float" | "double" => "number",
-        "bool" => "boolean",
-        "dict" => "object",
-        "list" => "array",
-        "str" => "string",
-        other => other,
-    };
-    canonical.to_owned()
+    const ALIASES: &[(&str, &str)] = &[
+        ("int", "integer"),
+        ("long", "integer"),
+        ("float", "number"),
+        ("double", "number"),
+        ("bool", "boolean"),
+        ("dict", "object"),
+        ("list", "array"),
+        ("str", "string"),
+    ];
+    let name = name.trim();
+    if let Some((_, canonical)) = ALIASES.iter().find(|(a, _)| name.eq_ignore_ascii_case(a)) {
+        return (*canonical).to_owned();
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_owned()
+    }
 }
 
 /// The types a schema allows, in order: `type` (string or list), then `anyOf`/`oneOf` members.

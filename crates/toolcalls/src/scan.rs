@@ -463,10 +463,11 @@ impl Scanner {
         let rest = &self.pending(src).as_bytes()[pos..];
         let mut partial = false;
         for (text, marker, place) in &self.markers {
-            if !self.placed(src, pos, *place) {
+            let t = text.as_bytes();
+            // Most markers differ in the first byte: skip them before any other work.
+            if rest.first() != t.first() || !self.placed(src, pos, *place) {
                 continue;
             }
-            let t = text.as_bytes();
             if rest.starts_with(t) {
                 return Ok(Some((*marker, t.len())));
             }
@@ -705,7 +706,10 @@ impl Scanner {
         for k in (1..=max).rev() {
             let tail = &bytes[bytes.len() - k..];
             let p = bytes.len() - k;
-            if !self.opens_marker[usize::from(tail[0])] {
+            let b = usize::from(tail[0]);
+            // A byte that opens only line- or reply-start markers (` `, `a`, `f`, `T`) can wait
+            // only at a line start: checked first, as trailing spaces are everywhere.
+            if !self.opens_marker[b] || !self.stops_plain[b] && !self.at_line_start(src, p) {
                 continue;
             }
             if self

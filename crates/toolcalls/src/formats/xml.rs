@@ -241,25 +241,27 @@ fn starts_line(s: &str, i: usize) -> bool {
     before.is_empty() || before.ends_with('\n')
 }
 
-/// One function of a block as read: its name and raw `key → text` pairs.
+/// One function of a block as read: its name and raw `key → text` pairs, borrowed from the
+/// body (readings are copied as the search goes; only the winner's values become `String`s).
 #[derive(Clone)]
-struct RawFunction {
-    name: String,
-    pairs: Vec<(String, String)>,
+struct RawFunction<'b> {
+    name: &'b str,
+    pairs: Vec<(&'b str, &'b str)>,
     /// Keys whose tag marks the value as JSON (DSML `string="false"`).
-    json_keys: Vec<String>,
+    json_keys: Vec<&'b str>,
 }
 
 /// A complete reading of a block's body.
-struct Reading {
+struct Reading<'b> {
     len: usize,
-    functions: Vec<RawFunction>,
+    functions: Vec<RawFunction<'b>>,
 }
 
 /// How a branch of the search over value ends came out.
 enum Outcome {
-    /// A reading in which every call has all its required parameters: the answer.
-    Accept(Reading),
+    /// A reading in which every call has all its required parameters: the answer. It is
+    /// `len` bytes long, and the search leaves its functions on the stack (no copy).
+    Accept(usize),
     /// The text ends where a branch still needs to see more: nothing can be decided yet.
     Pending,
     /// Every reading of this branch is complete without some required parameter, or broken.
@@ -284,20 +286,20 @@ enum Verdict {
 }
 
 /// A search's state: the readings seen so far, in the order tried.
-struct Search<'s, 'c> {
+struct Search<'s, 'c, 'b> {
     ctx: &'s Ctx<'c>,
     /// Tags opened on their own line inside a value are a quoted block: its closing tags are
     /// text. Off only for the last resort at the end of the reply (an unmatched quoted tag).
     quoted_depth: bool,
     /// The first complete reading, used when none has every required parameter.
-    first: Option<Reading>,
+    first: Option<Reading<'b>>,
     /// Why the first broken reading broke, for the trace.
     failure: Option<String>,
     /// Value ends still to try: a pathological text cannot make the search blow up.
     budget: usize,
 }
 
-impl Search<'_, '_> {
+impl<'b> Search<'_, '_, 'b> {
     fn fail(&mut self, reason: String) -> Outcome {
         self.failure.get_or_insert(reason);
         Outcome::Exhausted
@@ -313,8 +315,8 @@ impl Search<'_, '_> {
     }
 
     /// Does this call have every parameter its schema requires?
-    fn has_required(&self, f: &RawFunction) -> bool {
-        let Ok(tool) = self.ctx.tool(&f.name) else {
+    fn has_required(&self, f: &RawFunction<'_>) -> bool {
+        let Ok(tool) = self.ctx.tool(f.name) else {
             // Rejected anyway: no reason to look further.
             return true;
         };
@@ -324,7 +326,7 @@ impl Search<'_, '_> {
             .is_none_or(|req| {
                 req.iter()
                     .filter_map(serde_json::Value::as_str)
-                    .all(|r| f.pairs.iter().any(|(k, _)| k == r))
+                    .all(|r| f.pairs.iter().any(|(k, _)| *k == r))
             })
     }
 
@@ -333,7 +335,7 @@ impl Search<'_, '_> {
     fn complete(
         &mut self,
         len: usize,
-        functions: &[RawFunction],
+        functions: &[RawFunction<'b>],
         unclosed: Option<&str>,
     ) -> Outcome {
         let all_required = functions.iter().all(|f| self.has_required(f));
@@ -347,14 +349,15 @@ impl Search<'_, '_> {
                 ));
             }
         }
-        let reading = Reading {
-            len,
-            functions: functions.to_vec(),
-        };
         if all_required {
-            return Outcome::Accept(reading);
+            return Outcome::Accept(len);
         }
-        self.first.get_or_insert(reading);
+        if self.first.is_none() {
+            self.first = Some(Reading {
+                len,
+                functions: functions.to_vec(),
+            });
+        }
         Outcome::Exhausted
     }
 }
@@ -412,7 +415,8 @@ impl Functions {
             failure: None,
             budget: SEARCH_BUDGET,
         };
-        let mut outcome = self.function_at(body, 0, &mut Vec::new(), &mut search);
+        let mut stack = Vec::new();
+        let mut outcome = self.function_at(body, 0, &mut stack, &mut search);
         if matches!(outcome, Outcome::Exhausted) && search.first.is_none() && ctx.at_end {
             // A tag quoted on its own line that the value never closes hid every end: at the
             // end of the reply, read once more without quoted blocks.
@@ -422,13 +426,17 @@ impl Functions {
                 budget: SEARCH_BUDGET,
                 ..search
             };
-            outcome = self.function_at(body, 0, &mut Vec::new(), &mut search);
+            stack.clear();
+            outcome = self.function_at(body, 0, &mut stack, &mut search);
             if search.failure.is_none() {
                 search.failure = failure;
             }
         }
         let reading = match outcome {
-            Outcome::Accept(r) => r,
+            Outcome::Accept(len) => Reading {
+                len,
+                functions: stack,
+            },
             Outcome::Pending => return Body::Await(self.needle()),
             Outcome::Exhausted => match search.first {
                 Some(r) => r,
@@ -452,21 +460,22 @@ impl Functions {
     }
 
     /// Types a function's pairs by its tool's schema.
-    fn call(&self, f: RawFunction, ctx: &Ctx<'_>) -> Result<Call, String> {
+    fn call(&self, f: RawFunction<'_>, ctx: &Ctx<'_>) -> Result<Call, String> {
         let RawFunction {
             name,
             pairs,
             json_keys,
         } = f;
-        let raw: Vec<(String, String)> = pairs
+        let owned = pairs
             .iter()
-            .filter(|(k, _)| json_keys.contains(k))
-            .cloned()
+            .map(|(k, v)| ((*k).to_owned(), layout_trim(v).to_owned()))
             .collect();
-        let mut call = ctx.call_from_text_pairs(&name, pairs, None)?;
-        for (key, raw) in raw {
+        let mut call = ctx.call_from_text_pairs(name, owned, None)?;
+        for (key, raw) in pairs.into_iter().filter(|(k, _)| json_keys.contains(k)) {
+            let raw = layout_trim(raw);
+            let key = key.to_owned();
             let described = ctx
-                .tool(&name)
+                .tool(name)
                 .is_ok_and(|t| crate::coerce::property_schema(&t.parameters, &key).is_some());
             if let (false, Some(v)) = (described, crate::json::parse_lenient(raw.trim())) {
                 call.arguments.insert(key, v);
@@ -476,12 +485,12 @@ impl Functions {
     }
 
     /// The function whose tag starts at `body[pos..]`, and all that follows it.
-    fn function_at(
+    fn function_at<'b>(
         &self,
-        body: &str,
+        body: &'b str,
         pos: usize,
-        functions: &mut Vec<RawFunction>,
-        s: &mut Search<'_, '_>,
+        functions: &mut Vec<RawFunction<'b>>,
+        s: &mut Search<'_, '_, 'b>,
     ) -> Outcome {
         let rest = &body[pos..];
         if rest.len() < self.function.len() {
@@ -490,24 +499,26 @@ impl Functions {
         let Some(gt) = rest.find('>') else {
             return s.text_ends(format!("unterminated {}", self.function));
         };
-        let name = unquote(&rest[self.function.len()..gt]).0.to_owned();
+        let name = unquote(&rest[self.function.len()..gt]).0;
         functions.push(RawFunction {
             name,
             pairs: Vec::new(),
             json_keys: Vec::new(),
         });
         let out = self.parameters(body, pos + gt + 1, functions, s);
-        functions.pop();
+        if !matches!(out, Outcome::Accept(_)) {
+            functions.pop();
+        }
         out
     }
 
     /// The parameters of the last function in `functions`, from `body[pos..]`, then the rest.
-    fn parameters(
+    fn parameters<'b>(
         &self,
-        body: &str,
+        body: &'b str,
         pos: usize,
-        functions: &mut Vec<RawFunction>,
-        s: &mut Search<'_, '_>,
+        functions: &mut Vec<RawFunction<'b>>,
+        s: &mut Search<'_, '_, 'b>,
     ) -> Outcome {
         let rest = &body[pos..];
         let ws = rest.len() - rest.trim_start().len();
@@ -539,12 +550,15 @@ impl Functions {
                 let Some(f) = functions.last_mut() else {
                     return Outcome::Exhausted;
                 };
-                f.pairs
-                    .push((key.to_owned(), layout_trim(&value[..end]).to_owned()));
+                // Trimmed of its layout newlines when the call is built.
+                f.pairs.push((key, &value[..end]));
                 if is_json {
-                    f.json_keys.push(key.to_owned());
+                    f.json_keys.push(key);
                 }
                 let out = self.parameters(body, value_at + resume, functions, s);
+                if matches!(out, Outcome::Accept(_)) {
+                    return out;
+                }
                 if let Some(f) = functions.last_mut() {
                     f.pairs.pop();
                     if is_json {
@@ -601,8 +615,8 @@ impl Functions {
         value: &str,
         cursor: &mut (usize, usize),
         key: &str,
-        functions: &[RawFunction],
-        s: &Search<'_, '_>,
+        functions: &[RawFunction<'_>],
+        s: &Search<'_, '_, '_>,
     ) -> ValueEnd {
         let bytes = value.as_bytes();
         loop {
@@ -665,8 +679,8 @@ impl Functions {
         &self,
         after: &str,
         key: &str,
-        functions: &[RawFunction],
-        s: &Search<'_, '_>,
+        functions: &[RawFunction<'_>],
+        s: &Search<'_, '_, '_>,
     ) -> Verdict {
         let at_end = s.ctx.at_end;
         let t = after.trim_start();
@@ -684,12 +698,12 @@ impl Functions {
             };
             let declared = s
                 .ctx
-                .tool(&f.name)
+                .tool(f.name)
                 .ok()
                 .and_then(|tool| tool.parameters.get("properties"))
                 .and_then(serde_json::Value::as_object)
                 .is_none_or(|props| props.contains_key(name));
-            let given = name == key || f.pairs.iter().any(|(k, _)| k == name);
+            let given = name == key || f.pairs.iter().any(|(k, _)| *k == name);
             return if well_formed(name) && declared && !given {
                 Verdict::Yes
             } else {
