@@ -91,6 +91,8 @@ pub struct Scanner {
     whole: Vec<&'static dyn WholeMessage>,
     /// Markers that can start anywhere / only at a line start, as (text, marker).
     markers: Vec<(&'static str, Marker, Place)>,
+    /// The markers beginning with each byte: `markers[start..end]`.
+    by_first: [(u16, u16); 256],
     longest_marker: usize,
     /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
     opens_marker: [bool; 256],
@@ -196,6 +198,17 @@ impl Scanner {
                 markers.push((o.text, Marker::Opener(fi, oi), place));
             }
         }
+        // Grouped by first byte (a stable sort: within a group the order, which decides
+        // between a marker and a longer one it begins, stays the formats' order).
+        markers.sort_by_key(|(t, _, _)| t.as_bytes()[0]);
+        let mut by_first = [(0u16, 0u16); 256];
+        for (i, (t, _, _)) in markers.iter().enumerate() {
+            let slot = &mut by_first[usize::from(t.as_bytes()[0])];
+            if slot.1 == 0 {
+                slot.0 = i as u16;
+            }
+            slot.1 = i as u16 + 1;
+        }
         let longest_marker = markers.iter().map(|(t, _, _)| t.len()).max().unwrap_or(0);
         let mut opens_marker = [false; 256];
         let mut stops_plain = [false; 256];
@@ -238,6 +251,7 @@ impl Scanner {
             formats,
             whole,
             markers,
+            by_first,
             longest_marker,
             opens_marker,
             stops_plain,
@@ -462,10 +476,9 @@ impl Scanner {
     ) -> Result<Option<(Marker, usize)>, ()> {
         let rest = &self.pending(src).as_bytes()[pos..];
         let mut partial = false;
-        for (text, marker, place) in &self.markers {
+        for (text, marker, place) in self.starting_with(rest.first()) {
             let t = text.as_bytes();
-            // Most markers differ in the first byte: skip them before any other work.
-            if rest.first() != t.first() || !self.placed(src, pos, *place) {
+            if !self.placed(src, pos, *place) {
                 continue;
             }
             if rest.starts_with(t) {
@@ -537,6 +550,12 @@ impl Scanner {
                         && bytes.len() - p < t.len()
                 })
         })
+    }
+
+    /// The markers that begin with `first`.
+    fn starting_with(&self, first: Option<&u8>) -> &[(&'static str, Marker, Place)] {
+        let (lo, hi) = first.map_or((0, 0), |b| self.by_first[usize::from(*b)]);
+        &self.markers[usize::from(lo)..usize::from(hi)]
     }
 
     /// Is `pos` (in the pending text) the first byte of the reply?
@@ -713,7 +732,7 @@ impl Scanner {
                 continue;
             }
             if self
-                .markers
+                .starting_with(tail.first())
                 .iter()
                 .any(|(t, _, place)| t.as_bytes().starts_with(tail) && self.placed(src, p, *place))
             {

@@ -168,7 +168,10 @@ impl Ctx<'_> {
     pub fn closers_before(&self, s: &str, end: json::End, close: &str) -> Option<(String, usize)> {
         let cut = match end {
             json::End::Incomplete => json::cut_by(s, close),
-            json::End::Complete(n) if s[..n].contains(close) => json::cut_by(s, close),
+            // A `<` at all is rare in a call's JSON: look for the tag only then.
+            json::End::Complete(n) if memchr::memchr(b'<', &s.as_bytes()[..n]).is_some() => {
+                json::cut_by(s, close)
+            }
             _ => None,
         };
         let (at, closers) = cut?;
