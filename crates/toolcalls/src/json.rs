@@ -46,15 +46,7 @@ pub fn value_end_from(s: &str, progress: Option<Progress>) -> (End, Option<Progr
     };
     while i < bytes.len() {
         let b = bytes[i];
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == q {
-                quote = None;
-            }
-        } else {
+        if !in_string(&mut quote, &mut escaped, b) {
             match b {
                 b'"' | b'\'' => quote = Some(b),
                 b'{' | b'[' => depth += 1,
@@ -78,6 +70,24 @@ pub fn value_end_from(s: &str, progress: Option<Progress>) -> (End, Option<Progr
             scanned: i,
         }),
     )
+}
+
+/// One byte of a scan that tracks strings in double or single quotes: whether it was inside a
+/// string (an opening quote is not: the caller sees it and opens the string).
+// Runs for every byte of every call's JSON: inlined into both scans.
+#[inline(always)]
+fn in_string(quote: &mut Option<u8>, escaped: &mut bool, b: u8) -> bool {
+    let Some(q) = *quote else {
+        return false;
+    };
+    if *escaped {
+        *escaped = false;
+    } else if b == b'\\' {
+        *escaped = true;
+    } else if b == q {
+        *quote = None;
+    }
+    true
 }
 
 /// Parses JSON, repairing only what is unambiguous: trailing commas, Python's `True`/`False`/
@@ -108,14 +118,7 @@ pub fn cut_by(s: &str, stop: &str) -> Option<(usize, String)> {
     let mut quote: Option<u8> = None;
     let mut escaped = false;
     for (i, &b) in bytes.iter().enumerate() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == q {
-                quote = None;
-            }
+        if in_string(&mut quote, &mut escaped, b) {
             continue;
         }
         match b {

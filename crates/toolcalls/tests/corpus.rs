@@ -114,39 +114,25 @@ fn check(case: &Case) -> Option<String> {
             let _ = writeln!(problems, "bad id {:?}", c.id);
         }
     }
-    let reasons: Vec<&str> = whole
-        .trace
-        .iter()
-        .filter(|s| s.kind == "rejected")
-        .filter_map(|s| s.reason.as_deref())
-        .collect();
-    for wanted in &case.rejected {
-        if !reasons.iter().any(|r| r.contains(wanted.as_str())) {
-            let _ = writeln!(
-                problems,
-                "no rejection reason contains {wanted:?}; reasons: {reasons:?}"
-            );
+    // Rejected spans say why; repaired calls say what was repaired; no others have a reason.
+    for (kind, wanted, what) in [
+        ("rejected", &case.rejected, "rejection reason"),
+        ("tool_call", &case.repaired, "repair note"),
+    ] {
+        let reasons: Vec<&str> = whole
+            .trace
+            .iter()
+            .filter(|s| s.kind == kind)
+            .filter_map(|s| s.reason.as_deref())
+            .collect();
+        for w in wanted {
+            if !reasons.iter().any(|r| r.contains(w.as_str())) {
+                let _ = writeln!(problems, "no {what} contains {w:?}; got {reasons:?}");
+            }
         }
-    }
-    if case.rejected.is_empty() && !reasons.is_empty() {
-        let _ = writeln!(problems, "unexpected rejections: {reasons:?}");
-    }
-    let repairs: Vec<&str> = whole
-        .trace
-        .iter()
-        .filter(|s| s.kind == "tool_call")
-        .filter_map(|s| s.reason.as_deref())
-        .collect();
-    for wanted in &case.repaired {
-        if !repairs.iter().any(|r| r.contains(wanted.as_str())) {
-            let _ = writeln!(
-                problems,
-                "no repair note contains {wanted:?}; notes: {repairs:?}"
-            );
+        if wanted.is_empty() && !reasons.is_empty() {
+            let _ = writeln!(problems, "unexpected {what}s: {reasons:?}");
         }
-    }
-    if case.repaired.is_empty() && !repairs.is_empty() {
-        let _ = writeln!(problems, "unexpected repairs: {repairs:?}");
     }
     // The scanner re-reads a pending span only when one of these bytes arrives
     // (`scan::SPAN_END_BYTES`): a call ending otherwise would wait for the end of the reply.
