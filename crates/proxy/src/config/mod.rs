@@ -232,6 +232,18 @@ pub const KEYS: &[Key] = &[
         "33554432",
         "largest request body accepted (bytes); larger gets 413",
     ),
+    key(
+        "responses_store_max",
+        "RESPONSES_STORE_MAX",
+        "100",
+        "recent /v1/responses replies kept for previous_response_id (0 = none)",
+    ),
+    key(
+        "responses_store_ttl_secs",
+        "RESPONSES_STORE_TTL_SECS",
+        "3600",
+        "how long a kept /v1/responses reply can be continued (seconds)",
+    ),
     secret(
         "api_key",
         "BLOCKOPS_API_KEY",
@@ -324,6 +336,8 @@ pub struct Settings {
     pub total_timeout_secs: f64,
     pub shutdown_grace_secs: f64,
     pub max_body_bytes: usize,
+    pub responses_store_max: usize,
+    pub responses_store_ttl_secs: f64,
     #[serde(skip)]
     pub api_key: Option<String>,
     #[serde(skip)]
@@ -365,6 +379,8 @@ impl Default for Settings {
             total_timeout_secs: 0.0,
             shutdown_grace_secs: 0.0,
             max_body_bytes: 0,
+            responses_store_max: 0,
+            responses_store_ttl_secs: 0.0,
             api_key: None,
             upstream_api_key: None,
             cors_origins: Vec::new(),
@@ -626,6 +642,12 @@ impl Settings {
                 self.shutdown_grace_secs = parse_secs(key, value, 0.0, 3_600.0)?
             }
             "max_body_bytes" => self.max_body_bytes = parse_int(key, value, 1024usize, 4 << 30)?,
+            "responses_store_max" => {
+                self.responses_store_max = parse_int(key, value, 0usize, 100_000)?
+            }
+            "responses_store_ttl_secs" => {
+                self.responses_store_ttl_secs = parse_secs(key, value, 1.0, 30.0 * 86_400.0)?
+            }
             "api_key" => self.api_key = Some(value.trim().to_owned()).filter(|s| !s.is_empty()),
             "upstream_api_key" => {
                 self.upstream_api_key = Some(value.trim().to_owned()).filter(|s| !s.is_empty())

@@ -3,6 +3,7 @@
 mod admin;
 mod chat;
 mod passthrough;
+pub mod responses;
 pub mod stream;
 pub mod timing;
 mod ui;
