@@ -1,10 +1,8 @@
-//! The one error type of the HTTP boundary, classified by source and rendered once, OpenAI-shaped.
+//! The core's one error type, classified by source. It knows no wire format beyond the JSON body
+//! OpenAI clients expect; each front door in `http/` renders it (once) in its own shape.
 
-use axum::{
-    http::{HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-};
 use bytes::Bytes;
+pub use reqwest::StatusCode;
 use serde_json::json;
 use std::fmt;
 
@@ -19,11 +17,8 @@ pub enum Source {
     Proxy,
 }
 
-/// The core's error type (the name front doors use; `ApiError` is its older name).
-pub type ProxyError = ApiError;
-
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub struct ProxyError {
     pub status: StatusCode,
     pub source: Source,
     /// Machine-readable code, e.g. `invalid_json`, `backend_unreachable`.
@@ -35,14 +30,14 @@ pub struct ApiError {
     pub upstream_body: Option<Bytes>,
 }
 
-impl ApiError {
+impl ProxyError {
     pub fn new(
         status: StatusCode,
         source: Source,
         code: &'static str,
         message: impl Into<String>,
     ) -> Self {
-        ApiError {
+        ProxyError {
             status,
             source,
             code,
@@ -95,7 +90,7 @@ impl ApiError {
                 snippet.trim()
             )
         };
-        ApiError {
+        ProxyError {
             status,
             source: Source::Upstream,
             code: "upstream_error",
@@ -139,7 +134,7 @@ impl ApiError {
     }
 }
 
-impl fmt::Display for ApiError {
+impl fmt::Display for ProxyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -151,16 +146,4 @@ impl fmt::Display for ApiError {
     }
 }
 
-impl std::error::Error for ApiError {}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body_json())).into_response();
-        if let Some(secs) = self.retry_after_secs {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        response
-    }
-}
+impl std::error::Error for ProxyError {}

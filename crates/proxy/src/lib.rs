@@ -33,7 +33,6 @@ pub mod background;
 pub mod config;
 pub mod demo;
 pub mod error;
-pub mod guard;
 pub mod http;
 pub mod memory;
 pub mod observe;

@@ -11,13 +11,13 @@
 //! The source of readings is a [`Sampler`], replaceable at run time ([`MemoryMonitor::set_sampler`])
 //! so tests can show what critical pressure does on a machine that has plenty of memory.
 
+use crate::error::StatusCode;
 use crate::{
     config::{CriticalAction, Settings},
-    error::{ApiError, Source},
+    error::{ProxyError, Source},
     observe::ProxyEvent,
     state::AppState,
 };
-use axum::http::StatusCode;
 use serde::Serialize;
 use std::{
     sync::{Arc, Mutex},
@@ -328,7 +328,7 @@ fn publish(state: &AppState, sample: &MemorySample) {
 }
 
 /// `MEMORY_CRITICAL_ACTION=reject` at critical pressure: the 503 a new request gets.
-pub fn refusal(state: &AppState, settings: &Settings) -> Option<ApiError> {
+pub fn refusal(state: &AppState, settings: &Settings) -> Option<ProxyError> {
     if settings.memory_critical_action != CriticalAction::Reject {
         return None;
     }
@@ -339,7 +339,7 @@ pub fn refusal(state: &AppState, settings: &Settings) -> Option<ApiError> {
     state.hub.update(|s| s.rejections.memory += 1);
     let retry = (settings.memory_poll_secs * 5.0).ceil().max(5.0) as u64;
     Some(
-        ApiError::new(
+        ProxyError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Source::Proxy,
             "memory_pressure",

@@ -72,7 +72,7 @@ pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
     let state = build_state(settings);
     let stop_tx = state.stopping.clone();
     let mut stop_rx = stop_tx.subscribe();
-    let router = crate::guard::protect(http::router(state.clone()), state.clone());
+    let router = http::guard::protect(http::router(state.clone()), state.clone());
     // Small SSE writes must leave at once, not wait for Nagle.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

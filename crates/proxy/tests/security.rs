@@ -10,7 +10,7 @@ use axum::{
     http::{Request as HttpRequest, StatusCode},
     routing::{any, post},
 };
-use blockops_proxy::{Settings, guard, http};
+use blockops_proxy::{Settings, http, http::guard};
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::{Recorder, client, log_records, proxy, serve, settings, sse_response, sse_script};

@@ -3,7 +3,7 @@
 use crate::{
     backend,
     config::normalize_backend_url,
-    error::{ApiError, Source},
+    error::{ProxyError, Source},
     observe::ProxyEvent,
     state::AppState,
 };
@@ -28,7 +28,7 @@ pub async fn status(State(state): State<AppState>) -> Response {
 pub async fn request(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     match state.hub.request(&id) {
         Some(record) => Json(&*record).into_response(),
-        None => ApiError::not_found(format!(
+        None => ProxyError::not_found(format!(
             "no request {id:?} among the last {} (GET /admin/api/status lists them)",
             crate::observe::RECENT_REQUESTS
         ))
@@ -41,7 +41,7 @@ pub async fn config(State(state): State<AppState>) -> Response {
 }
 
 /// Reads a JSON object body (admin endpoints that change things accept nothing else).
-async fn json_body(request: Request) -> Result<Value, ApiError> {
+async fn json_body(request: Request) -> Result<Value, ProxyError> {
     let json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -52,20 +52,20 @@ async fn json_body(request: Request) -> Result<Value, ApiError> {
                 .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
         });
     if !json {
-        return Err(ApiError::client(
+        return Err(ProxyError::client(
             "unsupported_content_type",
             "send a JSON body with Content-Type: application/json",
         ));
     }
     let bytes = crate::http::chat::read_body(request.into_body(), 1 << 20).await?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::client(
+        ProxyError::client(
             "invalid_json",
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
     if !value.is_object() {
-        return Err(ApiError::client(
+        return Err(ProxyError::client(
             "invalid_json",
             "the request body must be a JSON object",
         ));
@@ -102,7 +102,7 @@ pub async fn patch_config(State(state): State<AppState>, request: Request) -> Re
             Json(settings.to_public_json()).into_response()
         }
         Err(e) => {
-            let mut error = ApiError::new(
+            let mut error = ProxyError::new(
                 StatusCode::BAD_REQUEST,
                 Source::Client,
                 "invalid_config",
@@ -126,14 +126,14 @@ pub async fn test_backend(State(state): State<AppState>, request: Request) -> Re
         Err(e) => return e.into_response(),
     };
     let Some(url) = body.get("url").and_then(Value::as_str) else {
-        return ApiError::client("missing_url", "send {\"url\": \"http://host:port\"}")
+        return ProxyError::client("missing_url", "send {\"url\": \"http://host:port\"}")
             .with_param("url")
             .into_response();
     };
     let url = match normalize_backend_url(url) {
         Ok(u) => u,
         Err(m) => {
-            return ApiError::client("invalid_url", format!("url: {m}"))
+            return ProxyError::client("invalid_url", format!("url: {m}"))
                 .with_param("url")
                 .into_response();
         }
@@ -160,7 +160,7 @@ pub async fn purge_cache(State(state): State<AppState>, request: Request) -> Res
     if outcome.status != "failed" {
         return Json(body).into_response();
     }
-    let error = ApiError::new(
+    let error = ProxyError::new(
         StatusCode::BAD_GATEWAY,
         Source::Upstream,
         "purge_failed",

@@ -1,7 +1,7 @@
 //! `POST /v1/chat/completions`: validate the body, then hand it to the pipeline.
 
 use crate::{
-    error::ApiError,
+    error::ProxyError,
     pipeline::{self, RequestCtx},
     state::AppState,
 };
@@ -35,20 +35,20 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
 }
 
 /// Reads a request body up to `limit` bytes; more is a 413 that names the limit.
-pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, ProxyError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
         if too_large {
-            ApiError::new(
+            ProxyError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 crate::error::Source::Client,
                 "request_too_large",
                 format!("the request body is larger than {limit} bytes (BLOCKOPS_MAX_BODY_BYTES)"),
             )
         } else {
-            ApiError::client(
+            ProxyError::client(
                 "invalid_body",
                 format!("could not read the request body: {e}"),
             )
@@ -57,7 +57,10 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
 }
 
 /// Checks the body of a chat request and returns its JSON object, untouched.
-pub fn parse_chat_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub fn parse_chat_body(
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<Map<String, Value>, ProxyError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let mime = ct.split(';').next().unwrap_or("").trim();
@@ -67,7 +70,7 @@ pub fn parse_chat_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, 
             || mime == "application/x-www-form-urlencoded"
             || mime.is_empty();
         if !accepted {
-            return Err(ApiError::client(
+            return Err(ProxyError::client(
                 "unsupported_content_type",
                 format!(
                     "unsupported Content-Type {mime:?}: send the request as JSON with Content-Type: application/json"
@@ -76,7 +79,7 @@ pub fn parse_chat_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, 
         }
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        ApiError::client(
+        ProxyError::client(
             "invalid_encoding",
             format!(
                 "the request body is not valid UTF-8 (at byte {})",
@@ -85,31 +88,31 @@ pub fn parse_chat_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, 
         )
     })?;
     if text.trim().is_empty() {
-        return Err(ApiError::client(
+        return Err(ProxyError::client(
             "invalid_json",
             "the request body is empty: send a JSON object with \"model\" and \"messages\"",
         ));
     }
     let value: Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::client(
+        ProxyError::client(
             "invalid_json",
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
     let Value::Object(body) = value else {
-        return Err(ApiError::client(
+        return Err(ProxyError::client(
             "invalid_json",
             "the request body must be a JSON object with \"model\" and \"messages\"",
         ));
     };
     match body.get("messages") {
-        None => Err(ApiError::client(
+        None => Err(ProxyError::client(
             "missing_messages",
             "the request has no \"messages\": send an array of chat messages",
         )
         .with_param("messages")),
         Some(Value::Array(_)) => Ok(body),
-        Some(_) => Err(ApiError::client(
+        Some(_) => Err(ProxyError::client(
             "invalid_messages",
             "\"messages\" must be an array of chat messages",
         )
@@ -121,7 +124,7 @@ pub fn parse_chat_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, 
             && !stream.is_null()
         {
             return Err(
-                ApiError::client("invalid_stream", "\"stream\" must be true or false")
+                ProxyError::client("invalid_stream", "\"stream\" must be true or false")
                     .with_param("stream"),
             );
         }
@@ -133,7 +136,7 @@ pub fn parse_chat_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, 
 mod tests {
     use super::*;
 
-    fn parse(ct: Option<&str>, body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    fn parse(ct: Option<&str>, body: &[u8]) -> Result<Map<String, Value>, ProxyError> {
         let mut h = HeaderMap::new();
         if let Some(ct) = ct {
             h.insert(header::CONTENT_TYPE, ct.parse().unwrap());

@@ -2,6 +2,8 @@
 
 mod admin;
 mod chat;
+mod error;
+pub mod guard;
 mod passthrough;
 pub mod responses;
 pub mod stream;
@@ -11,7 +13,7 @@ mod ui;
 /// Public for the fuzz targets and property tests (crates/proxy/fuzz).
 pub use chat::parse_chat_body;
 
-use crate::{backend, error::ApiError, state::AppState};
+use crate::{backend, error::ProxyError, state::AppState};
 use axum::{
     Json, Router,
     extract::State,
@@ -46,7 +48,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
-    ApiError::not_found(format!(
+    ProxyError::not_found(format!(
         "no route for {}: the API is under /v1/ (e.g. POST /v1/chat/completions), the dashboard at /ui/",
         uri.path()
     ))

@@ -3,7 +3,7 @@
 //! body is fully sent or dropped.
 
 use crate::{
-    error::ApiError,
+    error::ProxyError,
     observe::{ProxyEvent, RequestRecord, Timings},
     pipeline::{self, RequestCtx, admission::Entry, upstream},
     state::AppState,
@@ -72,7 +72,7 @@ struct Recorded {
     state: AppState,
     ctx: Option<RequestCtx>,
     status: u16,
-    error: Option<ApiError>,
+    error: Option<ProxyError>,
     bytes: u64,
 }
 
@@ -97,7 +97,7 @@ impl Drop for Recorded {
             },
             usage: None,
             finish_reason: None,
-            error: self.error.as_ref().map(ApiError::body_json),
+            error: self.error.as_ref().map(ProxyError::body_json),
             shaping: None,
         });
     }
@@ -142,7 +142,7 @@ async fn forward_inner(
     state: &AppState,
     request: Request,
     recorded: &mut Recorded,
-) -> Result<Response, ApiError> {
+) -> Result<Response, ProxyError> {
     let settings = state.settings.current();
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
@@ -155,7 +155,7 @@ async fn forward_inner(
         .and_then(|v| v.trim().parse::<u64>().ok())
         && len > limit as u64
     {
-        return Err(ApiError::new(
+        return Err(ProxyError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             crate::error::Source::Client,
             "request_too_large",
@@ -265,7 +265,7 @@ async fn forward_inner(
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             if hit_length_limit(&e) {
-                return Err(ApiError::new(
+                return Err(ProxyError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     crate::error::Source::Client,
                     "request_too_large",
@@ -318,5 +318,5 @@ async fn forward_inner(
     });
     builder
         .body(Body::from_stream(body))
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(|e| ProxyError::internal(e.to_string()))
 }

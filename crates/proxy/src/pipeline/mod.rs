@@ -30,7 +30,7 @@ pub mod upstream;
 
 use crate::{
     config::Settings,
-    error::{ApiError, Source},
+    error::{ProxyError, Source},
     http::timing::Phases,
     observe::{ProxyEvent, RequestRecord, RequestSummary, Timings, rfc3339},
     state::AppState,
@@ -127,12 +127,12 @@ impl RequestCtx {
 /// Why a request ended early.
 #[derive(Debug)]
 enum Failure {
-    Api(ApiError),
+    Api(ProxyError),
     ClientGone,
 }
 
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Self {
+impl From<ProxyError> for Failure {
+    fn from(e: ProxyError) -> Self {
         Failure::Api(e)
     }
 }
@@ -166,7 +166,7 @@ enum Head {
     /// Send 200 and the SSE headers now.
     Stream,
     /// Nothing sent yet: answer with this error's status.
-    Error(ApiError),
+    Error(ProxyError),
 }
 
 impl Out {
@@ -270,7 +270,7 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
         };
     }
 
-    let (done_tx, done_rx) = oneshot::channel::<Result<Value, ApiError>>();
+    let (done_tx, done_rx) = oneshot::channel::<Result<Value, ProxyError>>();
     let out = Out {
         frames: None,
         batch: BytesMut::new(),
@@ -292,7 +292,7 @@ pub async fn chat(state: AppState, mut ctx: RequestCtx, body: Map<String, Value>
     let response = match result {
         Ok(Ok(completion)) => axum::Json(completion).into_response(),
         Ok(Err(e)) => e.into_response(),
-        Err(_) => ApiError::internal("the request was cancelled while the proxy shut down")
+        Err(_) => ProxyError::internal("the request was cancelled while the proxy shut down")
             .into_response(),
     };
     with_request_id(response, &request_id)
@@ -312,7 +312,7 @@ async fn drive(
     body: Map<String, Value>,
     mut out: Out,
     client_closed: impl std::future::Future<Output = ()>,
-) -> Result<Value, ApiError> {
+) -> Result<Value, ProxyError> {
     let result = tokio::select! {
         r = run(&state, &mut ex, body, &mut out) => r,
         () = client_closed => Err(Failure::ClientGone),
@@ -341,7 +341,7 @@ async fn drive(
     match result {
         Ok(()) => Ok(completion),
         Err(Failure::Api(e)) => Err(e),
-        Err(Failure::ClientGone) => Err(ApiError::new(
+        Err(Failure::ClientGone) => Err(ProxyError::new(
             StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Source::Client,
             "client_closed",
@@ -444,7 +444,7 @@ async fn run(
     let backend = settings.backend_url.clone();
     let url = format!("{backend}/v1/chat/completions");
     let payload =
-        serde_json::to_vec(&upstream_body).map_err(|e| ApiError::internal(e.to_string()))?;
+        serde_json::to_vec(&upstream_body).map_err(|e| ProxyError::internal(e.to_string()))?;
     let mut request = state
         .client
         .post(&url)
@@ -552,7 +552,7 @@ async fn run(
                     .and_then(Value::as_str)
                     .map(str::to_owned)
                     .unwrap_or_else(|| err.to_string());
-                return Err(ApiError::new(
+                return Err(ProxyError::new(
                     StatusCode::BAD_GATEWAY,
                     Source::Upstream,
                     "upstream_error",
@@ -563,7 +563,7 @@ async fn run(
             let translator = ex
                 .translator
                 .as_mut()
-                .ok_or_else(|| ApiError::internal("translator missing"))?;
+                .ok_or_else(|| ProxyError::internal("translator missing"))?;
             let outputs = translator.on_chunk(chunk);
             for output in outputs {
                 if ex.ctx.ttft_ms.is_none() {
@@ -599,7 +599,7 @@ async fn run(
     let translator = ex
         .translator
         .as_mut()
-        .ok_or_else(|| ApiError::internal("translator missing"))?;
+        .ok_or_else(|| ProxyError::internal("translator missing"))?;
     let tail = translator.finish();
     let usage = translator.usage().cloned();
     for output in tail {
@@ -724,7 +724,7 @@ async fn shape_context(
             max_tokens,
         } => {
             state.hub.update(|s| s.rejections.context += 1);
-            Err(ApiError::client(
+            Err(ProxyError::client(
                 "context_length_exceeded",
                 format!(
                     "the conversation is about {estimate} tokens; even the messages that must stay (system messages, the first user message, the latest turn) need about {minimum}, and with max_tokens {max_tokens} that is over TOKEN_HARD_THRESHOLD ({limit}). Shorten them, lower max_tokens, or raise TOKEN_HARD_THRESHOLD if the model's context allows it"
@@ -790,7 +790,7 @@ async fn within<F: std::future::Future>(
     tokio::time::timeout_at(until, fut).await.ok()
 }
 
-fn timeout_error(deadline: Option<Instant>, backend: &str, settings: &Settings) -> ApiError {
+fn timeout_error(deadline: Option<Instant>, backend: &str, settings: &Settings) -> ProxyError {
     if deadline.is_some_and(|d| Instant::now() >= d) {
         upstream::timeout(backend, "total", settings.total_timeout_secs)
     } else {
@@ -798,8 +798,8 @@ fn timeout_error(deadline: Option<Instant>, backend: &str, settings: &Settings) 
     }
 }
 
-fn bad_stream(backend: &str, what: &str) -> ApiError {
-    ApiError::new(
+fn bad_stream(backend: &str, what: &str) -> ProxyError {
+    ProxyError::new(
         StatusCode::BAD_GATEWAY,
         Source::Upstream,
         "bad_upstream_stream",
@@ -818,8 +818,8 @@ async fn flush_before_error(ex: &mut Exchange, out: &mut Out) -> Result<(), Fail
     Ok(())
 }
 
-pub fn queue_full(max_queue: usize, max_concurrent: usize) -> ApiError {
-    ApiError::new(
+pub fn queue_full(max_queue: usize, max_concurrent: usize) -> ProxyError {
+    ProxyError::new(
         StatusCode::TOO_MANY_REQUESTS,
         Source::Proxy,
         "queue_full",
@@ -830,8 +830,8 @@ pub fn queue_full(max_queue: usize, max_concurrent: usize) -> ApiError {
     .with_retry_after(1)
 }
 
-pub fn queue_timeout(queue_timeout_secs: f64, max_concurrent: usize) -> ApiError {
-    ApiError::new(
+pub fn queue_timeout(queue_timeout_secs: f64, max_concurrent: usize) -> ProxyError {
+    ProxyError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         Source::Proxy,
         "queue_timeout",
@@ -903,7 +903,7 @@ pub fn sse_response(rx: mpsc::Receiver<Bytes>, interval: Duration) -> Response {
     response
 }
 
-fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ApiError>) {
+fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ProxyError>) {
     let Exchange {
         ctx,
         upstream_body,
@@ -968,7 +968,7 @@ fn record(state: &AppState, ex: Exchange, status: u16, error: Option<&ApiError>)
         },
         usage,
         finish_reason: choice.finish_reason.clone(),
-        error: error.map(ApiError::body_json),
+        error: error.map(ProxyError::body_json),
         shaping,
     });
 }

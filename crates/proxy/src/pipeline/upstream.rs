@@ -1,10 +1,10 @@
-//! Upstream: the HTTP client to the backend, and how its failures become [`ApiError`]s.
+//! Upstream: the HTTP client to the backend, and how its failures become [`ProxyError`]s.
 
+use crate::error::StatusCode;
 use crate::{
     config::Settings,
-    error::{ApiError, Source},
+    error::{ProxyError, Source},
 };
-use axum::http::StatusCode;
 use bytes::Bytes;
 use std::time::Duration;
 
@@ -27,13 +27,13 @@ pub fn client(settings: &Settings) -> reqwest::Client {
 }
 
 /// A failure to reach the backend or to get an answer in time.
-pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> ApiError {
+pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> ProxyError {
     if error.is_timeout() {
         return timeout(backend, "connect", timeout_secs);
     }
     if error.is_connect() {
         let cause = root_cause(error);
-        return ApiError::new(
+        return ProxyError::new(
             StatusCode::BAD_GATEWAY,
             Source::Upstream,
             "backend_unreachable",
@@ -43,7 +43,7 @@ pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> Api
             ),
         );
     }
-    ApiError::new(
+    ProxyError::new(
         StatusCode::BAD_GATEWAY,
         Source::Upstream,
         "backend_error",
@@ -55,7 +55,7 @@ pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> Api
 }
 
 /// The backend took longer than a configured limit.
-pub fn timeout(backend: &str, what: &str, secs: f64) -> ApiError {
+pub fn timeout(backend: &str, what: &str, secs: f64) -> ProxyError {
     let (setting, hint) = match what {
         "first byte" => (
             "FIRST_BYTE_TIMEOUT_SECS",
@@ -68,7 +68,7 @@ pub fn timeout(backend: &str, what: &str, secs: f64) -> ApiError {
             "the backend did not accept the connection",
         ),
     };
-    ApiError::new(
+    ProxyError::new(
         StatusCode::GATEWAY_TIMEOUT,
         Source::Upstream,
         "backend_timeout",
@@ -105,7 +105,7 @@ pub async fn error_body(response: reqwest::Response) -> Bytes {
 pub async fn check_status(
     response: reqwest::Response,
     backend: &str,
-) -> Result<reqwest::Response, ApiError> {
+) -> Result<reqwest::Response, ProxyError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -117,7 +117,7 @@ pub async fn check_status(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let body = error_body(response).await;
-    let mut e = ApiError::upstream_status(status, body, backend);
+    let mut e = ProxyError::upstream_status(status, body, backend);
     e.retry_after_secs = retry_after;
     Err(e)
 }

@@ -21,7 +21,7 @@
 
 use crate::{
     config::Settings,
-    error::{ApiError, Source},
+    error::{ProxyError, Source},
     state::AppState,
 };
 use axum::{
@@ -86,7 +86,7 @@ pub enum Verdict {
     },
     /// A CORS preflight from an allowed origin: answered by the guard itself.
     Preflight(HeaderValue, Option<HeaderValue>),
-    Refuse(ApiError),
+    Refuse(ProxyError),
 }
 
 /// The pure decision: no I/O, so every rule is unit-tested directly.
@@ -107,7 +107,7 @@ pub fn check(
     if let Some(host) = &host
         && !host_allowed(settings, host)
     {
-        return Verdict::Refuse(ApiError::new(
+        return Verdict::Refuse(ProxyError::new(
             StatusCode::FORBIDDEN,
             Source::Client,
             "host_not_allowed",
@@ -179,18 +179,18 @@ fn is_open(path: &str) -> bool {
     matches!(path, "/" | "/health" | "/ui" | "/favicon.ico") || path.starts_with("/ui/")
 }
 
-fn unauthorized(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, Source::Client, code, message)
+fn unauthorized(code: &'static str, message: &str) -> ProxyError {
+    ProxyError::new(StatusCode::UNAUTHORIZED, Source::Client, code, message)
 }
 
-fn origin_refused(origin: &HeaderValue, v1: bool) -> ApiError {
+fn origin_refused(origin: &HeaderValue, v1: bool) -> ProxyError {
     let origin = String::from_utf8_lossy(origin.as_bytes());
     let hint = if v1 {
         "a browser app may call /v1/* only if its origin is listed in BLOCKOPS_CORS_ORIGINS"
     } else {
         "the admin API answers only the proxy's own dashboard and the tray app"
     };
-    ApiError::new(
+    ProxyError::new(
         StatusCode::FORBIDDEN,
         Source::Client,
         "origin_not_allowed",
