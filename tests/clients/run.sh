@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Client conformance suite, as .ci/run calls it: real SDKs (OpenAI Python and Node, LangChain,
-# the Vercel AI SDK) against blockops-proxy in front of a scripted fake backend. Installs the
-# pinned clients itself (a venv in ~/.cache/blockops, npm ci here), builds the proxy unless
+# the Vercel AI SDK, the OpenAI Agents SDK) and Codex CLI against blockops-proxy in front of a
+# scripted fake backend. Installs the pinned clients itself (a venv in ~/.cache/blockops, npm ci here), builds the proxy unless
 # BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json, and ends with
 # "clients: N passed, M failed" (exit 1 when any failed).
 #   bash tests/clients/run.sh [--only scenario,scenario]
@@ -90,9 +90,17 @@ ARGS=(--proxy "$PROXY" --backend "$BACKEND")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
 "$VENV/bin/python" python/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/python.log"
 (cd node && node check.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/node.log"
+# The Responses front door: the OpenAI SDK's responses API and the Agents SDK, then Codex itself
+# (in its own loopback-only network namespace, with its own proxy and backend).
+"$VENV/bin/python" responses/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/responses.log"
+if [ -z "$ONLY" ] || [[ ",$ONLY," == *",codex-shell,"* ]]; then
+  bash responses/codex.sh "$BLOCKOPS_BIN" 2>&1 | tee "$WORK/codex.log"
+fi
 
-passed=$(cat "$WORK/python.log" "$WORK/node.log" | grep -c '^PASS ')
-failed=$(cat "$WORK/python.log" "$WORK/node.log" | grep -c '^FAIL ')
+LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/responses.log")
+[ -f "$WORK/codex.log" ] && LOGS+=("$WORK/codex.log")
+passed=$(cat "${LOGS[@]}" | grep -c '^PASS ')
+failed=$(cat "${LOGS[@]}" | grep -c '^FAIL ')
 if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
   failed=1
   echo "clients: no case ran"
