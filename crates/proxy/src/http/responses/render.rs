@@ -331,8 +331,11 @@ impl ResponsesEncoder {
         named_event(out, kind, &Value::Object(data));
     }
 
+    /// The heartbeat: a real event (Codex's idle timer ignores SSE comments), kept small (the
+    /// request's echoed tools and instructions are not repeated every few seconds).
     fn in_progress(&mut self, out: &mut BytesMut) {
-        let r = self.head.response("in_progress", &[], Map::new());
+        let r = json!({"id": self.head.id, "object": "response", "created_at": self.head.created_at,
+            "status": "in_progress", "model": self.head.model, "output": []});
         self.emit(out, "response.in_progress", json!({"response": r}));
     }
 

@@ -6,7 +6,7 @@
 //! for a hosted tool is the most common way a local server breaks Codex.
 
 use super::store::Conversation;
-use crate::error::ApiError;
+use crate::error::ProxyError as ApiError;
 use serde_json::{Map, Value, json};
 use std::{collections::HashSet, sync::Arc};
 
