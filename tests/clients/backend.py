@@ -9,12 +9,17 @@ the clients' content checks catch it.
 
   python3 backend.py --port 0      prints "listening on 127.0.0.1:PORT" first, then serves
 
-GET /_state answers {"purges": N, "chats": N, "in_flight": {model: N}} for the checkers.
+GET /_state answers {"purges": N, "chats": N, "in_flight": {model: N}, "agents": {model: run}} for
+the checkers.
+
+Agent scenarios (`agent_scenarios` in scenarios.json, used by agents/check.py) are chosen by a
+model name `NAME.TAG` and play a model that runs the agent's shell tool once: see agent_reply.
 """
 
 import argparse
 import json
 import os
+import random
 import socket
 import sys
 import threading
@@ -25,9 +30,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(HERE, "scenarios.json"), encoding="utf-8") as f:
     SUITE = json.load(f)
 SCENARIOS = {s["name"]: s for s in SUITE["scenarios"]}
+AGENT_SCENARIOS = {s["name"]: s for s in SUITE.get("agent_scenarios", [])}
 
 LOCK = threading.Lock()
-STATE = {"purges": 0, "chats": 0, "in_flight": {}}
+STATE = {"purges": 0, "chats": 0, "in_flight": {}, "agents": {}}
 
 
 def pieces(text, size=3):
@@ -83,6 +89,125 @@ def reply_text(scenario, body):
             return "BACKEND SERVED THE QUEUED REQUEST WHILE THE SLOT WAS TAKEN"
     return scenario["script"]
 
+
+# --- Agent scenarios ------------------------------------------------------------------------------
+# A model that runs the agent's shell tool once and then answers with what the command printed.
+# Each run is recorded in STATE["agents"][model] so a checker can tell that the tool really ran:
+#   requests   chat requests seen for this model name      side  of them without tools (titles...)
+#   issued     calls the model made: {"command", "expect", "format"}
+#   verified   tool results that answered an issued call with its id and the real output
+#   final      the final answer sent (None until then)          errors  what was wrong, if anything
+
+def agent_scenario(model):
+    """The agent scenario for a model name `NAME` or `NAME.TAG`, or None."""
+    if not isinstance(model, str):
+        return None
+    return AGENT_SCENARIOS.get(model.split(".", 1)[0])
+
+
+def shell_tool(tools):
+    """(name, parameters schema) of the request's shell tool: the first whose parameters have a
+    `command` property (Qwen Code's run_shell_command, opencode's bash, ...)."""
+    for t in tools or []:
+        fn = t.get("function") or {}
+        params = fn.get("parameters") or {}
+        if "command" in (params.get("properties") or {}):
+            return fn.get("name"), params
+    return None, None
+
+
+def shell_arguments(params, command):
+    """`command` plus a plain value for every other required parameter."""
+    args = {"command": command}
+    props = params.get("properties") or {}
+    for key in params.get("required") or []:
+        if key in args:
+            continue
+        kind = (props.get(key) or {}).get("type")
+        args[key] = {"boolean": False, "integer": 60, "number": 60}.get(kind, "Print a product")
+    return args
+
+
+def text_of(content):
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def agent_tool_results(messages):
+    """[(call id, issued command, tool result text)] for each tool message in the history that
+    answers an assistant tool call with the same id."""
+    calls = {}
+    for m in messages:
+        for c in m.get("tool_calls") or []:
+            try:
+                args = json.loads((c.get("function") or {}).get("arguments") or "{}")
+            except ValueError:
+                args = {}
+            calls[c.get("id")] = args.get("command") if isinstance(args, dict) else None
+    out = []
+    for m in messages:
+        if m.get("role") == "tool":
+            cid = m.get("tool_call_id")
+            out.append((cid, calls.get(cid), text_of(m.get("content"))))
+    return out
+
+
+def render_call(fmt, name, args):
+    """The call as the model writes it in a text format (the structured one is sent as deltas)."""
+    if fmt == "hermes":
+        return "<tool_call>\n%s\n</tool_call>" % json.dumps({"name": name, "arguments": args})
+    if fmt == "toolcall-line":
+        return "TOOL_CALL: %s" % json.dumps({"name": name, "arguments": args})
+    if fmt == "xml-function":
+        params = "".join("<parameter=%s>\n%s\n</parameter>\n" % (k, json.dumps(v) if not isinstance(v, str) else v) for k, v in args.items())
+        return "<tool_call>\n<function=%s>\n%s</function>\n</tool_call>" % (name, params)
+    raise ValueError("unknown format %r" % fmt)
+
+
+def agent_reply(scenario, body):
+    """(text, structured call or None) for one request of an agent run, recording the run."""
+    model = body.get("model")
+    messages = body.get("messages") or []
+    with LOCK:
+        run = STATE["agents"].setdefault(model, {
+            "requests": 0, "side": 0, "issued": [], "verified": [], "final": None, "errors": []})
+        run["requests"] += 1
+    name, params = shell_tool(body.get("tools"))
+    if name is None:
+        # A side request (a session title, a summary): a short plain answer.
+        with LOCK:
+            run["side"] += 1
+        return "Product check", None
+    results = agent_tool_results(messages)
+    if results:
+        cid, command, output = results[-1]
+        with LOCK:
+            issued = {c["command"]: c for c in run["issued"]}
+        call = issued.get(command)
+        if call is None:
+            error = "BACKEND GOT A TOOL RESULT FOR A CALL IT DID NOT MAKE (id %r, command %r)" % (cid, command)
+        elif call["expect"] not in output:
+            error = "BACKEND GOT A TOOL RESULT WITHOUT THE COMMAND'S OUTPUT (id %r): %r" % (cid, output[:200])
+        else:
+            error = None
+        with LOCK:
+            if error:
+                run["errors"].append(error)
+            else:
+                run["verified"].append({"id": cid, "expect": call["expect"]})
+                run["final"] = "Done: the command printed %s." % call["expect"]
+        return (error or run["final"]), None
+    a, b = random.randint(10000, 99999), random.randint(10000, 99999)
+    command = "expr %d \\* %d" % (a, b)
+    args = shell_arguments(params, command)
+    with LOCK:
+        run["issued"].append({"command": command, "expect": str(a * b), "format": scenario["format"]})
+    before = scenario.get("before", "")
+    if scenario["format"] == "structured":
+        cid = "call_%016x" % random.getrandbits(64)
+        return before, {"id": cid, "name": name, "arguments": json.dumps(args)}
+    return before + render_call(scenario["format"], name, args), None
 
 def shell_call_text(scenario, messages, tools):
     """An agent's shell turn (Codex): ask for the command as a text tool call for whichever
@@ -141,7 +266,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             self.send_json(200, {"object": "list", "data": [
-                {"id": n, "object": "model", "owned_by": "blockops-clients"} for n in SCENARIOS
+                {"id": n, "object": "model", "owned_by": "blockops-clients"} for n in list(SCENARIOS) + list(AGENT_SCENARIOS)
             ]})
         elif self.path == "/health":
             self.send_json(200, {"status": "ok"})
@@ -169,7 +294,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
             self.send_json(404, {"error": {"message": "no such path", "type": "not_found"}})
             return
-        scenario = SCENARIOS.get(body.get("model"))
+        scenario = SCENARIOS.get(body.get("model")) or agent_scenario(body.get("model"))
         if scenario is None:
             self.send_json(404, {"error": {"message": "unknown scenario %r" % body.get("model"), "type": "not_found"}})
             return
@@ -194,7 +319,10 @@ class Handler(BaseHTTPRequestHandler):
             STATE["in_flight"][name] -= 1
 
     def stream(self, scenario, body):
-        text = reply_text(scenario, body)
+        if scenario["name"] in AGENT_SCENARIOS:
+            text, call = agent_reply(scenario, body)
+        else:
+            text, call = reply_text(scenario, body), None
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -210,7 +338,15 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
+        if call is not None:
+            # Structured tool_calls deltas, as a server with its own tool parser streams them.
+            self.write_chunk(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                                    "function": {"name": call["name"], "arguments": ""}}]}))
+            for p in pieces(call["arguments"], 8):
+                self.write_chunk(chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}))
         n = len(pieces(text))
+        self.write_chunk(chunk({}, "tool_calls" if call is not None else "stop", {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}))
+
         finish = "stop"
         for i, call in enumerate(scenario.get("tool_calls") or []):
             # The backend's own structured calls: id and name first, then the arguments in pieces.

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Client conformance suite, as .ci/run calls it: real SDKs (OpenAI Python and Node, LangChain,
-# the Vercel AI SDK, the OpenAI Agents SDK) and Codex CLI against blockops-proxy in front of a
-# scripted fake backend. Installs the pinned clients itself (a venv in ~/.cache/blockops, npm ci here), builds the proxy unless
-# BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json, and ends with
-# "clients: N passed, M failed" (exit 1 when any failed).
+# the Vercel AI SDK) against blockops-proxy in front of a scripted fake backend, then the coding
+# agents Qwen Code and opencode (agents/check.py: headless, in a network namespace with only
+# loopback, with a proxy and backend of their own). Installs the pinned clients itself (a venv in
+# ~/.cache/blockops, npm ci in node/, npm install of the pinned agents in agents/), builds the
+# proxy unless BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json and
+# every agent on every agent scenario, and ends with "clients: N passed, M failed" (exit 1 when
+# any failed). The agents need root (for `unshare -n`); BLOCKOPS_AGENTS=0 leaves them out.
+# The Responses front door: responses/check.py (the OpenAI SDK's responses API, the OpenAI Agents
+# SDK) and responses/codex.sh (Codex CLI headless, in its own loopback-only namespace).
 #   bash tests/clients/run.sh [--only scenario,scenario]
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -26,6 +31,11 @@ die() { echo "clients: $*"; echo "clients: 0 passed, 1 failed"; exit 1; }
 command -v python3 >/dev/null 2>&1 || need_apt python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt python3-venv
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then need_apt nodejs npm; fi
+AGENTS="${BLOCKOPS_AGENTS:-1}"
+if [ "$AGENTS" != 0 ]; then
+  command -v ip >/dev/null 2>&1 || need_apt iproute2
+  command -v unshare >/dev/null 2>&1 || need_apt util-linux
+fi
 
 # Python clients: a venv per pinned set, rebuilt when requirements.txt changes.
 VENV="${BLOCKOPS_CLIENTS_VENV:-$HOME/.cache/blockops/venv-clients}"
@@ -93,11 +103,45 @@ ARGS=(--proxy "$PROXY" --backend "$BACKEND")
 # The Responses front door: the OpenAI SDK's responses API and the Agents SDK, then Codex itself
 # (in its own loopback-only network namespace, with its own proxy and backend).
 "$VENV/bin/python" responses/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/responses.log"
-if [ -z "$ONLY" ] || [[ ",$ONLY," == *",codex-shell,"* ]]; then
-  bash responses/codex.sh "$BLOCKOPS_BIN" 2>&1 | tee "$WORK/codex.log"
+if [ "$AGENTS" != 0 ] && { [ -z "$ONLY" ] || [[ ",$ONLY," == *",codex-shell,"* ]]; }; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "FAIL codex: Codex runs in a network namespace (unshare -n), which needs root"
+  else
+    timeout -k 10 600 bash responses/codex.sh "$BLOCKOPS_BIN"
+  fi 2>&1 | tee "$WORK/codex.log"
+  grep -q '^\(PASS\|FAIL\) ' "$WORK/codex.log" || echo "FAIL codex: codex.sh ended without a verdict" | tee -a "$WORK/codex.log"
 fi
 
-LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/responses.log")
+# Coding agents, pinned in agents/package.json (with Node 22 from npm for Qwen Code). Their
+# packages are bundles with only optional platform dependencies, which npm 11 leaves out of the
+# lock file for other platforms, so `npm ci` refuses it: `npm install --no-save` follows the lock.
+touch "$WORK/agents.log"
+install_agents() {
+  if [ -f agents/node_modules/.package-lock.json ] && cmp -s agents/package-lock.json agents/node_modules/.blockops-lock; then
+    return 0
+  fi
+  echo "clients: installing the coding agents"
+  (cd agents && npm install --no-save --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.blockops-lock)
+}
+if [ "$AGENTS" != 0 ]; then
+  agents_start=$SECONDS
+  {
+    if [ "$(id -u)" != 0 ]; then
+      echo "FAIL agents: the agents run in a network namespace (unshare -n), which needs root"
+    elif ! install_agents; then
+      echo "FAIL agents: npm install in tests/clients/agents failed"
+    else
+      AARGS=(--bin "$BLOCKOPS_BIN" --keep "$WORK/agents")
+      [ -n "$ONLY" ] && AARGS+=(--only "$ONLY")
+      # Every agent run has its own timeout (check.py --timeout); this bounds the whole part.
+      timeout -k 10 900 unshare -n python3 agents/check.py "${AARGS[@]}" \
+        || echo "FAIL agents: agents/check.py exited with status $?"
+    fi
+  } 2>&1 | tee "$WORK/agents.log"
+  echo "clients: the coding agents took $((SECONDS - agents_start)) s"
+fi
+
+LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/responses.log" "$WORK/agents.log")
 [ -f "$WORK/codex.log" ] && LOGS+=("$WORK/codex.log")
 passed=$(cat "${LOGS[@]}" | grep -c '^PASS ')
 failed=$(cat "${LOGS[@]}" | grep -c '^FAIL ')
@@ -107,6 +151,11 @@ if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
 fi
 if [ "$failed" -gt 0 ] && [ -n "${BLOCKOPS_ARTIFACTS:-}" ]; then
   mkdir -p "$BLOCKOPS_ARTIFACTS" && cp "$WORK/proxy.out" "$BLOCKOPS_ARTIFACTS/clients-proxy.log"
+  if grep -q '^FAIL ' "$WORK/agents.log" && [ -d "$WORK/agents" ]; then
+    rm -rf "$BLOCKOPS_ARTIFACTS/clients-agents"
+    mkdir -p "$BLOCKOPS_ARTIFACTS/clients-agents"
+    (cd "$WORK/agents" && cp -- *.stdout *.stderr *.json proxy.out backend.out "$BLOCKOPS_ARTIFACTS/clients-agents/" 2>/dev/null)
+  fi
 fi
 echo "clients: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -47,7 +47,7 @@ async fn backend_monitor(state: AppState, mut stop: watch::Receiver<bool>) {
             if last.is_some() || !probe.reachable {
                 state.hub.publish(ProxyEvent::Noticed {
                     request_id: None,
-                    kind: "backend".into(),
+                    kind: crate::observe::NoticeKind::Backend,
                     text,
                 });
             }

@@ -62,6 +62,16 @@ impl ProxyError {
         self
     }
 
+    /// A body over `BLOCKOPS_MAX_BODY_BYTES`, however it was found out.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Source::Client,
+            "request_too_large",
+            format!("the request body is larger than {limit} bytes (BLOCKOPS_MAX_BODY_BYTES)"),
+        )
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, Source::Client, "not_found", message)
     }

@@ -371,7 +371,7 @@ async fn the_event_stream_starts_with_the_snapshot_then_sends_events() {
 
     state.hub.publish(ProxyEvent::Noticed {
         request_id: None,
-        kind: "memory".into(),
+        kind: blockops_proxy::observe::NoticeKind::Memory,
         text: "Memory pressure: 91% used".into(),
     });
     let frames = body.until("event: proxy").await;
@@ -737,28 +737,33 @@ async fn metrics_are_prometheus_text_and_move_after_a_request() {
             .unwrap_or_else(|| panic!("no {k} in {after:?}"))
     };
     assert_eq!(
-        get(r#"blockops_requests_total{model="fake",status="200"}"#),
-        2.0
-    );
-    assert_eq!(get(r#"blockops_prompt_tokens_total{model="fake"}"#), 14.0);
-    assert_eq!(
-        get(r#"blockops_generation_tokens_total{model="fake"}"#),
+        get(r#"blockops_requests_total{model="fake",front_door="chat",status="200"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_e2e_request_latency_seconds_count{model="fake"}"#),
+        get(r#"blockops_prompt_tokens_total{model="fake",front_door="chat"}"#),
+        14.0
+    );
+    assert_eq!(
+        get(r#"blockops_generation_tokens_total{model="fake",front_door="chat"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_time_to_first_token_seconds_count{model="fake"}"#),
+        get(r#"blockops_e2e_request_latency_seconds_count{model="fake",front_door="chat"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_request_queue_time_seconds_count{model="fake"}"#),
+        get(r#"blockops_time_to_first_token_seconds_count{model="fake",front_door="chat"}"#),
         2.0
     );
     assert_eq!(
-        get(r#"blockops_e2e_request_latency_seconds_bucket{model="fake",le="+Inf"}"#),
+        get(r#"blockops_request_queue_time_seconds_count{model="fake",front_door="chat"}"#),
+        2.0
+    );
+    assert_eq!(
+        get(
+            r#"blockops_e2e_request_latency_seconds_bucket{model="fake",front_door="chat",le="+Inf"}"#
+        ),
         2.0
     );
     assert_eq!(get("blockops_proxy_overhead_seconds_count"), 2.0);
@@ -780,7 +785,7 @@ async fn a_stalled_event_subscriber_lags_and_never_slows_requests() {
         for _ in 0..100 {
             state.hub.publish(ProxyEvent::Noticed {
                 request_id: None,
-                kind: "test".into(),
+                kind: blockops_proxy::observe::NoticeKind::Memory,
                 text: format!("filler {i}"),
             });
         }
@@ -814,7 +819,7 @@ async fn a_stalled_event_subscriber_lags_and_never_slows_requests() {
     // And it keeps going after the gap: the latest state still arrives.
     state.hub.publish(ProxyEvent::Noticed {
         request_id: None,
-        kind: "test".into(),
+        kind: blockops_proxy::observe::NoticeKind::Memory,
         text: "after the gap".into(),
     });
     events.until("after the gap").await;

@@ -603,13 +603,14 @@ impl Settings {
                 } else {
                     list
                 };
-                if let Some(unknown) = list
-                    .iter()
-                    .find(|f| !crate::pipeline::transform::is_known_format(f))
-                {
+                if let Some(unknown) = list.iter().find(|f| {
+                    !toolcalls::known_formats()
+                        .iter()
+                        .any(|k| k.eq_ignore_ascii_case(f))
+                }) {
                     return Err(format!(
                         "unknown tool-call format {unknown:?}: expected auto or a comma-separated list of {}",
-                        crate::pipeline::transform::known_formats().join(", ")
+                        toolcalls::known_formats().join(", ")
                     ));
                 }
                 self.parser_formats = list;

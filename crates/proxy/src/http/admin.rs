@@ -228,7 +228,8 @@ pub async fn events(State(state): State<AppState>) -> Response {
         }
     });
     let interval = Duration::from_secs_f64(state.settings.current().heartbeat_interval_secs);
-    let mut response = crate::pipeline::sse_response(rx, interval);
+    let mut response =
+        crate::http::stream::sse_response(rx, interval, crate::http::stream::Rendered);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -8,7 +8,7 @@ use axum::{
     http::{HeaderValue, header},
     response::Response,
 };
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use tokio::{sync::mpsc, time::Instant};
 
@@ -29,15 +29,77 @@ pub trait StreamEncoder: Send + 'static {
     fn failed(&mut self, error: &ProxyError, out: &mut BytesMut);
 }
 
-/// The SSE response body: frames as they come, each rendered by `encoder`, and its heartbeat
+/// What [`sse_response`] streams: items of some kind, each rendered to bytes.
+pub trait Encoder: Send + 'static {
+    type Item: Send + 'static;
+    /// Written as soon as the response starts.
+    fn open(&mut self, out: &mut BytesMut);
+    /// Renders one item; returns whether the stream ends after it.
+    fn item(&mut self, item: Self::Item, out: &mut BytesMut) -> bool;
+    /// Nothing was sent for one heartbeat interval.
+    fn heartbeat(&mut self, out: &mut BytesMut);
+}
+
+impl<E: StreamEncoder> Encoder for E {
+    type Item = Frame;
+
+    fn open(&mut self, out: &mut BytesMut) {
+        StreamEncoder::open(self, out);
+    }
+
+    fn item(&mut self, frame: Frame, out: &mut BytesMut) -> bool {
+        match frame {
+            Frame::Queued { depth } => self.queued(depth, out),
+            Frame::Events(events) => self.events(&events, out),
+            Frame::Done => {
+                self.done(out);
+                return true;
+            }
+            Frame::Failed(e) => {
+                self.failed(&e, out);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn heartbeat(&mut self, out: &mut BytesMut) {
+        StreamEncoder::heartbeat(self, out);
+    }
+}
+
+/// Events already rendered (the dashboard's stream), with `: keep-alive` comments as heartbeats.
+pub struct Rendered;
+
+/// The SSE comment sent as a heartbeat where a protocol has no heartbeat event of its own.
+pub const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+impl Encoder for Rendered {
+    type Item = Bytes;
+
+    fn open(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(KEEP_ALIVE);
+    }
+
+    fn item(&mut self, bytes: Bytes, out: &mut BytesMut) -> bool {
+        out.extend_from_slice(&bytes);
+        false
+    }
+
+    fn heartbeat(&mut self, out: &mut BytesMut) {
+        out.extend_from_slice(KEEP_ALIVE);
+    }
+}
+
+/// The SSE response body: items as they come, each rendered by `encoder`, and its heartbeat
 /// after every `interval` of silence. Heartbeats go between events only, never inside one.
-pub fn sse_response<E: StreamEncoder>(
-    rx: mpsc::Receiver<Frame>,
+pub fn sse_response<E: Encoder>(
+    rx: mpsc::Receiver<E::Item>,
     interval: Duration,
     encoder: E,
 ) -> Response {
-    struct State<E> {
-        rx: mpsc::Receiver<Frame>,
+    struct State<E: Encoder> {
+        rx: mpsc::Receiver<E::Item>,
         encoder: E,
         interval: Duration,
         next_beat: Instant,
@@ -65,22 +127,11 @@ pub fn sse_response<E: StreamEncoder>(
                 return None;
             }
             tokio::select! {
-                frame = st.rx.recv() => {
-                    match frame {
-                        Some(Frame::Queued { depth }) => st.encoder.queued(depth, &mut out),
-                        Some(Frame::Events(events)) => st.encoder.events(&events, &mut out),
-                        Some(Frame::Done) => {
-                            st.encoder.done(&mut out);
-                            st.ended = true;
-                        }
-                        Some(Frame::Failed(e)) => {
-                            st.encoder.failed(&e, &mut out);
-                            st.ended = true;
-                        }
-                        // The core ended without a last frame: it was cancelled (shutdown).
-                        None => return None,
-                    }
-                }
+                item = st.rx.recv() => match item {
+                    Some(item) => st.ended = st.encoder.item(item, &mut out),
+                    // The sender ended without a last frame: it was cancelled (shutdown).
+                    None => return None,
+                },
                 () = tokio::time::sleep_until(st.next_beat) => st.encoder.heartbeat(&mut out),
             }
             st.next_beat = Instant::now() + st.interval;

@@ -58,11 +58,13 @@ const QUEUE_BUCKETS: &[f64] = &[
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
     model: String,
+    front_door: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     model: String,
+    front_door: &'static str,
     status: u16,
 }
 
@@ -73,7 +75,7 @@ struct FormatLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
-    kind: String,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -215,7 +217,9 @@ impl Metrics {
             }
             ProxyEvent::Noticed { kind, .. } => {
                 m.notices
-                    .get_or_create(&KindLabel { kind: kind.clone() })
+                    .get_or_create(&KindLabel {
+                        kind: kind.as_str(),
+                    })
                     .inc();
             }
             ProxyEvent::CachePurged { outcome } => {
@@ -238,6 +242,7 @@ impl Metrics {
         m.requests
             .get_or_create(&RequestLabels {
                 model: model.clone(),
+                front_door: s.front_door,
                 status: s.status.unwrap_or(0),
             })
             .inc();
@@ -245,6 +250,7 @@ impl Metrics {
             m.prompt_tokens
                 .get_or_create(&ModelLabel {
                     model: model.clone(),
+                    front_door: s.front_door,
                 })
                 .inc_by(p);
         }
@@ -252,6 +258,7 @@ impl Metrics {
             m.generation_tokens
                 .get_or_create(&ModelLabel {
                     model: model.clone(),
+                    front_door: s.front_door,
                 })
                 .inc_by(c);
         }
@@ -259,7 +266,10 @@ impl Metrics {
         if s.model.is_empty() {
             return;
         }
-        let label = ModelLabel { model };
+        let label = ModelLabel {
+            model,
+            front_door: s.front_door,
+        };
         if let Some(d) = s.duration_ms {
             m.e2e.get_or_create(&label).observe(d as f64 / 1000.0);
         }
@@ -462,9 +472,10 @@ mod tests {
                 id: "r".into(),
                 time: String::new(),
                 path: "/v1/chat/completions".into(),
+                front_door: "chat",
                 model: model.into(),
                 stream: false,
-                state: "done".into(),
+                state: crate::observe::RequestState::Done,
                 status: Some(status),
                 duration_ms: Some(1500),
                 ttft_ms: Some(20),
@@ -475,6 +486,7 @@ mod tests {
             },
             client_addr: None,
             request: Value::Null,
+            upstream_request: None,
             output: Value::Null,
             raw_text: None,
             trace: Value::Null,
@@ -502,20 +514,34 @@ mod tests {
         m.request_finished(&record("qwen", 200));
         m.request_finished(&record("qwen", 503));
         let text = m.render();
-        assert!(text.contains("blockops_requests_total{model=\"qwen\",status=\"200\"} 2\n"));
-        assert!(text.contains("blockops_requests_total{model=\"qwen\",status=\"503\"} 1\n"));
-        assert!(text.contains("blockops_prompt_tokens_total{model=\"qwen\"} 21\n"));
-        assert!(text.contains("blockops_generation_tokens_total{model=\"qwen\"} 9\n"));
-        assert!(text.contains("blockops_e2e_request_latency_seconds_count{model=\"qwen\"} 3\n"));
+        assert!(text.contains(
+            "blockops_requests_total{model=\"qwen\",front_door=\"chat\",status=\"200\"} 2\n"
+        ));
+        assert!(text.contains(
+            "blockops_requests_total{model=\"qwen\",front_door=\"chat\",status=\"503\"} 1\n"
+        ));
+        assert!(
+            text.contains("blockops_prompt_tokens_total{model=\"qwen\",front_door=\"chat\"} 21\n")
+        );
         assert!(
             text.contains(
-                "blockops_e2e_request_latency_seconds_bucket{le=\"1.5\",model=\"qwen\"} 3\n"
+                "blockops_generation_tokens_total{model=\"qwen\",front_door=\"chat\"} 9\n"
+            )
+        );
+        assert!(text.contains(
+            "blockops_e2e_request_latency_seconds_count{model=\"qwen\",front_door=\"chat\"} 3\n"
+        ));
+        assert!(
+            text.contains(
+                "blockops_e2e_request_latency_seconds_bucket{le=\"1.5\",model=\"qwen\",front_door=\"chat\"} 3\n"
             ) || text.contains(
-                "blockops_e2e_request_latency_seconds_bucket{model=\"qwen\",le=\"1.5\"} 3\n"
+                "blockops_e2e_request_latency_seconds_bucket{model=\"qwen\",front_door=\"chat\",le=\"1.5\"} 3\n"
             ),
             "{text}"
         );
-        assert!(text.contains("blockops_time_to_first_token_seconds_sum{model=\"qwen\"} 0.06"));
+        assert!(text.contains(
+            "blockops_time_to_first_token_seconds_sum{model=\"qwen\",front_door=\"chat\"} 0.06"
+        ));
     }
 
     #[test]
@@ -531,7 +557,9 @@ mod tests {
             .filter(|l| l.starts_with("blockops_requests_total{"))
             .count();
         assert_eq!(series, MAX_MODELS + 1, "{text}");
-        assert!(text.contains("blockops_requests_total{model=\"other\",status=\"200\"} 6\n"));
+        assert!(text.contains(
+            "blockops_requests_total{model=\"other\",front_door=\"chat\",status=\"200\"} 6\n"
+        ));
         assert!(text.contains("model=\"m0\""));
         assert!(!text.contains(&format!("model=\"m{}\"", MAX_MODELS)));
     }
@@ -546,7 +574,7 @@ mod tests {
         });
         m.observe(&ProxyEvent::Noticed {
             request_id: None,
-            kind: "memory".into(),
+            kind: crate::observe::NoticeKind::Memory,
             text: "Memory pressure: 91% used".into(),
         });
         m.observe(&ProxyEvent::Shaped {

@@ -61,7 +61,7 @@ pub enum ProxyEvent {
     },
     Noticed {
         request_id: Option<String>,
-        kind: String,
+        kind: NoticeKind,
         text: String,
     },
     Finished {
@@ -91,16 +91,51 @@ pub struct PurgeOutcome {
     pub duration_ms: u64,
 }
 
+/// What kind of notice a line is (the `kind` label of `blockops_notices_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeKind {
+    Memory,
+    Truncation,
+    Context,
+    Purge,
+    /// The backend went down or came back (not tied to a request).
+    Backend,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Memory => "memory",
+            NoticeKind::Truncation => "truncation",
+            NoticeKind::Context => "context",
+            NoticeKind::Purge => "purge",
+            NoticeKind::Backend => "backend",
+        }
+    }
+}
+
+/// Where a request is in its life (the traffic table's state column).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
 /// One line of the traffic table.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RequestSummary {
     pub id: String,
     pub time: String,
     pub path: String,
+    /// `chat`, `messages`, `responses` or `passthrough`.
+    pub front_door: &'static str,
     pub model: String,
     pub stream: bool,
-    /// `queued`, `running`, `done` or `failed`.
-    pub state: String,
+    pub state: RequestState,
     pub status: Option<u16>,
     pub duration_ms: Option<u64>,
     pub ttft_ms: Option<u64>,
@@ -116,8 +151,13 @@ pub struct RequestRecord {
     #[serde(flatten)]
     pub summary: RequestSummary,
     pub client_addr: Option<String>,
-    /// The JSON body as sent to the backend (after shaping), secrets redacted.
+    /// The JSON body as the client sent it, secrets redacted; kept even when nothing reached
+    /// the backend (a refusal, a wait in the queue abandoned).
     pub request: Value,
+    /// The body as sent to the backend, where it differs from `request` beyond the streaming
+    /// switches (another front door's protocol, a truncated conversation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request: Option<Value>,
     /// The response as the client received it: content, reasoning, tool calls.
     pub output: Value,
     /// The model's raw text (choice 0), when it differs from the content the client got.
@@ -264,7 +304,7 @@ impl Hub {
         // The traffic table shows a request's state as it moves: queued → running → done/failed.
         match &event {
             ProxyEvent::Admitted { request_id, .. } => self.update_request(request_id, |r| {
-                r.state = "running".into();
+                r.state = RequestState::Running;
             }),
             ProxyEvent::FirstByte {
                 request_id,
@@ -305,6 +345,9 @@ impl Hub {
     /// A request finished: into the traffic log (lossless), the recent list, and the event stream.
     pub fn finished(&self, mut record: RequestRecord) {
         traffic_log::redact(&mut record.request);
+        if let Some(upstream) = record.upstream_request.as_mut() {
+            traffic_log::redact(upstream);
+        }
         self.inner.metrics.request_finished(&record);
         let summary = record.summary.clone();
         let record = Arc::new(record);

@@ -6,11 +6,15 @@
 //! interleaving of grant and cancel can leak one. The limit can change at run time: raising it
 //! admits waiters at once; lowering it lets requests in flight finish.
 
-use crate::observe::{ActiveRequest, Hub, QueuedRequest};
+use super::context::RequestCtx;
+use crate::{
+    error::{ProxyError, Source, StatusCode},
+    observe::{ActiveRequest, Hub, ProxyEvent, QueuedRequest},
+};
 use std::{
     collections::VecDeque,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 use tokio::sync::oneshot;
 
@@ -283,6 +287,70 @@ impl Drop for Hold {
         self.gate.grant(&mut s);
         self.gate.publish(&s);
     }
+}
+
+/// Refuse-or-admit, the stage every request that makes the backend generate passes: a full
+/// queue is refused at once, a wait longer than `QUEUE_TIMEOUT_SECS` ends in a 503, and both
+/// are counted. `on_queued` runs once when the request has to wait (a streaming client gets its
+/// headers then). The time spent is the request's `queue` phase.
+pub async fn admit(
+    gate: &Gate,
+    hub: &Hub,
+    ctx: &RequestCtx,
+    on_queued: impl AsyncFnOnce(usize),
+) -> Result<Slot, ProxyError> {
+    let settings = &ctx.settings;
+    let _wait = ctx.phases.queue();
+    match gate.enter(&ctx.id, &ctx.model) {
+        Ok(Entry::Admitted(slot)) => Ok(slot),
+        Ok(Entry::Queued(ticket)) => {
+            let depth = gate.queued();
+            hub.publish(ProxyEvent::Queued {
+                request_id: ctx.id.clone(),
+                depth,
+            });
+            on_queued(depth).await;
+            let wait = Duration::from_secs_f64(settings.queue_timeout_secs);
+            match tokio::time::timeout(wait, ticket.admitted()).await {
+                Ok(slot) => Ok(slot),
+                Err(_) => {
+                    hub.update(|s| s.rejections.queue_timeout += 1);
+                    Err(queue_timeout(
+                        settings.queue_timeout_secs,
+                        settings.max_concurrent,
+                    ))
+                }
+            }
+        }
+        Err(Refused::QueueFull { max_queue }) => {
+            hub.update(|s| s.rejections.queue_full += 1);
+            Err(queue_full(max_queue, settings.max_concurrent))
+        }
+    }
+}
+
+pub fn queue_full(max_queue: usize, max_concurrent: usize) -> ProxyError {
+    ProxyError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Source::Proxy,
+        "queue_full",
+        format!(
+            "the backend is busy: {max_concurrent} requests in flight and {max_queue} waiting (MAX_CONCURRENT, MAX_QUEUE); retry shortly"
+        ),
+    )
+    .with_retry_after(1)
+}
+
+pub fn queue_timeout(queue_timeout_secs: f64, max_concurrent: usize) -> ProxyError {
+    ProxyError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Source::Proxy,
+        "queue_timeout",
+        format!(
+            "waited {queue_timeout_secs} s for a free slot at the backend (MAX_CONCURRENT={max_concurrent}); try again later or raise QUEUE_TIMEOUT_SECS"
+        ),
+    )
+    .with_retry_after(queue_timeout_secs.ceil().max(1.0) as u64)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! at most once, after the finishes. A call's arguments are complete when the next `ToolCall`
 //! or the choice's `Finish` arrives.
 
+pub use crate::observe::NoticeKind;
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -118,27 +119,6 @@ impl FinishReason {
     }
 }
 
-/// What kind of notice a line is (the `kind` label of `blockops_notices_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NoticeKind {
-    Memory,
-    Truncation,
-    Context,
-    Purge,
-}
-
-impl NoticeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NoticeKind::Memory => "memory",
-            NoticeKind::Truncation => "truncation",
-            NoticeKind::Context => "context",
-            NoticeKind::Purge => "purge",
-        }
-    }
-}
-
 /// A notice: its kind and the sentence shown.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notice {
@@ -183,6 +163,11 @@ pub fn push_capped(dst: &mut String, text: &str, limit: Option<usize>) {
         return;
     };
     if dst.len() >= limit {
+        // Exactly full: this is the first text left out, so say so (once: the marker
+        // takes the text past the limit).
+        if dst.len() == limit && !text.is_empty() {
+            dst.push_str(OMITTED);
+        }
         return;
     }
     if dst.len() + text.len() <= limit {

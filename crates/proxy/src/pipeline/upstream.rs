@@ -1,12 +1,16 @@
-//! Upstream: the HTTP client to the backend, and how its failures become [`ProxyError`]s.
+//! Upstream: the HTTP client to the backend, the request sent with its deadlines, the reply
+//! read under them, and how failures become [`ProxyError`]s.
 
+use super::phases::Phases;
 use crate::error::StatusCode;
 use crate::{
     config::Settings,
     error::{ProxyError, Source},
 };
 use bytes::Bytes;
-use std::time::Duration;
+use reqwest::header;
+use std::{sync::Arc, time::Duration};
+use tokio::time::Instant;
 
 /// Builds the one shared client: pooled connections, `TCP_NODELAY` (Nagle would hold small SSE
 /// writes back by tens of milliseconds), no overall timeout (streams are long; the pipeline
@@ -29,7 +33,7 @@ pub fn client(settings: &Settings) -> reqwest::Client {
 /// A failure to reach the backend or to get an answer in time.
 pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> ProxyError {
     if error.is_timeout() {
-        return timeout(backend, "connect", timeout_secs);
+        return Timeout::Connect(timeout_secs).error(backend);
     }
     if error.is_connect() {
         let cause = root_cause(error);
@@ -54,27 +58,187 @@ pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> Pro
     )
 }
 
-/// The backend took longer than a configured limit.
-pub fn timeout(backend: &str, what: &str, secs: f64) -> ProxyError {
-    let (setting, hint) = match what {
-        "first byte" => (
-            "FIRST_BYTE_TIMEOUT_SECS",
-            "the model may still be loading or the prompt is very long",
-        ),
-        "idle" => ("IDLE_TIMEOUT_SECS", "the backend stopped sending"),
-        "total" => ("TOTAL_TIMEOUT_SECS", "the whole request took too long"),
-        _ => (
-            "CONNECT_TIMEOUT_SECS",
-            "the backend did not accept the connection",
-        ),
-    };
+/// Which limit the backend ran into, with its configured seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Timeout {
+    Connect(f64),
+    FirstByte(f64),
+    Idle(f64),
+    Total(f64),
+}
+
+impl Timeout {
+    fn parts(self) -> (&'static str, f64, &'static str, &'static str) {
+        match self {
+            Timeout::Connect(s) => (
+                "connect",
+                s,
+                "CONNECT_TIMEOUT_SECS",
+                "the backend did not accept the connection",
+            ),
+            Timeout::FirstByte(s) => (
+                "first byte",
+                s,
+                "FIRST_BYTE_TIMEOUT_SECS",
+                "the model may still be loading or the prompt is very long",
+            ),
+            Timeout::Idle(s) => (
+                "idle",
+                s,
+                "IDLE_TIMEOUT_SECS",
+                "the backend stopped sending",
+            ),
+            Timeout::Total(s) => (
+                "total",
+                s,
+                "TOTAL_TIMEOUT_SECS",
+                "the whole request took too long",
+            ),
+        }
+    }
+
+    /// The 504 this timeout answers, naming the setting to raise.
+    pub fn error(self, backend: &str) -> ProxyError {
+        let (what, secs, setting, hint) = self.parts();
+        ProxyError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            Source::Upstream,
+            "backend_timeout",
+            format!(
+                "the backend at {backend} did not answer within {secs} s ({what} timeout: {hint}; raise {setting} if this is expected)"
+            ),
+        )
+    }
+}
+
+/// The limits one request runs under, fixed when it is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    total: Option<(Instant, f64)>,
+    first_byte: (Instant, f64),
+    idle: f64,
+}
+
+impl Deadlines {
+    /// From the settings, counting the total from `received` and the first byte from now.
+    pub fn new(settings: &Settings, received: Instant) -> Deadlines {
+        let total = (settings.total_timeout_secs > 0.0).then(|| {
+            (
+                received + Duration::from_secs_f64(settings.total_timeout_secs),
+                settings.total_timeout_secs,
+            )
+        });
+        Deadlines {
+            total,
+            first_byte: (
+                Instant::now() + Duration::from_secs_f64(settings.first_byte_timeout_secs),
+                settings.first_byte_timeout_secs,
+            ),
+            idle: settings.idle_timeout_secs,
+        }
+    }
+
+    /// The next limit: the first byte's until one came, then idle from now; the total if sooner.
+    fn next(&self, got_first_byte: bool) -> (Instant, Timeout) {
+        let own = if got_first_byte {
+            (
+                Instant::now() + Duration::from_secs_f64(self.idle),
+                Timeout::Idle(self.idle),
+            )
+        } else {
+            (self.first_byte.0, Timeout::FirstByte(self.first_byte.1))
+        };
+        match self.total {
+            Some((at, secs)) if at <= own.0 => (at, Timeout::Total(secs)),
+            _ => own,
+        }
+    }
+
+    /// Awaits `fut` under the next limit.
+    pub async fn within<F: std::future::Future>(
+        &self,
+        got_first_byte: bool,
+        fut: F,
+    ) -> Result<F::Output, Timeout> {
+        let (until, which) = self.next(got_first_byte);
+        tokio::time::timeout_at(until, fut).await.map_err(|_| which)
+    }
+}
+
+/// One request to the backend: where, with what, under which limits.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub client: &'a reqwest::Client,
+    pub backend: &'a str,
+    pub path: &'a str,
+    pub api_key: Option<&'a str>,
+    pub connect_timeout_secs: f64,
+    pub phases: &'a Arc<Phases>,
+}
+
+impl Call<'_> {
+    /// Sends `request` (built from [`Call::builder`]) and waits for the headers, under the
+    /// deadlines; an error status becomes the error, with the backend's own body.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        deadlines: &Deadlines,
+    ) -> Result<reqwest::Response, ProxyError> {
+        let _wait = self.phases.upstream();
+        let response = match deadlines.within(false, request.send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(self.failed(&e)),
+            Err(t) => return Err(t.error(self.backend)),
+        };
+        check_status(response, self.backend).await
+    }
+
+    /// A request to the backend's `path`, with its key; the body and headers are the caller's.
+    pub fn builder(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .request(method, format!("{}{}", self.backend, self.path));
+        if let Some(key) = self.api_key {
+            request = request.bearer_auth(key);
+        }
+        request
+    }
+
+    /// A POST of a JSON body that asks for an event stream.
+    pub fn post_json(&self, payload: Vec<u8>) -> reqwest::RequestBuilder {
+        self.builder(reqwest::Method::POST)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream")
+            .body(payload)
+    }
+
+    /// Reads the next piece of the reply under the deadlines; `None` at its end.
+    pub async fn read(
+        &self,
+        response: &mut reqwest::Response,
+        deadlines: &Deadlines,
+        got_first_byte: bool,
+    ) -> Result<Option<Bytes>, ProxyError> {
+        let _wait = self.phases.upstream();
+        match deadlines.within(got_first_byte, response.chunk()).await {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => Err(self.failed(&e)),
+            Err(t) => Err(t.error(self.backend)),
+        }
+    }
+
+    fn failed(&self, e: &reqwest::Error) -> ProxyError {
+        classify(e, self.backend, self.connect_timeout_secs)
+    }
+}
+
+/// The backend sent something that is not a valid reply stream.
+pub fn bad_stream(backend: &str, what: &str) -> ProxyError {
     ProxyError::new(
-        StatusCode::GATEWAY_TIMEOUT,
+        StatusCode::BAD_GATEWAY,
         Source::Upstream,
-        "backend_timeout",
-        format!(
-            "the backend at {backend} did not answer within {secs} s ({what} timeout: {hint}; raise {setting} if this is expected)"
-        ),
+        "bad_upstream_stream",
+        format!("the backend at {backend} sent a broken stream: {what}"),
     )
 }
 

@@ -26,7 +26,6 @@ pub struct Converted {
     pub echo: Map<String, Value>,
     /// `store` is not `false`: keep this response for a later `previous_response_id`.
     pub store: bool,
-    pub stream: bool,
 }
 
 /// Fields a response object repeats from the request, as the client sent them.
@@ -159,7 +158,6 @@ pub fn convert(body: &Map<String, Value>, history: Conversation) -> Result<Conve
             .to_owned(),
         echo,
         store: body.get("store").and_then(Value::as_bool) != Some(false),
-        stream,
     })
 }
 
@@ -619,7 +617,6 @@ mod tests {
         assert_eq!(c.chat["stream"], true);
         assert_eq!(c.chat["response_format"]["json_schema"]["name"], "n");
         assert!(c.chat.get("reasoning").is_none());
-        assert!(c.stream);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!   notice; above `TOKEN_HARD_THRESHOLD` middle turns are dropped ([`truncate`]) until the
 //!   estimate plus `max_tokens` fits, or the request is refused with the numbers.
 
+pub mod apply;
 pub mod estimate;
 pub mod truncate;
 

@@ -1,17 +1,22 @@
-//! `POST /v1/chat/completions`: validate the body, then hand it to the pipeline.
+//! The OpenAI Chat Completions front door, `POST /v1/chat/completions`: validate the body, hand
+//! it to the core, render the reply (`render.rs`).
+
+pub mod render;
 
 use crate::{
     error::ProxyError,
-    pipeline::{self, RequestCtx},
+    http::stream::sse_response,
+    pipeline::{self, ChatRequest, FrontDoor, Reply, RequestCtx},
     state::AppState,
 };
 use axum::{
     extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
 };
+use render::{ChatStyle, ChunkWriter};
 use serde_json::{Map, Value};
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
     let settings = state.settings.current();
@@ -24,14 +29,36 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    match parse_chat_body(&parts.headers, &bytes) {
-        Ok(body) => {
-            let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr);
-            ctx.phases = super::timing::phases_of(&parts.extensions);
-            pipeline::chat(state, ctx, body).await
-        }
+    let body = match parse_chat_body(&parts.headers, &bytes) {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
+    let style = ChatStyle {
+        reasoning_field: settings.reasoning_field,
+        include_usage: body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    };
+    let heartbeat = Duration::from_secs_f64(settings.heartbeat_interval_secs);
+    let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr, FrontDoor::Chat);
+    ctx.phases = super::timing::phases_of(&parts.extensions);
+    let request_id = ctx.id.clone();
+    let response = match pipeline::serve(state, ctx, ChatRequest::chat(body)).await {
+        Ok(Reply::Stream(frames)) => sse_response(frames, heartbeat, ChunkWriter::new(style)),
+        Ok(Reply::Whole(fold)) => axum::Json(render::completion(&fold, style)).into_response(),
         Err(e) => e.into_response(),
+    };
+    with_request_id(response, &request_id)
+}
+
+/// Every reply names its request, so a user can find it in the dashboard and the log.
+pub fn with_request_id(mut response: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert("x-request-id", v);
     }
+    response
 }
 
 /// Reads a request body up to `limit` bytes; more is a 413 that names the limit.
@@ -41,12 +68,7 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
             || e.to_string().contains("length limit");
         if too_large {
-            ProxyError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                crate::error::Source::Client,
-                "request_too_large",
-                format!("the request body is larger than {limit} bytes (BLOCKOPS_MAX_BODY_BYTES)"),
-            )
+            ProxyError::too_large(limit)
         } else {
             ProxyError::client(
                 "invalid_body",
@@ -157,7 +179,7 @@ mod tests {
         ];
         for (ct, body, needle) in cases {
             let e = parse(*ct, body).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.status, crate::error::StatusCode::BAD_REQUEST);
             assert!(
                 e.message.contains(needle),
                 "{:?} → {}",
