@@ -85,6 +85,7 @@ export async function api(path, { method = 'GET', body, signal, retryAuth = true
 
 export const getStatus = (opts) => api('status', opts);
 export const getConfig = () => api('config');
+export const getSchema = () => api('config/schema');
 export const patchConfig = (patch) => api('config', { method: 'PATCH', body: patch });
 export const getRequest = (id, opts) => api(`requests/${encodeURIComponent(id)}`, opts);
 export const testBackend = (url) => api('backend/test', { method: 'POST', body: { url } });

@@ -148,6 +148,56 @@ describe('dashboard', () => {
     assert.match(args, /\n {2}"city"/, 'arguments are pretty-printed');
   });
 
+  test('the settings form is built from the server\'s schema', async () => {
+    phase = 'schema';
+    const schema = await getJson(proxy.base, '/admin/api/config/schema');
+    const config = await getJson(proxy.base, '/admin/api/config');
+    const live = schema.settings.filter((s) => s.live && !s.secret);
+    assert.ok(live.some((s) => s.key === 'max_concurrent'), 'max_concurrent is a live setting');
+    await page.waitForSelector('#cfg-max_concurrent', { state: 'attached', ...WAIT });
+    const form = await page.evaluate(() => Array.from(document.querySelectorAll('#settings-fields [name]'), (el) => ({
+      key: el.name,
+      tag: el.tagName.toLowerCase(),
+      min: el.getAttribute('min'),
+      max: el.getAttribute('max'),
+      step: el.getAttribute('step'),
+      options: el.tagName === 'SELECT' ? Array.from(el.options, (o) => o.value) : null,
+      label: document.querySelector(`label[for="${el.id}"]`)?.textContent || '',
+      value: el.value,
+    })));
+    assert.deepEqual(form.map((f) => f.key), live.map((s) => s.key), 'one field per live setting, in the server\'s order');
+    for (const s of live) {
+      const f = form.find((x) => x.key === s.key);
+      assert.ok(f.label.startsWith(s.label), `${s.key}: label ${JSON.stringify(f.label)}`);
+      if (s.type === 'integer' || s.type === 'number') {
+        assert.equal(Number(f.min), s.min, `${s.key}: the form's min is the server's`);
+        assert.equal(Number(f.max), s.max, `${s.key}: the form's max is the server's`);
+        assert.equal(f.step, s.type === 'integer' ? '1' : 'any', `${s.key}: step`);
+        assert.equal(Number(f.value), config[s.key], `${s.key}: shows the current value`);
+      } else if (s.type === 'enum') {
+        assert.deepEqual(f.options, s.choices.map((c) => c.value), `${s.key}: the server's choices`);
+        assert.equal(f.value, config[s.key], `${s.key}: shows the current value`);
+      }
+    }
+    // The drift this replaced: the hand-written form let these go to 0.
+    const min = (key) => schema.settings.find((s) => s.key === key).min;
+    assert.equal(await page.getAttribute('#cfg-max_concurrent', 'min'), String(min('max_concurrent')));
+    assert.equal(await page.getAttribute('#cfg-queue_timeout_secs', 'min'), String(min('queue_timeout_secs')));
+    // Settings that need a restart are listed, not editable.
+    assert.equal(await page.locator('#cfg-port').count(), 0, 'port is not editable while running');
+    assert.equal(await page.locator('#settings-fixed-list [data-fixed="port"] dd').textContent(), String(proxy.port));
+    assert.equal(await page.locator('#cfg-api_key').count(), 0, 'secrets are not in the form');
+
+    // A field the old hand-written form lacked round-trips through PATCH.
+    const field = page.locator('#cfg-first_byte_timeout_secs');
+    await field.fill('123.5');
+    await page.click('#settings-save');
+    await until(async () => (await getJson(proxy.base, '/admin/api/config')).first_byte_timeout_secs === 123.5,
+      { timeout: 5000, what: 'the saved first_byte_timeout_secs' });
+    await page.waitForSelector('#settings-save:disabled', WAIT);
+    assert.equal(await field.inputValue(), '123.5');
+  });
+
   test('a bad setting shows the server\'s message beside its field', async () => {
     phase = 'validation';
     // The browser logs the 400 response itself; that is this test's point, not an error.

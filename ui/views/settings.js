@@ -1,6 +1,7 @@
-// The settings form (live PATCH, errors beside the field), the backend test and the cache purge.
+// The settings form (built from the server's schema, live PATCH, errors beside the field), the
+// backend test and the cache purge.
 
-import { getConfig, patchConfig, testBackend, purgeCache, ApiError } from '../api.js';
+import { getConfig, getSchema, patchConfig, testBackend, purgeCache, ApiError } from '../api.js';
 import { $, $$, h, setText, fmtMs } from '../util.js';
 
 export class SettingsView {
@@ -8,9 +9,11 @@ export class SettingsView {
     this.form = $('#settings-form');
     this.toast = toast;
     this.config = null; // last config from the server
+    this.schema = null; // GET /admin/api/config/schema, once it arrived
+    this.schemaLoad = null; // the pending schema request, shared by concurrent loads
     this.saving = false;
     this.lastTest = null; // {url, result}
-    this.fields = $$('[name]', this.form).filter((el) => el.id.startsWith('cfg-'));
+    this.fields = []; // the form's inputs, once built
 
     this.form.addEventListener('input', (e) => this.onInput(e));
     this.form.addEventListener('change', (e) => this.onInput(e));
@@ -19,24 +22,102 @@ export class SettingsView {
       this.save();
     });
     $('#settings-reset').addEventListener('click', () => this.fill(this.config, { force: true }));
-    $('#backend-test').addEventListener('click', () => this.test());
-    $('#cfg-backend_url').addEventListener('keydown', (e) => {
-      // Enter in the URL field tests it; saving stays an explicit step.
-      if (e.key === 'Enter') {
-        e.preventDefault();
-        this.test();
-      }
-    });
     $('#purge').addEventListener('click', () => this.purge());
   }
 
   async load() {
     try {
+      // The form's fields, bounds and choices are the server's: built once, from its schema.
+      if (!this.schema) {
+        this.schemaLoad ||= getSchema().finally(() => {
+          this.schemaLoad = null;
+        });
+        const schema = await this.schemaLoad;
+        if (!this.schema) this.build(schema);
+      }
       const config = await getConfig();
       this.fill(config);
     } catch (e) {
       this.formError(`Could not load the settings: ${e.message}`);
     }
+  }
+
+  /** Builds the form: live settings as fields by group, the rest listed as restart-only. */
+  build(schema) {
+    const settings = (schema && schema.settings) || [];
+    this.schema = new Map(settings.map((s) => [s.key, s]));
+    const groups = new Map();
+    const fixed = [];
+    for (const s of settings) {
+      if (s.secret) continue;
+      if (!s.live) {
+        fixed.push(s);
+        continue;
+      }
+      if (!groups.has(s.group)) groups.set(s.group, h('fieldset', { class: 'group' }, h('legend', null, s.group)));
+      groups.get(s.group).append(this.field(s));
+    }
+    const box = $('#settings-fields');
+    box.replaceChildren(...groups.values());
+    box.removeAttribute('aria-busy');
+    this.fields = $$('[name]', box).filter((el) => el.id.startsWith('cfg-'));
+
+    $('#settings-fixed-list').replaceChildren(...fixed.map((s) => h('div', { dataset: { fixed: s.key } },
+      h('dt', { title: `${s.help} (${s.env})` }, s.label),
+      h('dd', { class: 'mono ellipsis', id: `fixed-${s.key}` }, '–'))));
+    $('#settings-fixed').hidden = fixed.length === 0;
+
+    const url = $('#cfg-backend_url');
+    if (url) {
+      $('#backend-test').addEventListener('click', () => this.test());
+      url.addEventListener('keydown', (e) => {
+        // Enter in the URL field tests it; saving stays an explicit step.
+        if (e.key === 'Enter') {
+          e.preventDefault();
+          this.test();
+        }
+      });
+    }
+  }
+
+  /** One field from its description: a select for choices, a bounded number, or text. */
+  field(s) {
+    const id = `cfg-${s.key}`;
+    const attrs = { id, name: s.key, 'aria-describedby': `hint-${s.key} err-${s.key}` };
+    let control;
+    if (s.type === 'enum') {
+      control = h('select', attrs, (s.choices || []).map((c) => h('option', { value: c.value }, c.label)));
+    } else if (s.type === 'integer' || s.type === 'number') {
+      const whole = s.type === 'integer';
+      control = h('input', {
+        ...attrs, type: 'number', min: s.min, max: s.max, step: whole ? 1 : 'any', inputmode: whole ? 'numeric' : 'decimal',
+      });
+    } else {
+      const auto = (s.choices || []).some((c) => c.value === 'auto');
+      control = h('input', {
+        ...attrs,
+        type: s.type === 'url' ? 'url' : 'text',
+        inputmode: s.type === 'url' ? 'url' : null,
+        spellcheck: 'false',
+        class: s.type === 'text' ? null : 'mono',
+        placeholder: auto ? 'auto' : null,
+      });
+    }
+    const label = h('label', { for: id }, s.label, s.unit ? [' ', h('span', { class: 'unit' }, s.unit)] : null);
+    const hint = h('p', { class: 'hint', id: `hint-${s.key}` }, hintOf(s));
+    const err = h('p', { class: 'error', id: `err-${s.key}`, hidden: true });
+    if (s.key === 'backend_url') {
+      // The URL can be probed before it is saved.
+      return h('div', { class: 'field field-wide', dataset: { field: s.key } },
+        label,
+        h('div', { class: 'input-row' }, control, h('button', { type: 'button', class: 'btn', id: 'backend-test' }, 'Test')),
+        hint,
+        h('div', { class: 'test-result', id: 'backend-test-result', role: 'status', 'aria-live': 'polite', hidden: true }),
+        err);
+    }
+    // A list with named choices spells them out in its hint: give it the room.
+    const wide = s.type === 'list' && s.choices;
+    return h('div', { class: wide ? 'field field-wide' : 'field', dataset: { field: s.key } }, label, control, hint, err);
   }
 
   /** Fills the form; fields the user is editing keep their value unless `force`. */
@@ -60,6 +141,13 @@ export class SettingsView {
       }
     }
     if (force) this.formError(null);
+    for (const el of $$('[data-fixed]', this.form)) {
+      const s = this.schema?.get(el.dataset.fixed);
+      const v = config[el.dataset.fixed];
+      const text = v === undefined ? '–' : `${str(v) || '(none)'}${s?.unit && str(v) ? ` ${s.unit}` : ''}`;
+      setText(el.querySelector('dd'), text);
+      el.querySelector('dd').title = text;
+    }
     setText($('#info-listen'), config.host && config.port ? `${config.host}:${config.port}` : '–');
     setText($('#info-log'), config.log_file || '–');
     $('#info-log').title = config.log_file || '';
@@ -276,6 +364,17 @@ export class SettingsView {
       r.message ? h('div', { class: 'small' }, r.message) : null,
     );
   }
+}
+
+/** The help line under a field, with its range or choices from the schema. */
+function hintOf(s) {
+  if (s.type === 'integer' || s.type === 'number') {
+    const unit = s.unit ? ` ${s.unit}` : '';
+    const range = s.exclusive_min ? `above ${s.min}, up to ${s.max}${unit}` : `${s.min} to ${s.max}${unit}`;
+    return `${s.help} · ${range}`;
+  }
+  if (s.type === 'list' && s.choices) return `${s.help}: ${s.choices.map((c) => c.value).join(', ')}`;
+  return s.help;
 }
 
 function str(v) {

@@ -34,12 +34,9 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod http;
-pub mod memory;
 pub mod observe;
 pub mod pipeline;
-pub mod purge;
 pub mod server;
-pub mod state;
 
 pub use config::Settings;
 pub use server::{ServerHandle, StartError, start, start_on};

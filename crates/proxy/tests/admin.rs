@@ -12,7 +12,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use blockops_proxy::{http::router, observe::ProxyEvent, server::build_state, state::AppState};
+use blockops_proxy::{http::router, observe::ProxyEvent, pipeline::AppState, server::build_state};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
@@ -581,6 +581,91 @@ async fn bad_patches_are_400_naming_the_field_and_change_nothing() {
         !dir.path().join("config.toml").exists(),
         "nothing was saved"
     );
+}
+
+/// The dashboard builds its form from `GET /admin/api/config/schema`; the bounds it shows must be
+/// what a PATCH accepts, for every live number, and every setting GET config shows is described.
+#[tokio::test]
+async fn the_settings_schema_describes_every_setting_with_the_bounds_patch_enforces() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = build_state(settings(&dead_url().await, &dir));
+    let (code, schema) = json_of(send(&state, get_req("/admin/api/config/schema")).await).await;
+    assert_eq!(code, StatusCode::OK, "{schema}");
+    let described = schema["settings"].as_array().expect("settings: [...]");
+    let (_, config) = json_of(send(&state, get_req("/admin/api/config")).await).await;
+    for key in config.as_object().unwrap().keys() {
+        if key == "api_key_set" {
+            continue;
+        }
+        let d = described
+            .iter()
+            .find(|d| d["key"] == key.as_str())
+            .unwrap_or_else(|| panic!("GET config shows {key}, the schema does not describe it"));
+        assert!(
+            d["label"].as_str().is_some_and(|l| !l.is_empty()),
+            "{key}: {d}"
+        );
+        assert!(d["live"].is_boolean(), "{key}: {d}");
+    }
+    assert!(
+        described
+            .iter()
+            .any(|d| d["key"] == "max_concurrent" && d["min"] == 1 && d["live"] == true),
+        "max_concurrent is live with min 1"
+    );
+
+    // Each live number just past either bound is refused, naming the key.
+    let mut lowest = serde_json::Map::new();
+    let mut highest = serde_json::Map::new();
+    for d in described {
+        let key = d["key"].as_str().unwrap();
+        let integer = d["type"] == "integer";
+        if d["live"] != true || !(integer || d["type"] == "number") {
+            continue;
+        }
+        let (min, max) = (d["min"].as_f64().unwrap(), d["max"].as_f64().unwrap());
+        let hair = |x: f64| {
+            if integer {
+                1.0
+            } else {
+                (x.abs() * 1e-9).max(1e-9)
+            }
+        };
+        // As the form sends them: whole numbers without a fraction.
+        let num = |x: f64| if integer { json!(x as i64) } else { json!(x) };
+        let low = if d["exclusive_min"] == true {
+            min + hair(min)
+        } else {
+            min
+        };
+        for bad in [min - hair(min), max + hair(max)] {
+            let body = json!({ key: num(bad) }).to_string();
+            let (code, e) =
+                json_of(send(&state, json_req("PATCH", "/admin/api/config", &body)).await).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{body} → {e}");
+            assert_eq!(e["error"]["param"], key, "{body} → {e}");
+        }
+        if d["exclusive_min"] == true {
+            let body = json!({ key: min }).to_string();
+            let (code, e) =
+                json_of(send(&state, json_req("PATCH", "/admin/api/config", &body)).await).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{body} → {e}");
+        }
+        lowest.insert(key.into(), num(low));
+        highest.insert(key.into(), num(max));
+    }
+    assert!(lowest.len() >= 10, "live numbers: {lowest:?}");
+
+    // And every bound itself is accepted (all at once, so the warn ≤ hard rules hold).
+    for bounds in [lowest, highest] {
+        let body = Value::Object(bounds.clone()).to_string();
+        let (code, after) =
+            json_of(send(&state, json_req("PATCH", "/admin/api/config", &body)).await).await;
+        assert_eq!(code, StatusCode::OK, "{body} → {after}");
+        for (key, v) in &bounds {
+            assert_eq!(after[key].as_f64(), v.as_f64(), "{key}");
+        }
+    }
 }
 
 #[tokio::test]

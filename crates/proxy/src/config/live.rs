@@ -71,7 +71,7 @@ impl LiveSettings {
                 return Err(PatchError {
                     param: Some(key.clone()),
                     message: format!(
-                        "{key}: unknown setting; GET /admin/api/config lists the settings"
+                        "{key}: unknown setting; GET /admin/api/config/schema describes the settings"
                     ),
                 });
             };

@@ -5,10 +5,12 @@
 //! same [`Settings::set`], so a bad value gets the same one-line error wherever it came from.
 
 mod live;
+mod schema;
 
 pub use live::{LiveSettings, PatchError};
+pub use schema::{Choice, Kind, schema};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
     fmt,
@@ -24,6 +26,13 @@ pub struct Key {
     pub env: &'static str,
     pub default: &'static str,
     pub help: &'static str,
+    /// What a value may be. [`Settings::set`] parses with it and the dashboard's form is built
+    /// from it, so the two cannot disagree on a bound.
+    pub kind: Kind,
+    /// Short name for the dashboard's form.
+    pub label: &'static str,
+    /// The dashboard's section for this key.
+    pub group: &'static str,
     /// Changeable at run time through the admin API (the rest need a restart).
     pub live: bool,
     /// Never shown by the admin API or written to logs.
@@ -34,6 +43,7 @@ const fn key(
     name: &'static str,
     env: &'static str,
     default: &'static str,
+    kind: Kind,
     help: &'static str,
 ) -> Key {
     Key {
@@ -41,6 +51,9 @@ const fn key(
         env,
         default,
         help,
+        kind,
+        label: name,
+        group: "",
         live: true,
         secret: false,
     }
@@ -50,236 +63,337 @@ const fn fixed(
     name: &'static str,
     env: &'static str,
     default: &'static str,
+    kind: Kind,
     help: &'static str,
 ) -> Key {
     Key {
-        name,
-        env,
-        default,
-        help,
         live: false,
-        secret: false,
+        ..key(name, env, default, kind, help)
     }
 }
 
 const fn secret(name: &'static str, env: &'static str, help: &'static str) -> Key {
     Key {
-        name,
-        env,
-        default: "",
-        help,
-        live: false,
         secret: true,
+        ..fixed(name, env, "", Kind::Secret, help)
     }
 }
 
-/// Every setting, in the order the README's table lists them.
+impl Key {
+    /// Where and under what name the dashboard shows the key.
+    const fn shown(self, group: &'static str, label: &'static str) -> Key {
+        Key {
+            group,
+            label,
+            ..self
+        }
+    }
+}
+
+const fn int(min: u64, max: u64, unit: &'static str) -> Kind {
+    Kind::Int { min, max, unit }
+}
+
+const fn secs(min: f64, max: f64) -> Kind {
+    Kind::Secs { min, max }
+}
+
+const fn choice(value: &'static str, label: &'static str) -> Choice {
+    Choice { value, label }
+}
+
+/// Every setting, in the order the README's table lists them. The dashboard shows the groups in
+/// the order they first appear here.
 pub const KEYS: &[Key] = &[
     key(
         "backend_url",
         "BACKEND_URL",
         "http://127.0.0.1:8082",
+        Kind::Url,
         "OpenAI-compatible backend (mlx_lm.server, vLLM, llama.cpp, Ollama)",
-    ),
+    )
+    .shown("Backend", "Backend URL"),
     fixed(
         "host",
         "BLOCKOPS_HOST",
         "127.0.0.1",
+        Kind::Ip,
         "address to listen on; non-loopback requires BLOCKOPS_API_KEY",
-    ),
-    fixed("port", "PORT", "8080", "port to listen on"),
+    )
+    .shown("Server", "Listen address"),
+    fixed(
+        "port",
+        "PORT",
+        "8080",
+        int(1, 65_535, ""),
+        "port to listen on",
+    )
+    .shown("Server", "Port"),
     key(
         "model_name",
         "MODEL_NAME",
         "",
+        Kind::Text,
         "model name shown in the banner, /health and the dashboard",
-    ),
+    )
+    .shown("Backend", "Model name"),
     fixed(
         "log_file",
         "BLOCKOPS_LOG_FILE",
         "~/.blockops/proxy.log",
+        Kind::Path,
         "traffic log (JSON Lines)",
-    ),
+    )
+    .shown("Server", "Traffic log"),
     fixed(
         "log_max_mb",
         "BLOCKOPS_LOG_MAX_MB",
         "50",
+        int(1, 1_000_000, "MB"),
         "rotate the traffic log at this size (MB); 5 files are kept",
-    ),
+    )
+    .shown("Server", "Log rotation"),
     key(
         "max_concurrent",
         "MAX_CONCURRENT",
         "3",
+        int(1, 1024, ""),
         "requests in flight to the backend at once",
-    ),
+    )
+    .shown("Concurrency", "Max concurrent"),
     key(
         "max_queue",
         "MAX_QUEUE",
         "64",
+        int(0, 100_000, ""),
         "requests waiting for a slot before new ones get 429",
-    ),
+    )
+    .shown("Concurrency", "Max queue"),
     key(
         "queue_timeout_secs",
         "QUEUE_TIMEOUT_SECS",
         "300",
+        secs(0.001, 86_400.0),
         "longest wait for a slot (seconds, fractions allowed)",
-    ),
+    )
+    .shown("Concurrency", "Queue timeout"),
     key(
         "heartbeat_interval_secs",
         "HEARTBEAT_INTERVAL_SECS",
         "5",
+        secs(0.05, 3_600.0),
         "SSE keep-alive comment after this much silence (seconds)",
-    ),
+    )
+    .shown("Concurrency", "Heartbeat"),
     key(
         "token_warn_threshold",
         "TOKEN_WARN_THRESHOLD",
         "80000",
+        int(1, 100_000_000, "tokens"),
         "prompt tokens above which a notice is added",
-    ),
+    )
+    .shown("Thresholds", "Token warn"),
     key(
         "token_hard_threshold",
         "TOKEN_HARD_THRESHOLD",
         "100000",
+        int(1, 100_000_000, "tokens"),
         "prompt tokens above which middle turns are dropped",
-    ),
+    )
+    .shown("Thresholds", "Token hard"),
     key(
         "memory_poll_secs",
         "MEMORY_POLL_SECS",
         "2",
+        secs(0.05, 3_600.0),
         "memory sampling interval (seconds)",
-    ),
+    )
+    .shown("Thresholds", "Memory poll"),
     key(
         "memory_warn_percent",
         "MEMORY_WARN_PERCENT",
         "85",
+        Kind::Percent,
         "memory used percent that adds a warning notice",
-    ),
+    )
+    .shown("Thresholds", "Memory warn"),
     key(
         "memory_critical_percent",
         "MEMORY_CRITICAL_PERCENT",
         "95",
+        Kind::Percent,
         "memory used percent that counts as critical",
-    ),
+    )
+    .shown("Thresholds", "Memory critical"),
     key(
         "memory_critical_action",
         "MEMORY_CRITICAL_ACTION",
         "notice",
+        Kind::Choice(&[
+            choice("notice", "Add a notice"),
+            choice("reject", "Reject new requests"),
+        ]),
         "notice | reject (503 new requests at critical pressure)",
-    ),
+    )
+    .shown("Behaviour", "At critical memory"),
     key(
         "notices",
         "NOTICES",
         "content",
+        Kind::Choice(&[choice("content", "In the reply"), choice("off", "Off")]),
         "content | off: visible notices at the start of the reply",
-    ),
+    )
+    .shown("Behaviour", "Notices"),
     key(
         "reset_commands",
         "RESET_COMMANDS",
         "/new,/reset",
+        Kind::List,
         "user messages that purge the backend's KV cache",
-    ),
+    )
+    .shown("Behaviour", "Reset commands"),
     key(
         "cache_purge",
         "CACHE_PURGE",
         "auto",
+        Kind::Choice(&[
+            choice("auto", "Auto-detect"),
+            choice("generic", "Generic"),
+            choice("vllm", "vLLM"),
+            choice("llamacpp", "llama.cpp"),
+            choice("ollama", "Ollama"),
+            choice("off", "Off"),
+        ]),
         "auto | generic | vllm | llamacpp | ollama | off",
-    ),
+    )
+    .shown("Behaviour", "Cache purge"),
     key(
         "parser_formats",
         "PARSER_FORMATS",
         "auto",
+        Kind::Formats,
         "auto, or a comma-separated list of tool-call formats to recognise",
-    ),
+    )
+    .shown("Behaviour", "Tool-call formats"),
     key(
         "reasoning_field",
         "REASONING_FIELD",
         "reasoning_content",
+        Kind::Choice(&[
+            choice("reasoning_content", "reasoning_content"),
+            choice("reasoning", "reasoning"),
+            choice("both", "both"),
+            choice("none", "none"),
+        ]),
         "reasoning_content | reasoning | both | none",
-    ),
+    )
+    .shown("Behaviour", "Reasoning field"),
     fixed(
         "connect_timeout_secs",
         "CONNECT_TIMEOUT_SECS",
         "10",
+        secs(0.001, 3_600.0),
         "backend connect timeout (seconds)",
-    ),
+    )
+    .shown("Timeouts", "Connect timeout"),
     key(
         "first_byte_timeout_secs",
         "FIRST_BYTE_TIMEOUT_SECS",
         "600",
+        secs(0.001, 86_400.0),
         "wait for the backend's first byte (long: cold starts, long prompts)",
-    ),
+    )
+    .shown("Timeouts", "First byte timeout"),
     key(
         "idle_timeout_secs",
         "IDLE_TIMEOUT_SECS",
         "300",
+        secs(0.001, 86_400.0),
         "longest silence between backend chunks (seconds)",
-    ),
+    )
+    .shown("Timeouts", "Idle timeout"),
     key(
         "total_timeout_secs",
         "TOTAL_TIMEOUT_SECS",
         "0",
+        secs(0.0, 604_800.0),
         "longest whole request (seconds); 0 = no limit",
-    ),
+    )
+    .shown("Timeouts", "Total timeout"),
     fixed(
         "shutdown_grace_secs",
         "SHUTDOWN_GRACE_SECS",
         "30",
+        secs(0.0, 3_600.0),
         "on SIGINT/SIGTERM, how long in-flight requests may finish",
-    ),
+    )
+    .shown("Server", "Shutdown grace"),
     fixed(
         "max_body_bytes",
         "BLOCKOPS_MAX_BODY_BYTES",
         "33554432",
+        int(1024, 4 << 30, "bytes"),
         "largest request body accepted (bytes); larger gets 413",
-    ),
+    )
+    .shown("Server", "Max body size"),
     key(
         "responses_store_max",
         "RESPONSES_STORE_MAX",
         "100",
+        int(0, 100_000, ""),
         "recent /v1/responses replies kept for previous_response_id (0 = none)",
-    ),
+    )
+    .shown("Behaviour", "Responses kept"),
     key(
         "responses_store_ttl_secs",
         "RESPONSES_STORE_TTL_SECS",
         "3600",
+        secs(1.0, 2_592_000.0),
         "how long a kept /v1/responses reply can be continued (seconds)",
-    ),
+    )
+    .shown("Behaviour", "Responses kept for"),
     secret(
         "api_key",
         "BLOCKOPS_API_KEY",
         "required as `Authorization: Bearer …` when set",
-    ),
+    )
+    .shown("Security", "API key"),
     secret(
         "upstream_api_key",
         "UPSTREAM_API_KEY",
         "sent to the backend as `Authorization: Bearer …`",
-    ),
+    )
+    .shown("Security", "Upstream API key"),
     fixed(
         "cors_origins",
         "BLOCKOPS_CORS_ORIGINS",
         "",
+        Kind::List,
         "comma-separated origins allowed to call /v1/* from a browser",
-    ),
+    )
+    .shown("Security", "CORS origins"),
     fixed(
         "allowed_hosts",
         "BLOCKOPS_ALLOWED_HOSTS",
         "",
+        Kind::List,
         "extra Host names accepted (DNS-rebinding defence)",
-    ),
+    )
+    .shown("Security", "Allowed hosts"),
 ];
 
 pub fn find_key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.name == name)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeMode {
     Content,
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasoningField {
     ReasoningContent,
@@ -288,14 +402,14 @@ pub enum ReasoningField {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CriticalAction {
     Notice,
     Reject,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CachePurge {
     Auto,
@@ -418,40 +532,6 @@ fn bad(key: &str, value: &str, expected: &str) -> String {
     format!("invalid value {value:?}: expected {expected}")
 }
 
-fn parse_int<T: std::str::FromStr + PartialOrd + fmt::Display + Copy>(
-    key: &str,
-    value: &str,
-    min: T,
-    max: T,
-) -> Result<T, String> {
-    match value.trim().parse::<T>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(bad(
-            key,
-            value,
-            &format!("a whole number from {min} to {max}"),
-        )),
-    }
-}
-
-fn parse_secs(key: &str, value: &str, min: f64, max: f64) -> Result<f64, String> {
-    match value.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n >= min && n <= max => Ok(n),
-        _ => Err(bad(
-            key,
-            value,
-            &format!("a number of seconds from {min} to {max} (fractions allowed)"),
-        )),
-    }
-}
-
-fn parse_percent(key: &str, value: &str) -> Result<f64, String> {
-    match value.trim().parse::<f64>() {
-        Ok(n) if n.is_finite() && n > 0.0 && n <= 100.0 => Ok(n),
-        _ => Err(bad(key, value, "a percentage above 0 and at most 100")),
-    }
-}
-
 fn parse_list(value: &str) -> Vec<String> {
     value
         .split(',')
@@ -459,18 +539,6 @@ fn parse_list(value: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-fn parse_choice<T: Copy>(key: &str, value: &str, choices: &[(&str, T)]) -> Result<T, String> {
-    let v = value.trim();
-    choices
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(v))
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-            bad(key, value, &format!("one of {}", names.join(", ")))
-        })
 }
 
 /// Checks a backend URL and normalises it: no trailing slash, and a trailing `/v1` is dropped
@@ -529,7 +597,11 @@ pub fn default_config_path() -> PathBuf {
 
 impl Settings {
     /// Sets one key from its text form. The error says what was expected (without the key name).
+    /// Bounds and choices come from the key's row in [`KEYS`].
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let Some(k) = find_key(key) else {
+            return Err(unknown_key_message(key));
+        };
         match key {
             "backend_url" => self.backend_url = normalize_backend_url(value)?,
             "host" => {
@@ -538,7 +610,7 @@ impl Settings {
                     .parse()
                     .map_err(|_| bad(key, value, "an IP address such as 127.0.0.1 or ::1"))?
             }
-            "port" => self.port = parse_int(key, value, 1u16, 65535)?,
+            "port" => self.port = k.parse_int(value)?,
             "model_name" => self.model_name = value.trim().to_owned(),
             "log_file" => {
                 if value.trim().is_empty() {
@@ -546,56 +618,20 @@ impl Settings {
                 }
                 self.log_file = expand_home(value.trim())
             }
-            "log_max_mb" => self.log_max_mb = parse_int(key, value, 1u64, 1_000_000)?,
-            "max_concurrent" => self.max_concurrent = parse_int(key, value, 1usize, 1024)?,
-            "max_queue" => self.max_queue = parse_int(key, value, 0usize, 100_000)?,
-            "queue_timeout_secs" => {
-                self.queue_timeout_secs = parse_secs(key, value, 0.001, 86_400.0)?
-            }
-            "heartbeat_interval_secs" => {
-                self.heartbeat_interval_secs = parse_secs(key, value, 0.05, 3_600.0)?
-            }
-            "token_warn_threshold" => {
-                self.token_warn_threshold = parse_int(key, value, 1u64, 100_000_000)?
-            }
-            "token_hard_threshold" => {
-                self.token_hard_threshold = parse_int(key, value, 1u64, 100_000_000)?
-            }
-            "memory_poll_secs" => self.memory_poll_secs = parse_secs(key, value, 0.05, 3_600.0)?,
-            "memory_warn_percent" => self.memory_warn_percent = parse_percent(key, value)?,
-            "memory_critical_percent" => self.memory_critical_percent = parse_percent(key, value)?,
-            "memory_critical_action" => {
-                self.memory_critical_action = parse_choice(
-                    key,
-                    value,
-                    &[
-                        ("notice", CriticalAction::Notice),
-                        ("reject", CriticalAction::Reject),
-                    ],
-                )?
-            }
-            "notices" => {
-                self.notices = parse_choice(
-                    key,
-                    value,
-                    &[("content", NoticeMode::Content), ("off", NoticeMode::Off)],
-                )?
-            }
+            "log_max_mb" => self.log_max_mb = k.parse_int(value)?,
+            "max_concurrent" => self.max_concurrent = k.parse_int(value)?,
+            "max_queue" => self.max_queue = k.parse_int(value)?,
+            "queue_timeout_secs" => self.queue_timeout_secs = k.parse_number(value)?,
+            "heartbeat_interval_secs" => self.heartbeat_interval_secs = k.parse_number(value)?,
+            "token_warn_threshold" => self.token_warn_threshold = k.parse_int(value)?,
+            "token_hard_threshold" => self.token_hard_threshold = k.parse_int(value)?,
+            "memory_poll_secs" => self.memory_poll_secs = k.parse_number(value)?,
+            "memory_warn_percent" => self.memory_warn_percent = k.parse_number(value)?,
+            "memory_critical_percent" => self.memory_critical_percent = k.parse_number(value)?,
+            "memory_critical_action" => self.memory_critical_action = k.parse_choice(value)?,
+            "notices" => self.notices = k.parse_choice(value)?,
             "reset_commands" => self.reset_commands = parse_list(value),
-            "cache_purge" => {
-                self.cache_purge = parse_choice(
-                    key,
-                    value,
-                    &[
-                        ("auto", CachePurge::Auto),
-                        ("generic", CachePurge::Generic),
-                        ("vllm", CachePurge::Vllm),
-                        ("llamacpp", CachePurge::Llamacpp),
-                        ("ollama", CachePurge::Ollama),
-                        ("off", CachePurge::Off),
-                    ],
-                )?
-            }
+            "cache_purge" => self.cache_purge = k.parse_choice(value)?,
             "parser_formats" => {
                 let list = parse_list(value);
                 let list: Vec<String> = if list.iter().any(|f| f.eq_ignore_ascii_case("auto")) {
@@ -603,52 +639,27 @@ impl Settings {
                 } else {
                     list
                 };
-                if let Some(unknown) = list.iter().find(|f| {
-                    !toolcalls::known_formats()
-                        .iter()
-                        .any(|k| k.eq_ignore_ascii_case(f))
-                }) {
+                let known = toolcalls::known_formats();
+                if let Some(unknown) = list
+                    .iter()
+                    .find(|f| !known.iter().any(|k| k.eq_ignore_ascii_case(f)))
+                {
                     return Err(format!(
                         "unknown tool-call format {unknown:?}: expected auto or a comma-separated list of {}",
-                        toolcalls::known_formats().join(", ")
+                        known.join(", ")
                     ));
                 }
                 self.parser_formats = list;
             }
-            "reasoning_field" => {
-                self.reasoning_field = parse_choice(
-                    key,
-                    value,
-                    &[
-                        ("reasoning_content", ReasoningField::ReasoningContent),
-                        ("reasoning", ReasoningField::Reasoning),
-                        ("both", ReasoningField::Both),
-                        ("none", ReasoningField::None),
-                    ],
-                )?
-            }
-            "connect_timeout_secs" => {
-                self.connect_timeout_secs = parse_secs(key, value, 0.001, 3_600.0)?
-            }
-            "first_byte_timeout_secs" => {
-                self.first_byte_timeout_secs = parse_secs(key, value, 0.001, 86_400.0)?
-            }
-            "idle_timeout_secs" => {
-                self.idle_timeout_secs = parse_secs(key, value, 0.001, 86_400.0)?
-            }
-            "total_timeout_secs" => {
-                self.total_timeout_secs = parse_secs(key, value, 0.0, 604_800.0)?
-            }
-            "shutdown_grace_secs" => {
-                self.shutdown_grace_secs = parse_secs(key, value, 0.0, 3_600.0)?
-            }
-            "max_body_bytes" => self.max_body_bytes = parse_int(key, value, 1024usize, 4 << 30)?,
-            "responses_store_max" => {
-                self.responses_store_max = parse_int(key, value, 0usize, 100_000)?
-            }
-            "responses_store_ttl_secs" => {
-                self.responses_store_ttl_secs = parse_secs(key, value, 1.0, 30.0 * 86_400.0)?
-            }
+            "reasoning_field" => self.reasoning_field = k.parse_choice(value)?,
+            "connect_timeout_secs" => self.connect_timeout_secs = k.parse_number(value)?,
+            "first_byte_timeout_secs" => self.first_byte_timeout_secs = k.parse_number(value)?,
+            "idle_timeout_secs" => self.idle_timeout_secs = k.parse_number(value)?,
+            "total_timeout_secs" => self.total_timeout_secs = k.parse_number(value)?,
+            "shutdown_grace_secs" => self.shutdown_grace_secs = k.parse_number(value)?,
+            "max_body_bytes" => self.max_body_bytes = k.parse_int(value)?,
+            "responses_store_max" => self.responses_store_max = k.parse_int(value)?,
+            "responses_store_ttl_secs" => self.responses_store_ttl_secs = k.parse_number(value)?,
             "api_key" => self.api_key = Some(value.trim().to_owned()).filter(|s| !s.is_empty()),
             "upstream_api_key" => {
                 self.upstream_api_key = Some(value.trim().to_owned()).filter(|s| !s.is_empty())
@@ -980,5 +991,123 @@ mod tests {
             assert!(e.contains(v) && e.contains("expected"), "{e}");
         }
         assert!(s.set("nope", "1").unwrap_err().contains("\"nope\""));
+    }
+
+    /// A field of the settings without a row in the table (or a row without a description)
+    /// would be a setting the dashboard cannot show.
+    #[test]
+    fn every_setting_has_a_row_and_every_row_a_description() {
+        let shown = Settings::default().to_public_json();
+        let shown = shown.as_object().unwrap();
+        for field in shown.keys().filter(|k| *k != "api_key_set") {
+            let k = find_key(field).unwrap_or_else(|| panic!("{field} has no row in KEYS"));
+            assert!(!k.secret, "secret {field} is shown by the admin API");
+        }
+        let schema = schema();
+        let described = schema["settings"].as_array().unwrap();
+        assert_eq!(described.len(), KEYS.len(), "one description per key");
+        for (k, d) in KEYS.iter().zip(described) {
+            assert_eq!(d["key"], k.name);
+            for field in ["label", "group", "help", "type"] {
+                let text = d[field].as_str().unwrap_or_default();
+                assert!(!text.is_empty(), "{}: no {field} in {d}", k.name);
+            }
+            assert_eq!(d["live"], k.live, "{}", k.name);
+            assert_eq!(
+                shown.contains_key(k.name),
+                !k.secret,
+                "{}: GET config shows every non-secret key",
+                k.name
+            );
+        }
+    }
+
+    /// The description's type is the type of the value GET config shows.
+    #[test]
+    fn every_described_type_is_the_shown_value_s_type() {
+        let shown = Settings::default().to_public_json();
+        for d in schema()["settings"].as_array().unwrap() {
+            let key = d["key"].as_str().unwrap();
+            let value = &shown[key];
+            let ok = match d["type"].as_str().unwrap() {
+                "integer" => value.is_u64(),
+                "number" => value.is_number(),
+                "list" => value.is_array(),
+                "enum" => d["choices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c["value"] == *value),
+                "text" | "url" | "ip" | "path" => value.is_string(),
+                "secret" => value.is_null(),
+                other => panic!("{key}: unknown type {other}"),
+            };
+            assert!(ok, "{key}: described as {d}, shown as {value}");
+            assert_eq!(
+                d["default"], *value,
+                "{key}: the default shown is the value"
+            );
+        }
+    }
+
+    /// The form's bounds, taken from the schema, are exactly what `set` (the path every source
+    /// and every PATCH goes through) accepts: the bound itself, and not a hair beyond it.
+    #[test]
+    fn the_schema_s_bounds_are_the_validation_bounds() {
+        let beyond = |x: f64, dir: f64, integer: bool| {
+            if integer {
+                x + dir
+            } else {
+                x + dir * (x.abs() * 1e-9).max(1e-9)
+            }
+        };
+        let mut checked = 0;
+        for d in schema()["settings"].as_array().unwrap() {
+            let key = d["key"].as_str().unwrap();
+            let integer = d["type"] == "integer";
+            if !integer && d["type"] != "number" {
+                continue;
+            }
+            let (min, max) = (d["min"].as_f64().unwrap(), d["max"].as_f64().unwrap());
+            let exclusive = d["exclusive_min"].as_bool().unwrap();
+            let mut s = Settings::default();
+            let mut accepts = |v: f64| s.set(key, &v.to_string()).is_ok();
+            assert_eq!(accepts(min), !exclusive, "{key} at its min {min}");
+            assert!(!accepts(beyond(min, -1.0, integer)), "{key} below {min}");
+            assert!(accepts(beyond(min, 1.0, integer)), "{key} just above {min}");
+            assert!(accepts(max), "{key} at its max {max}");
+            assert!(!accepts(beyond(max, 1.0, integer)), "{key} above {max}");
+            if integer {
+                assert!(!accepts(min + 0.5), "{key}: fractions are refused");
+                assert_eq!(d["step"], 1, "{key}");
+            }
+            let e = s.set(key, "-1e99").unwrap_err();
+            assert!(e.contains("expected"), "{key}: {e}");
+            checked += 1;
+        }
+        assert!(checked >= 15, "only {checked} numeric settings described");
+    }
+
+    /// Every listed choice is accepted, reads back as itself, and nothing else is accepted.
+    #[test]
+    fn every_choice_is_accepted_and_reads_back_as_itself() {
+        for d in schema()["settings"].as_array().unwrap() {
+            let Some(choices) = d["choices"].as_array() else {
+                continue;
+            };
+            let key = d["key"].as_str().unwrap();
+            let mut s = Settings::default();
+            for c in choices {
+                let value = c["value"].as_str().unwrap();
+                assert!(!c["label"].as_str().unwrap().is_empty(), "{key}: {c}");
+                s.set(key, &value.to_uppercase())
+                    .unwrap_or_else(|e| panic!("{key} = {value}: {e}"));
+                if d["type"] == "enum" {
+                    assert_eq!(s.get(key).unwrap(), *value, "{key}");
+                }
+            }
+            let e = s.set(key, "no-such-choice").unwrap_err();
+            assert!(e.contains("expected"), "{key}: {e}");
+        }
     }
 }

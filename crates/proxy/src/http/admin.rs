@@ -5,7 +5,7 @@ use crate::{
     config::normalize_backend_url,
     error::{ProxyError, Source},
     observe::ProxyEvent,
-    state::AppState,
+    pipeline::AppState,
 };
 use axum::{
     Json,
@@ -38,6 +38,13 @@ pub async fn request(State(state): State<AppState>, Path(id): Path<String>) -> R
 
 pub async fn config(State(state): State<AppState>) -> Response {
     Json(state.settings.current().to_public_json()).into_response()
+}
+
+/// `GET /admin/api/config/schema`: what each setting may be (type, bounds, unit, choices,
+/// default, live or restart), from the table the server validates with. The dashboard builds
+/// its settings form from it.
+pub async fn config_schema() -> Response {
+    Json(crate::config::schema()).into_response()
 }
 
 /// Reads a JSON object body (admin endpoints that change things accept nothing else).
@@ -154,7 +161,7 @@ pub async fn purge_cache(State(state): State<AppState>, request: Request) -> Res
     drop(request);
     let outcome = {
         let _wait = phases.upstream();
-        crate::purge::purge(&state, None).await
+        crate::pipeline::purge::purge(&state, None).await
     };
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     if outcome.status != "failed" {

@@ -22,7 +22,7 @@
 use crate::{
     config::Settings,
     error::{ProxyError, Source},
-    state::AppState,
+    pipeline::AppState,
 };
 use axum::{
     Router,

@@ -13,7 +13,7 @@ mod ui;
 /// Public for the fuzz targets and property tests (crates/proxy/fuzz).
 pub use chat::parse_chat_body;
 
-use crate::{backend, error::ProxyError, state::AppState};
+use crate::{backend, error::ProxyError, pipeline::AppState};
 use axum::{
     Json, Router,
     extract::State,
@@ -37,6 +37,7 @@ pub fn router(state: AppState) -> Router {
             "/admin/api/config",
             get(admin::config).merge(patch(admin::patch_config)),
         )
+        .route("/admin/api/config/schema", get(admin::config_schema))
         .route("/admin/api/backend/test", post(admin::test_backend))
         .route("/admin/api/cache/purge", post(admin::purge_cache))
         .route("/", get(|| async { Redirect::temporary("/ui/") }))

@@ -8,10 +8,8 @@
 
 mod render;
 mod request;
-mod store;
 
-pub use store::Store;
-
+use crate::pipeline::conversations::Conversation;
 use crate::{
     error::ProxyError,
     http::{
@@ -19,8 +17,8 @@ use crate::{
         stream::sse_response,
         timing,
     },
+    pipeline::AppState,
     pipeline::{self, ChatRequest, FrontDoor, Reply, RequestCtx},
-    state::AppState,
 };
 use axum::{
     Json,
@@ -33,7 +31,6 @@ use std::{
     net::SocketAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use store::Conversation;
 
 pub async fn create(State(state): State<AppState>, request: Request) -> Response {
     let settings = state.settings.current();

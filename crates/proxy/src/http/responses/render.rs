@@ -9,7 +9,7 @@
 //! with `response.completed`, its `status` `incomplete`: both Codex and the SDK's
 //! `get_final_response()` fail a stream without `response.completed`.
 
-use super::store::{Conversation, Store};
+use crate::pipeline::conversations::{Conversation, ConversationStore};
 use crate::{
     error::ProxyError,
     http::stream::{StreamEncoder, named_event},
@@ -37,7 +37,7 @@ pub struct Head {
 
 #[derive(Debug)]
 pub struct Keep {
-    pub store: Store,
+    pub store: ConversationStore,
     pub conversation: Conversation,
     pub max: usize,
     pub ttl: Duration,
@@ -864,7 +864,7 @@ mod tests {
 
     #[test]
     fn finished_responses_are_stored_with_their_output() {
-        let store = Store::default();
+        let store = ConversationStore::default();
         let keep = Keep {
             store: store.clone(),
             conversation: vec![Arc::from(vec![json!({"role": "user", "content": "q"})])],

@@ -5,8 +5,8 @@
 //! want the system text first). Tools the backend cannot run are dropped, never refused: a 400
 //! for a hosted tool is the most common way a local server breaks Codex.
 
-use super::store::Conversation;
 use crate::error::ProxyError as ApiError;
+use crate::pipeline::conversations::Conversation;
 use serde_json::{Map, Value, json};
 use std::{collections::HashSet, sync::Arc};
 

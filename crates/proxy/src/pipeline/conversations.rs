@@ -1,5 +1,6 @@
-//! Recent responses, for `previous_response_id`: bounded by count and age (settings
-//! `responses_store_max`, `responses_store_ttl_secs`), in memory only.
+//! Recent conversations by response id, for the Responses front door's `previous_response_id`:
+//! bounded by count and age (settings `responses_store_max`, `responses_store_ttl_secs`), in
+//! memory only. Held in the shared state, so it lives here rather than in `http/`.
 //!
 //! A conversation is a list of shared segments (each request's input, each response's output), so
 //! a chain of responses shares its history instead of copying it once per turn.
@@ -15,7 +16,7 @@ use std::{
 pub type Conversation = Vec<Arc<[Value]>>;
 
 #[derive(Debug, Clone, Default)]
-pub struct Store {
+pub struct ConversationStore {
     inner: Arc<Mutex<Inner>>,
 }
 
@@ -44,7 +45,7 @@ impl Inner {
     }
 }
 
-impl Store {
+impl ConversationStore {
     /// Keeps `conversation` (input and output) under `id`; `max == 0` keeps nothing.
     pub fn put(&self, id: &str, conversation: Conversation, max: usize, ttl: Duration) {
         let now = Instant::now();
@@ -89,7 +90,7 @@ mod tests {
 
     #[test]
     fn keeps_at_most_max_dropping_the_oldest() {
-        let s = Store::default();
+        let s = ConversationStore::default();
         let ttl = Duration::from_secs(60);
         for i in 0..5 {
             s.put(&format!("resp_{i}"), conv("x"), 3, ttl);
@@ -102,7 +103,7 @@ mod tests {
 
     #[test]
     fn old_entries_are_not_served_and_are_evicted() {
-        let s = Store::default();
+        let s = ConversationStore::default();
         s.put("resp_a", conv("x"), 10, Duration::from_secs(60));
         assert!(s.get("resp_a", Duration::ZERO).is_none());
         s.put("resp_b", conv("y"), 10, Duration::ZERO);
@@ -111,7 +112,7 @@ mod tests {
 
     #[test]
     fn max_zero_keeps_nothing() {
-        let s = Store::default();
+        let s = ConversationStore::default();
         s.put("resp_a", conv("x"), 0, Duration::from_secs(60));
         assert!(s.is_empty());
     }
