@@ -1,7 +1,7 @@
 //! Background tasks owned by the server: started with it, stopped and awaited at shutdown.
-//! The backend's health, and memory pressure (`memory::monitor`).
+//! The backend's health, and memory pressure (`sample_memory`).
 
-use crate::{backend, observe::ProxyEvent, state::AppState};
+use crate::{backend, observe::ProxyEvent, pipeline::AppState};
 use std::time::Duration;
 use tokio::{sync::watch, task::JoinSet};
 
@@ -23,7 +23,7 @@ impl Background {
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Background {
     let mut tasks = JoinSet::new();
     tasks.spawn(backend_monitor(state.clone(), stop.clone()));
-    tasks.spawn(crate::memory::monitor(state, stop));
+    tasks.spawn(sample_memory(state, stop));
     Background { tasks }
 }
 
@@ -64,5 +64,20 @@ async fn backend_monitor(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(BACKEND_PROBE_EVERY) => {}
         }
+    }
+}
+
+/// A memory sample every `MEMORY_POLL_SECS` (read anew each time: it is live).
+async fn sample_memory(state: AppState, mut stop: watch::Receiver<bool>) {
+    loop {
+        let every = Duration::from_secs_f64(state.settings.current().memory_poll_secs);
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        state
+            .memory
+            .sample(&state.hub, state.settings.current())
+            .await;
     }
 }

@@ -3,10 +3,10 @@
 use crate::{
     config::{LiveSettings, Settings},
     http,
-    memory::{MemoryMonitor, MemorySample, SystemSampler},
+    observe::memory::{MemoryMonitor, MemorySample, SystemSampler},
     observe::{Hub, PurgeOutcome, Snapshot, TrafficLog},
+    pipeline::{AppState, Tasks},
     pipeline::{admission::Gate, upstream},
-    state::{AppState, Tasks},
 };
 use axum::serve::ListenerExt;
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
@@ -161,11 +161,14 @@ pub fn build_state(settings: Settings) -> AppState {
         memory: MemoryMonitor::new(Box::new(SystemSampler::default())),
         calibration: Default::default(),
         purge_adapter: Default::default(),
+        responses: Default::default(),
         tasks: Tasks::default(),
         stopping: Arc::new(watch::channel(false).0),
     };
     // The first request already sees a real sample, not an empty one.
-    crate::memory::sample_blocking(&state);
+    state
+        .memory
+        .sample_blocking(&state.hub, &state.settings.current());
     state
 }
 
@@ -212,7 +215,7 @@ impl ServerHandle {
     }
 
     /// The latest memory sample, updated every `MEMORY_POLL_SECS`: used and available memory,
-    /// swap and its growth, the macOS kernel level, and the [`crate::memory::Pressure`] verdict
+    /// swap and its growth, the macOS kernel level, and the [`crate::observe::memory::Pressure`] verdict
     /// (`normal`, `warning`, `critical`). `changed().await` on it wakes on every sample; compare
     /// `pressure` with the previous one to notify only on a change.
     pub fn memory(&self) -> watch::Receiver<MemorySample> {
@@ -223,7 +226,7 @@ impl ServerHandle {
     /// backend's purge endpoint, and reports what happened. Never an error: a backend without a
     /// purge endpoint is `status: "unsupported"`, a failure is `status: "failed"` with the reason.
     pub async fn purge_cache(&self) -> PurgeOutcome {
-        crate::purge::purge(&self.state, None).await
+        crate::pipeline::purge::purge(&self.state, None).await
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, flushes the log.

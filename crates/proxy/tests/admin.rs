@@ -12,7 +12,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use blockops_proxy::{http::router, observe::ProxyEvent, server::build_state, state::AppState};
+use blockops_proxy::{http::router, observe::ProxyEvent, pipeline::AppState, server::build_state};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;

@@ -15,7 +15,7 @@ use axum::{
 use blockops_proxy::{
     ServerHandle, Settings,
     config::{CachePurge, CriticalAction, NoticeMode},
-    memory::{Reading, Sampler},
+    observe::memory::{Reading, Sampler},
 };
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -904,7 +904,7 @@ async fn memory_warn_percent_1_shows_the_notice_in_content_never_in_tool_argumen
             .memory()
             .borrow()
             .pressure_under(&r.handle.settings().current()),
-        blockops_proxy::memory::Pressure::Warning
+        blockops_proxy::observe::memory::Pressure::Warning
     );
 
     // NOTICES=off: the same pressure, no line in the reply.
@@ -942,8 +942,17 @@ async fn critical_pressure_with_reject_answers_503_with_retry_after() {
         swap_used_bytes: 0,
         kernel_level: None,
     })));
-    let sample = blockops_proxy::memory::sample(r.handle.state()).await;
-    assert_eq!(sample.pressure, blockops_proxy::memory::Pressure::Critical);
+    let sample = {
+        let state = r.handle.state();
+        state
+            .memory
+            .sample(&state.hub, state.settings.current())
+            .await
+    };
+    assert_eq!(
+        sample.pressure,
+        blockops_proxy::observe::memory::Pressure::Critical
+    );
     assert_eq!(*r.handle.memory().borrow(), sample);
     assert_eq!(r.handle.snapshot().borrow().memory.pressure, "critical");
     for stream in [false, true] {
@@ -1019,7 +1028,10 @@ async fn the_memory_task_samples_every_poll_into_the_watch_channel_snapshot_and_
     assert_eq!(seen.len(), 16, "{seen:?}");
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
     let latest = r.handle.memory().borrow().clone();
-    assert_eq!(latest.pressure, blockops_proxy::memory::Pressure::Critical);
+    assert_eq!(
+        latest.pressure,
+        blockops_proxy::observe::memory::Pressure::Critical
+    );
     let snapshot = r.handle.snapshot().borrow().clone();
     assert_eq!(snapshot.memory.pressure, "critical");
     assert_eq!(snapshot.memory.used_percent, 100.0);

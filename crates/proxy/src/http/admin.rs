@@ -5,7 +5,7 @@ use crate::{
     config::normalize_backend_url,
     error::{ProxyError, Source},
     observe::ProxyEvent,
-    state::AppState,
+    pipeline::AppState,
 };
 use axum::{
     Json,
@@ -161,7 +161,7 @@ pub async fn purge_cache(State(state): State<AppState>, request: Request) -> Res
     drop(request);
     let outcome = {
         let _wait = phases.upstream();
-        crate::purge::purge(&state, None).await
+        crate::pipeline::purge::purge(&state, None).await
     };
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
     if outcome.status != "failed" {

@@ -23,7 +23,7 @@
 use crate::{
     config::Settings,
     error::{ProxyError, Source},
-    state::AppState,
+    pipeline::AppState,
 };
 use axum::{
     Router,

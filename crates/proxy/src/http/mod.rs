@@ -6,6 +6,7 @@ mod error;
 pub mod guard;
 pub mod messages;
 mod passthrough;
+pub mod responses;
 pub mod stream;
 pub mod timing;
 mod ui;
@@ -13,7 +14,7 @@ mod ui;
 /// Public for the fuzz targets and property tests (crates/proxy/fuzz).
 pub use chat::parse_chat_body;
 
-use crate::{backend, error::ProxyError, state::AppState};
+use crate::{backend, error::ProxyError, pipeline::AppState};
 use axum::{
     Json, Router,
     extract::State,
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .merge(messages::routes())
+        .route("/v1/responses", post(responses::create))
         .route("/v1/{*path}", any(passthrough::forward))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -4,8 +4,8 @@
 
 use crate::{
     error::ProxyError,
+    pipeline::AppState,
     pipeline::{self, FrontDoor, RequestCtx, forward::Forward},
-    state::AppState,
 };
 use axum::{
     body::Body,

@@ -5,6 +5,7 @@
 //! request), the recent requests in full for the dashboard's translation view, and feeds the
 //! lossless sinks (traffic log) directly so that no record depends on a subscriber keeping up.
 
+pub mod memory;
 pub mod metrics;
 mod time;
 pub mod traffic_log;

@@ -4,6 +4,7 @@
 //! it is.
 
 use super::{
+    AppState,
     admission::{self, Slot},
     context::RequestCtx,
     upstream::{Deadlines, classify},
@@ -11,7 +12,6 @@ use super::{
 use crate::{
     error::ProxyError,
     observe::{Hub, ProxyEvent, RequestRecord, RequestState, Timings},
-    state::AppState,
 };
 use serde_json::{Value, json};
 
@@ -139,7 +139,7 @@ async fn send(
     };
     let settings = ctx.settings.clone();
     if gated {
-        if let Some(refusal) = crate::memory::refusal(state, &settings) {
+        if let Some(refusal) = state.memory.refusal(&state.hub, &settings) {
             return Err(refusal);
         }
         let slot = admission::admit(&state.gate, &state.hub, ctx, async |_| {}).await?;

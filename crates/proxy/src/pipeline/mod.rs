@@ -30,26 +30,29 @@
 
 pub mod admission;
 pub mod context;
+pub mod conversations;
 pub mod forward;
 pub mod ids;
 pub mod phases;
 pub mod pump;
+pub mod purge;
 pub mod record;
 pub mod reply;
 pub mod shaping;
 pub mod sink;
 pub mod sse;
-pub mod tokenize;
+pub mod state;
 pub mod translate;
 pub mod upstream;
 
 pub use admission::{queue_full, queue_timeout};
 pub use context::{FrontDoor, RequestCtx};
+pub use state::{AppState, Tasks};
 
 use crate::{
+    backend::tokenize,
     error::{ProxyError, Source, StatusCode},
     observe::ProxyEvent,
-    state::AppState,
 };
 use reply::{Event, FinishReason, Fold, Frame, Notice};
 use serde_json::{Map, Value, json};
@@ -233,7 +236,7 @@ async fn drive(
 
 /// The lifecycle: each line is one stage.
 async fn run(state: &AppState, ex: &mut Exchange, sink: &mut Sink) -> Result<(), Failure> {
-    if let Some(refusal) = crate::memory::refusal(state, &ex.ctx.settings) {
+    if let Some(refusal) = state.memory.refusal(&state.hub, &ex.ctx.settings) {
         return Err(refusal.into());
     }
     if let AfterReset::Answer(line) = shaping::apply::reset(state, ex).await {
@@ -360,7 +363,7 @@ async fn answer_reset(ex: &mut Exchange, sink: &mut Sink, line: String) -> Resul
 /// Prompt tokens of an OpenAI chat body: the backend's tokenizer where it has one, else the
 /// calibrated estimate.
 pub async fn count_tokens(state: &AppState, body: &Map<String, Value>) -> u64 {
-    if let Some(c) = tokenize::count(state, body).await {
+    if let Some(c) = count_with_tokenizer(state, body).await {
         return c.tokens;
     }
     let settings = state.settings.current();
@@ -372,4 +375,14 @@ pub async fn count_tokens(state: &AppState, body: &Map<String, Value>) -> u64 {
         .calibration
         .bytes_per_token(&settings.backend_url, model);
     shaping::estimate::measure_request(body).tokens(ratio)
+}
+
+/// The backend's own count of a prompt, where the kind the health probe found has a tokenizer.
+pub async fn count_with_tokenizer(
+    state: &AppState,
+    body: &Map<String, Value>,
+) -> Option<tokenize::Counted> {
+    let settings = state.settings.current();
+    let kind = state.hub.snapshot().borrow().backend.kind.clone();
+    tokenize::count(&state.client, &settings, &kind, body).await
 }

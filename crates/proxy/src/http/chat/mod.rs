@@ -6,8 +6,8 @@ pub mod render;
 use crate::{
     error::ProxyError,
     http::stream::sse_response,
+    pipeline::AppState,
     pipeline::{self, ChatRequest, FrontDoor, Reply, RequestCtx},
-    state::AppState,
 };
 use axum::{
     extract::{ConnectInfo, Request, State},

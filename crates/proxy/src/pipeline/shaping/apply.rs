@@ -10,8 +10,7 @@ use super::{
 use crate::{
     error::ProxyError,
     observe::{NoticeKind, ProxyEvent},
-    pipeline::{Exchange, reply::Notice, tokenize},
-    state::AppState,
+    pipeline::{AppState, Exchange, reply::Notice},
 };
 use serde_json::{Map, Value, json};
 
@@ -29,8 +28,8 @@ pub async fn reset(state: &AppState, ex: &mut Exchange) -> AfterReset {
     let Some(reset) = reset_command(&ex.body, &ex.ctx.settings.reset_commands) else {
         return AfterReset::Forward;
     };
-    let outcome = crate::purge::purge(state, Some(&ex.ctx.model)).await;
-    let line = crate::purge::sentence(&outcome);
+    let outcome = crate::pipeline::purge::purge(state, Some(&ex.ctx.model)).await;
+    let line = crate::backend::purge::sentence(&outcome);
     ex.shaping = Some(json!({"action": "reset", "purge": outcome}));
     match reset {
         Reset::Only { .. } => AfterReset::Answer(line),
@@ -59,7 +58,7 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
         |tokens: u64| tokens.saturating_mul(5) >= settings.token_warn_threshold.saturating_mul(4);
     let mut counted: Option<(u64, &'static str)> = None;
     if near(measure.tokens(bytes_per_token))
-        && let Some(c) = tokenize::count(state, body).await
+        && let Some(c) = crate::pipeline::count_with_tokenizer(state, body).await
     {
         let counted_part = if c.includes_tools {
             measure
@@ -80,26 +79,8 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
         bytes_per_token,
     };
     let mut decision = decide(body, &policy);
-    if let (Some(_), Decision::Truncate { messages, .. }) = (counted, &decision) {
-        // The dropped part may tokenize differently from the kept part: count what would be
-        // sent, and if the backend would still see too much, decide again at its ratio.
-        let mut trimmed = body.clone();
-        trimmed.insert("messages".into(), Value::Array(messages.clone()));
-        let budget = policy.hard_tokens.saturating_sub(max_tokens(body));
-        if let Some(c) = tokenize::count(state, &trimmed).await
-            && c.tokens > budget
-        {
-            let part = if c.includes_tools {
-                measure_request(&trimmed)
-            } else {
-                without_tools(&trimmed)
-            };
-            if let Some(r) = ratio_from(part, c.tokens) {
-                // A little under the measured ratio, so the second cut lands inside the limit.
-                policy.bytes_per_token = r * 0.98;
-                decision = decide(body, &policy);
-            }
-        }
+    if counted.is_some() {
+        recount_truncation(state, body, &mut policy, &mut decision).await;
     }
     let mut detail = decision.detail(measure, policy.bytes_per_token, &policy);
     if let (Some(d), Some((tokens, source))) = (detail.as_object_mut(), counted) {
@@ -157,6 +138,39 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
     };
     ex.measure = Some(measure);
     result
+}
+
+/// A truncation decided at an estimated ratio, counted again by the backend's tokenizer: the
+/// dropped part may tokenize differently from the kept part, so if the backend would still see
+/// too much, decide again at its ratio.
+async fn recount_truncation(
+    state: &AppState,
+    body: &Map<String, Value>,
+    policy: &mut Policy,
+    decision: &mut Decision,
+) {
+    let Decision::Truncate { messages, .. } = &*decision else {
+        return;
+    };
+    let mut trimmed = body.clone();
+    trimmed.insert("messages".into(), Value::Array(messages.clone()));
+    let budget = policy.hard_tokens.saturating_sub(max_tokens(body));
+    let Some(c) = crate::pipeline::count_with_tokenizer(state, &trimmed).await else {
+        return;
+    };
+    if c.tokens <= budget {
+        return;
+    }
+    let part = if c.includes_tools {
+        measure_request(&trimmed)
+    } else {
+        without_tools(&trimmed)
+    };
+    if let Some(r) = ratio_from(part, c.tokens) {
+        // A little under the measured ratio, so the second cut lands inside the limit.
+        policy.bytes_per_token = r * 0.98;
+        *decision = decide(body, policy);
+    }
 }
 
 /// The measure of a body without its tool schemas (what llama-server's count covers).

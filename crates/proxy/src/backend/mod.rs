@@ -1,5 +1,8 @@
 //! What kind of server the backend is, and whether it answers.
 
+pub mod purge;
+pub mod tokenize;
+
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,10 @@
 //! The shared state every handler and stage sees, and the owner of request tasks.
 
+use super::{admission::Gate, shaping::estimate::Calibration};
 use crate::{
+    backend::purge,
     config::LiveSettings,
-    memory::MemoryMonitor,
-    observe::Hub,
-    pipeline::{admission::Gate, shaping::estimate::Calibration},
-    purge,
+    observe::{Hub, memory::MemoryMonitor},
 };
 use std::{
     future::Future,
@@ -28,6 +27,8 @@ pub struct AppState {
     pub calibration: Calibration,
     /// The purge adapter `CACHE_PURGE=auto` found, per backend URL.
     pub purge_adapter: purge::Detected,
+    /// Recent `/v1/responses` replies, for `previous_response_id`.
+    pub responses: crate::pipeline::conversations::ConversationStore,
     /// Request tasks: shutdown waits for these to finish.
     pub tasks: Tasks,
     /// Set once when the server starts shutting down; long-lived streams (the dashboard's

@@ -4,7 +4,7 @@
 //! threshold, where precision decides what is cut; anything that fails falls back to the
 //! estimate, silently (the estimate is always there).
 
-use crate::state::AppState;
+use crate::config::Settings;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -21,16 +21,18 @@ pub struct Counted {
 }
 
 /// Counts the prompt of `body` with the backend's tokenizer, if the backend is known to have
-/// one (the kind the health probe found). `None`: no tokenizer, or it failed.
-pub async fn count(state: &AppState, body: &Map<String, Value>) -> Option<Counted> {
-    let settings = state.settings.current();
-    let kind = state.hub.snapshot().borrow().backend.kind.clone();
+/// one (`kind`, as the health probe found it). `None`: no tokenizer, or it failed.
+pub async fn count(
+    client: &reqwest::Client,
+    settings: &Settings,
+    kind: &str,
+    body: &Map<String, Value>,
+) -> Option<Counted> {
     let base = settings.backend_url.as_str();
     let key = settings.upstream_api_key.as_deref();
     // One request to the tokenizer: its JSON answer, or `None` on any failure.
     let post = async |path: &str, payload: Value| -> Option<Value> {
-        let mut request = state
-            .client
+        let mut request = client
             .post(format!("{base}{path}"))
             .timeout(TOKENIZE_TIMEOUT)
             .json(&payload);
@@ -44,7 +46,7 @@ pub async fn count(state: &AppState, body: &Map<String, Value>) -> Option<Counte
         response.json().await.ok()
     };
     let messages = body.get("messages").cloned().unwrap_or(Value::Null);
-    match kind.as_str() {
+    match kind {
         "vllm" => {
             let mut payload = json!({
                 "model": body.get("model").cloned().unwrap_or(Value::Null),

@@ -11,17 +11,15 @@
 //! The source of readings is a [`Sampler`], replaceable at run time ([`MemoryMonitor::set_sampler`])
 //! so tests can show what critical pressure does on a machine that has plenty of memory.
 
-use crate::error::StatusCode;
+use super::{Hub, ProxyEvent};
 use crate::{
     config::{CriticalAction, Settings},
-    error::{ProxyError, Source},
-    observe::ProxyEvent,
-    state::AppState,
+    error::{ProxyError, Source, StatusCode},
 };
 use serde::Serialize;
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 use tokio::{sync::watch, time::Instant};
 
@@ -284,89 +282,80 @@ impl MemoryMonitor {
     }
 }
 
-/// Samples now and publishes everywhere: watch channel, snapshot (with history), event stream.
-pub async fn sample(state: &AppState) -> MemorySample {
-    let settings = state.settings.current();
-    let monitor = state.memory.clone();
-    let sample = match tokio::task::spawn_blocking(move || monitor.read(&settings)).await {
-        Ok(s) => s,
-        Err(_) => return state.memory.latest(),
-    };
-    publish(state, &sample);
-    sample
-}
-
-/// Samples synchronously (at start-up, so the first request already sees a real sample).
-pub fn sample_blocking(state: &AppState) -> MemorySample {
-    let sample = state.memory.read(&state.settings.current());
-    publish(state, &sample);
-    sample
-}
-
-/// Snapshot and event first, then the watch channel: whoever wakes on the channel finds the
-/// snapshot already agreeing with it.
-fn publish(state: &AppState, sample: &MemorySample) {
-    let settings = state.settings.current();
-    state.hub.update(|s| {
-        s.memory.used_percent = sample.used_percent;
-        s.memory.swap_used_percent = sample.swap_used_percent;
-        s.memory.pressure = sample.pressure.as_str().to_owned();
-        s.memory.warn_percent = settings.memory_warn_percent;
-        s.memory.critical_percent = settings.memory_critical_percent;
-        s.memory
-            .history
-            .push((sample.at_unix_secs, sample.used_percent));
-        let excess = s.memory.history.len().saturating_sub(HISTORY);
-        s.memory.history.drain(..excess);
-    });
-    state.hub.publish(ProxyEvent::MemorySampled {
-        used_percent: sample.used_percent,
-        swap_used_percent: sample.swap_used_percent,
-        pressure: sample.pressure.as_str().to_owned(),
-    });
-    state.memory.latest.send_replace(sample.clone());
-}
-
-/// `MEMORY_CRITICAL_ACTION=reject` at critical pressure: the 503 a new request gets.
-pub fn refusal(state: &AppState, settings: &Settings) -> Option<ProxyError> {
-    if settings.memory_critical_action != CriticalAction::Reject {
-        return None;
+impl MemoryMonitor {
+    /// Samples now and publishes everywhere: watch channel, snapshot (with history), event
+    /// stream.
+    pub async fn sample(&self, hub: &Hub, settings: Arc<Settings>) -> MemorySample {
+        let monitor = self.clone();
+        let judged = settings.clone();
+        let sample = match tokio::task::spawn_blocking(move || monitor.read(&judged)).await {
+            Ok(s) => s,
+            Err(_) => return self.latest(),
+        };
+        self.publish(hub, &settings, &sample);
+        sample
     }
-    let sample = state.memory.latest();
-    if sample.pressure_under(settings) != Pressure::Critical {
-        return None;
-    }
-    state.hub.update(|s| s.rejections.memory += 1);
-    let retry = (settings.memory_poll_secs * 5.0).ceil().max(5.0) as u64;
-    Some(
-        ProxyError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Source::Proxy,
-            "memory_pressure",
-            format!(
-                "memory pressure is critical ({:.0}% used, MEMORY_CRITICAL_PERCENT={}): new requests are refused until it eases (MEMORY_CRITICAL_ACTION=reject)",
-                sample.used_percent, settings.memory_critical_percent
-            ),
-        )
-        .with_retry_after(retry),
-    )
-}
 
-/// The background task: a sample every `MEMORY_POLL_SECS` (read anew each time: it is live).
-pub async fn monitor(state: AppState, mut stop: watch::Receiver<bool>) {
-    loop {
-        let every = Duration::from_secs_f64(state.settings.current().memory_poll_secs);
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(every) => {}
+    /// Samples synchronously (at start-up, so the first request already sees a real sample).
+    pub fn sample_blocking(&self, hub: &Hub, settings: &Settings) -> MemorySample {
+        let sample = self.read(settings);
+        self.publish(hub, settings, &sample);
+        sample
+    }
+
+    /// Snapshot and event first, then the watch channel: whoever wakes on the channel finds the
+    /// snapshot already agreeing with it.
+    fn publish(&self, hub: &Hub, settings: &Settings, sample: &MemorySample) {
+        hub.update(|s| {
+            s.memory.used_percent = sample.used_percent;
+            s.memory.swap_used_percent = sample.swap_used_percent;
+            s.memory.pressure = sample.pressure.as_str().to_owned();
+            s.memory.warn_percent = settings.memory_warn_percent;
+            s.memory.critical_percent = settings.memory_critical_percent;
+            s.memory
+                .history
+                .push((sample.at_unix_secs, sample.used_percent));
+            let excess = s.memory.history.len().saturating_sub(HISTORY);
+            s.memory.history.drain(..excess);
+        });
+        hub.publish(ProxyEvent::MemorySampled {
+            used_percent: sample.used_percent,
+            swap_used_percent: sample.swap_used_percent,
+            pressure: sample.pressure.as_str().to_owned(),
+        });
+        self.latest.send_replace(sample.clone());
+    }
+
+    /// `MEMORY_CRITICAL_ACTION=reject` at critical pressure: the 503 a new request gets.
+    pub fn refusal(&self, hub: &Hub, settings: &Settings) -> Option<ProxyError> {
+        if settings.memory_critical_action != CriticalAction::Reject {
+            return None;
         }
-        sample(&state).await;
+        let sample = self.latest();
+        if sample.pressure_under(settings) != Pressure::Critical {
+            return None;
+        }
+        hub.update(|s| s.rejections.memory += 1);
+        let retry = (settings.memory_poll_secs * 5.0).ceil().max(5.0) as u64;
+        Some(
+            ProxyError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Source::Proxy,
+                "memory_pressure",
+                format!(
+                    "memory pressure is critical ({:.0}% used, MEMORY_CRITICAL_PERCENT={}): new requests are refused until it eases (MEMORY_CRITICAL_ACTION=reject)",
+                    sample.used_percent, settings.memory_critical_percent
+                ),
+            )
+            .with_retry_after(retry),
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const GIB: u64 = 1 << 30;
 
