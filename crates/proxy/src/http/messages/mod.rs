@@ -15,8 +15,8 @@ use crate::{
         self, ChatRequest, FrontDoor, Reply, RequestCtx,
         reply::{Fold, Frame},
         shaping::estimate::measure_request,
+        state::AppState,
     },
-    state::AppState,
 };
 use axum::{
     Json, Router,
