@@ -538,6 +538,19 @@ async fn errors_are_in_anthropics_shape() {
     assert_eq!((status, e["type"].as_str()), (404, Some("not_found_error")));
     assert!(e["message"].as_str().unwrap().contains("not found"), "{e}");
 
+    let r = http
+        .get(format!("{base}/v1/messages"))
+        .header("x-api-key", "sk-local-key")
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = error_of(r).await;
+    assert_eq!(
+        (status, e["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
+    assert!(e["message"].as_str().unwrap().contains("POST"), "{e}");
+
     let count = br#"{"model": "m", "system": "Be brief.", "messages": [{"role": "user", "content": "How many tokens is this?"}]}"#;
     let r = http
         .post(format!("{base}/v1/messages/count_tokens?beta=true"))

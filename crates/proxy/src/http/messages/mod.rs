@@ -39,8 +39,21 @@ pub fn is_messages_path(path: &str) -> bool {
 /// The door's routes. Claude Code calls `/v1/messages?beta=true`: routing is on the path only.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/messages", post(create))
-        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/messages", post(create).fallback(wrong_method))
+        .route(
+            "/v1/messages/count_tokens",
+            post(count_tokens).fallback(wrong_method),
+        )
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    error::response(&ProxyError::client(
+        "method_not_allowed",
+        format!(
+            "{method} {} is not served: send the request with POST",
+            uri.path()
+        ),
+    ))
 }
 
 async fn create(State(state): State<AppState>, request: Request) -> Response {

@@ -45,7 +45,7 @@ pub fn convert(body: &Map<String, Value>, purpose: Purpose) -> Result<Converted,
             return Err(invalid(
                 "invalid_model",
                 "model",
-                "\"model\" must be a string naming the model, e.g. \"claude-sonnet-4-5\" (mapped by the proxy's [[aliases]])".into(),
+                "\"model\" must be a string naming the model your backend serves, e.g. \"qwen3-coder\"".into(),
             ));
         }
     };
