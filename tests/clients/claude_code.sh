@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Claude Code itself, headless, through blockops-proxy's Messages front door, in a network
 # namespace that has only loopback (`unshare -n`, as root), so nothing can leave the machine. The
-# fake backend (backend.py, scenario `claude-code`) writes a Bash tool call as text; Claude Code
-# must run it, send the tool_result back and end with a successful result, and the backend must
-# never see Claude Code's billing header. Prints one PASS/FAIL line (run.sh counts it).
+# fake backend (backend.py, scenarios `claude-code*`) asks for a Bash tool call, written as text
+# (hermes and <function=…> formats) or sent as structured tool_calls; Claude Code must run it, send
+# the tool_result back and end with a successful result, and the backend must never see Claude
+# Code's billing header. Prints one PASS/FAIL line per scenario (run.sh counts them).
 #   BLOCKOPS_BIN=/path/to/blockops-proxy bash tests/clients/claude_code.sh
 set -uo pipefail
 cd "$(dirname "$0")"
 HERE=$(pwd)
-CASE="claude-code headless tool loop"
+SCENARIOS=(claude-code claude-code-xml claude-code-structured)
+CASE="claude-code"
 fail() { echo "FAIL $CASE: $*"; exit 1; }
 [ -n "${BLOCKOPS_BIN:-}" ] || fail "BLOCKOPS_BIN is not set (run.sh sets it)"
 
@@ -57,21 +59,23 @@ for _ in $(seq 200); do
 done
 [ -n "$up" ] || fail "the proxy did not start: $(tail -n 5 "$WORK/proxy.out")"
 
-mkdir -p "$WORK/home" "$WORK/project"
-# Every model name Claude Code may use (main, small/fast, Haiku-class side requests) is the
-# scenario; the retries are capped so a broken front door fails in seconds, not minutes.
-(cd "$WORK/project" && env -i PATH="$PATH" HOME="$WORK/home" TERM=dumb \
-  ANTHROPIC_BASE_URL="$PROXY" ANTHROPIC_AUTH_TOKEN="$KEY" \
-  ANTHROPIC_MODEL=claude-code ANTHROPIC_SMALL_FAST_MODEL=claude-code ANTHROPIC_DEFAULT_HAIKU_MODEL=claude-code \
-  CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 CLAUDE_CODE_MAX_RETRIES=2 \
-  timeout 180 "$HERE/claude-code/node_modules/.bin/claude" -p "Run echo hi" \
-    --allowedTools Bash --output-format stream-json --verbose --max-turns 3) \
-  > "$WORK/claude.jsonl" 2> "$WORK/claude.err"
-rc=$?
-
-python3 - "$WORK/claude.jsonl" "$BACKEND" "$rc" "$PROXY" "$KEY" <<'PY'
+# One Claude Code run on a scenario; prints its PASS/FAIL line.
+run_case() {
+  local scenario=$1 out="$WORK/$1"
+  mkdir -p "$out/home" "$out/project"
+  # Every model name Claude Code may use (main, small/fast, Haiku-class side requests) is the
+  # scenario; the retries are capped so a broken front door fails in seconds, not minutes.
+  (cd "$out/project" && env -i PATH="$PATH" HOME="$out/home" TERM=dumb \
+    ANTHROPIC_BASE_URL="$PROXY" ANTHROPIC_AUTH_TOKEN="$KEY" \
+    ANTHROPIC_MODEL="$scenario" ANTHROPIC_SMALL_FAST_MODEL="$scenario" ANTHROPIC_DEFAULT_HAIKU_MODEL="$scenario" \
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_AUTOUPDATER=1 CLAUDE_CODE_MAX_RETRIES=2 \
+    timeout 180 "$HERE/claude-code/node_modules/.bin/claude" -p "Run echo hi" \
+      --allowedTools Bash --output-format stream-json --verbose --max-turns 3) \
+    > "$out/claude.jsonl" 2> "$out/claude.err"
+  local rc=$?
+  python3 - "$out/claude.jsonl" "$BACKEND" "$rc" "$PROXY" "$KEY" "$scenario" <<'PY'
 import json, re, sys, urllib.request
-path, backend, rc, proxy, key = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+path, backend, rc, proxy, key, scenario = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 lines = [json.loads(l) for l in open(path, encoding="utf-8") if l.strip().startswith("{")]
 problems = []
 calls = [b for l in lines if l.get("type") == "assistant"
@@ -101,17 +105,25 @@ if removed == 0:
 if rc != 0:
     problems.append("claude exited %d" % rc)
 if problems:
-    print("FAIL claude-code headless tool loop: " + "; ".join(problems))
+    print("FAIL claude-code headless tool loop [%s]: %s" % (scenario, "; ".join(problems)))
     sys.exit(1)
-print("PASS claude-code headless tool loop (%d backend requests, %d billing headers removed)" % (state["chats"], removed))
+print("PASS claude-code headless tool loop [%s] (%d billing headers removed so far)" % (scenario, removed))
 PY
-ok=$?
-if [ $ok -ne 0 ]; then
-  echo "--- claude stderr"; tail -n 20 "$WORK/claude.err"
-  echo "--- claude stream-json (last lines)"; tail -n 8 "$WORK/claude.jsonl" | cut -c1-600
-  echo "--- proxy"; tail -n 20 "$WORK/proxy.out"
-  if [ -n "${BLOCKOPS_ARTIFACTS:-}" ]; then
-    mkdir -p "$BLOCKOPS_ARTIFACTS" && cp "$WORK/claude.jsonl" "$WORK/claude.err" "$WORK/traffic.log" "$BLOCKOPS_ARTIFACTS/" 2>/dev/null
+  local ok=$?
+  if [ $ok -ne 0 ]; then
+    echo "--- claude stderr"; tail -n 20 "$out/claude.err"
+    echo "--- claude stream-json (last lines)"; tail -n 8 "$out/claude.jsonl" | cut -c1-600
+    echo "--- proxy"; tail -n 20 "$WORK/proxy.out"
+    if [ -n "${BLOCKOPS_ARTIFACTS:-}" ]; then
+      mkdir -p "$BLOCKOPS_ARTIFACTS/claude-code-$scenario"
+      cp "$out/claude.jsonl" "$out/claude.err" "$WORK/traffic.log" "$BLOCKOPS_ARTIFACTS/claude-code-$scenario/" 2>/dev/null
+    fi
   fi
-fi
-exit $ok
+  return $ok
+}
+
+status=0
+for scenario in "${SCENARIOS[@]}"; do
+  run_case "$scenario" || status=1
+done
+exit $status
