@@ -411,7 +411,10 @@ mod tests {
     fn usage_is_sent_only_when_asked_and_logprobs_never_lost() {
         let usage = Event::Usage(Usage::from_value(json!({"total_tokens": 5})));
         assert_eq!(
-            written(&mut ChunkWriter::new(style(false)), &[usage.clone()]),
+            written(
+                &mut ChunkWriter::new(style(false)),
+                std::slice::from_ref(&usage)
+            ),
             ""
         );
         let sent = written(&mut ChunkWriter::new(style(true)), &[usage]);
