@@ -58,6 +58,24 @@ pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> Pro
     )
 }
 
+/// Whether a failure to get a reply's head may be retried on a fallback backend: the backend
+/// refused the connection, timed out connecting, broke it before answering, or answered 5xx.
+/// Never the first-byte, idle or total timeouts (the backend may be working on it), never a
+/// 4xx (the request itself is the problem), never the proxy's own refusals.
+pub fn falls_back(e: &ProxyError) -> bool {
+    if e.source != Source::Upstream {
+        return false;
+    }
+    match e.code {
+        "backend_unreachable" | "backend_error" => true,
+        "backend_timeout" => e.message.contains(CONNECT_TIMEOUT),
+        "upstream_error" => e.status.is_server_error(),
+        _ => false,
+    }
+}
+
+const CONNECT_TIMEOUT: &str = "(connect timeout";
+
 /// Which limit the backend ran into, with its configured seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Timeout {
@@ -100,6 +118,7 @@ impl Timeout {
     /// The 504 this timeout answers, naming the setting to raise.
     pub fn error(self, backend: &str) -> ProxyError {
         let (what, secs, setting, hint) = self.parts();
+        debug_assert!(CONNECT_TIMEOUT.ends_with("connect timeout") && what != "");
         ProxyError::new(
             StatusCode::GATEWAY_TIMEOUT,
             Source::Upstream,

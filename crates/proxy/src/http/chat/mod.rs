@@ -44,6 +44,7 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
     let heartbeat = Duration::from_secs_f64(settings.heartbeat_interval_secs);
     let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr, FrontDoor::Chat);
     ctx.phases = super::timing::phases_of(&parts.extensions);
+    ctx.session_headers = super::session_headers(&parts.headers);
     let request_id = ctx.id.clone();
     let response = match pipeline::serve(state, ctx, ChatRequest::chat(body)).await {
         Ok(Reply::Stream(frames)) => sse_response(frames, heartbeat, ChunkWriter::new(style)),
