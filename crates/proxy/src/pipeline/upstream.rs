@@ -118,7 +118,6 @@ impl Timeout {
     /// The 504 this timeout answers, naming the setting to raise.
     pub fn error(self, backend: &str) -> ProxyError {
         let (what, secs, setting, hint) = self.parts();
-        debug_assert!(CONNECT_TIMEOUT.ends_with("connect timeout") && what != "");
         ProxyError::new(
             StatusCode::GATEWAY_TIMEOUT,
             Source::Upstream,
@@ -303,4 +302,27 @@ pub async fn check_status(
     let mut e = ProxyError::upstream_status(status, body, backend);
     e.retry_after_secs = retry_after;
     Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_before_a_reply_fall_back() {
+        assert!(falls_back(&Timeout::Connect(1.0).error("http://b")));
+        for t in [
+            Timeout::FirstByte(1.0),
+            Timeout::Idle(1.0),
+            Timeout::Total(1.0),
+        ] {
+            assert!(!falls_back(&t.error("http://b")), "{t:?}");
+        }
+        let status = |code: u16| {
+            ProxyError::upstream_status(StatusCode::from_u16(code).unwrap(), Bytes::new(), "b")
+        };
+        assert!(falls_back(&status(500)) && falls_back(&status(503)));
+        assert!(!falls_back(&status(400)) && !falls_back(&status(429)));
+        assert!(!falls_back(&super::super::admission::queue_full(1, 1)));
+    }
 }
