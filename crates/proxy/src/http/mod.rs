@@ -5,6 +5,7 @@ mod chat;
 mod error;
 pub mod guard;
 mod passthrough;
+pub mod responses;
 pub mod stream;
 pub mod timing;
 mod ui;
@@ -26,6 +27,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/{*path}", any(passthrough::forward))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -26,6 +26,7 @@ use std::{
 const AFFINITY_CAP: usize = 4096;
 
 /// Headers that name a conversation, in the order they are trusted (Claude Code, opencode).
+/// Front doors may add `("prompt_cache_key", KEY)` (Codex) from their body.
 pub const SESSION_HEADERS: &[&str] = &[
     "x-claude-code-session-id",
     "x-session-affinity",
@@ -102,7 +103,12 @@ pub fn session_key(headers: &[(String, String)], body: &Map<String, Value>) -> S
             return format!("h:{}", v.trim());
         }
     }
-    if let Some(k) = body.get("prompt_cache_key").and_then(Value::as_str) {
+    // A front door whose protocol carries it in the body passes it as a pair.
+    let passed = headers
+        .iter()
+        .find(|(h, _)| h == "prompt_cache_key")
+        .map(|(_, v)| v.as_str());
+    if let Some(k) = passed.or_else(|| body.get("prompt_cache_key").and_then(Value::as_str)) {
         return format!("k:{k}");
     }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
