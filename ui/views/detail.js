@@ -213,6 +213,7 @@ function summaryBar(r, timings) {
   const chips = [
     ['Time', fmtClock(r.time)],
     ['Model', r.model || '–'],
+    ['Backend', r.backend || '–'],
     ['Mode', r.stream ? 'stream' : 'JSON'],
     ['Status', r.status ?? r.state],
     ['Queue', fmtMs(t.queue_ms)],
