@@ -402,6 +402,13 @@ fn take_notices(state: &AppState, ex: &mut Exchange, sink: &mut Sink) {
             text,
         });
     }
+    if !settings.single_backend() {
+        // With several backends, which one is short of context or purged is part of the news.
+        let name = &ex.ctx.backend;
+        for notice in &mut ex.ctx.notices {
+            notice.text = format!("{} (backend {name:?})", notice.text);
+        }
+    }
     for notice in &ex.ctx.notices {
         let kind = notice.kind.as_str();
         tracing::info!(request_id = %ex.ctx.id, kind, "{}", notice.text);
