@@ -572,6 +572,16 @@ async fn backends_change_while_running_and_bad_ones_are_refused_by_name() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+
+    // The backend URL setting still moves `default`, now that the list is explicit.
+    let r = admin(reqwest::Method::PATCH, "/admin/api/config")
+        .json(&json!({"backend_url": later.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, v) = content(&base, "anything", &[]).await;
+    assert_eq!(v["choices"][0]["message"]["content"], "later:anything");
     handle.shutdown().await;
 }
 

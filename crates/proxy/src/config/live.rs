@@ -115,6 +115,16 @@ impl LiveSettings {
             persisted.insert(key.clone(), toml_value(value));
             changed.push(key.clone());
         }
+        if changed.iter().any(|k| k == "backend_url")
+            && let Some(d) = next
+                .backends
+                .iter_mut()
+                .find(|b| b.name == super::DEFAULT_BACKEND)
+        {
+            // With `[[backends]]`, the backend URL setting is the `default` backend's address.
+            d.url = next.backend_url.clone();
+            persisted.insert("backends".into(), super::backends_toml(&next.backends));
+        }
         next.validate()?;
         if let Some(path) = next.config_path.clone() {
             // File I/O off the async workers; the patch lock keeps writes in order.

@@ -437,6 +437,11 @@ impl Hub {
         &self.inner.metrics
     }
 
+    /// A request under way was routed: its traffic-table row names the backend.
+    pub fn routed(&self, id: &str, backend: &str) {
+        self.update_request(id, |r| r.backend = backend.to_owned());
+    }
+
     /// Changes the traffic-table row of a request under way, if it is still listed.
     fn update_request(&self, id: &str, f: impl FnOnce(&mut RequestSummary)) {
         self.inner.snapshot.send_if_modified(|s| {

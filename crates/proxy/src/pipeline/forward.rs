@@ -143,6 +143,7 @@ async fn send(
         return Err(ProxyError::internal("no backend is configured"));
     };
     ctx.backend = backend.name().to_owned();
+    state.hub.routed(&ctx.id, &ctx.backend);
     ctx.settings = backend.settings.clone();
     let settings = ctx.settings.clone();
     if gated {

@@ -303,7 +303,7 @@ fn route_request(state: &AppState, ex: &mut Exchange) -> Result<route::Route, Pr
     let Some(primary) = route.chain.first() else {
         return Err(ProxyError::internal("a route without a backend"));
     };
-    use_backend(ex, primary);
+    use_backend(state, ex, primary);
     if route.target != ex.ctx.model {
         ex.keep_client_body();
         ex.body
@@ -313,7 +313,8 @@ fn route_request(state: &AppState, ex: &mut Exchange) -> Result<route::Route, Pr
     Ok(route)
 }
 
-fn use_backend(ex: &mut Exchange, backend: &route::Backend) {
+fn use_backend(state: &AppState, ex: &mut Exchange, backend: &route::Backend) {
+    state.hub.routed(&ex.ctx.id, backend.name());
     ex.ctx.backend = backend.name().to_owned();
     ex.ctx.settings = backend.settings.clone();
     if !backend.settings.single_backend() {
@@ -340,7 +341,7 @@ async fn open(
 ) -> Result<Opened, Failure> {
     let payload = upstream_payload(&mut ex.body)?;
     for (i, backend) in route.chain.iter().enumerate() {
-        use_backend(ex, backend);
+        use_backend(state, ex, backend);
         let slot = admission::admit(&backend.gate, &state.hub, &ex.ctx, async |depth| {
             let _ = sink.queued(depth).await;
         })
