@@ -89,4 +89,4 @@ export const getSchema = () => api('config/schema');
 export const patchConfig = (patch) => api('config', { method: 'PATCH', body: patch });
 export const getRequest = (id, opts) => api(`requests/${encodeURIComponent(id)}`, opts);
 export const testBackend = (url) => api('backend/test', { method: 'POST', body: { url } });
-export const purgeCache = () => api('cache/purge', { method: 'POST', body: {} });
+export const purgeCache = (backend) => api('cache/purge', { method: 'POST', body: backend ? { backend } : {} });

@@ -8,6 +8,8 @@ import { TrafficTable } from './views/traffic.js';
 import { DetailView } from './views/detail.js';
 import { SettingsView } from './views/settings.js';
 import { ActivityLog } from './views/activity.js';
+import { BackendsView } from './views/backends.js';
+import { purgeCache, ApiError } from './api.js';
 
 const state = {
   snapshot: null,
@@ -139,6 +141,19 @@ function main() {
   onKeyNeeded(askKey);
 
   const settings = new SettingsView({ toast });
+  const backends = new BackendsView(async (name, button) => {
+    button.setAttribute('aria-busy', 'true');
+    button.disabled = true;
+    try {
+      const r = await purgeCache(name);
+      toast(`${name}: ${r.message}`, r.status === 'purged' ? 'good' : 'warn');
+    } catch (e) {
+      toast(`${name}: ${e instanceof ApiError ? e.message : String(e)}`, 'bad');
+    } finally {
+      button.removeAttribute('aria-busy');
+      button.disabled = false;
+    }
+  });
   const detail = new DetailView({
     onClose: () => {
       traffic.clearSelection();
@@ -184,6 +199,7 @@ function main() {
     const age = 0;
     renderHeader(s, age);
     renderSlots(s, age);
+    backends.render(s.backends);
     renderTokens(s);
     renderThroughput(s.requests);
     renderMemory(s);

@@ -275,6 +275,37 @@ describe('dashboard', () => {
     assert.equal(status.backend.url, second.base);
   });
 
+  test('the backends view lists each backend; one added through the admin API shows, routes and purges', async () => {
+    phase = 'backends';
+    await page.waitForSelector('#backends-body tr[data-backend="default"]', WAIT);
+    const put = await fetch(`${proxy.base}/admin/api/backends/extra`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ url: second.base, models: ['extra-*'], max_concurrent: 2 }),
+    });
+    assert.equal(put.status, 200, await put.text());
+    const row = page.locator('#backends-body tr[data-backend="extra"]');
+    await row.waitFor(WAIT);
+    assert.match(await row.locator('.c-bmodels').textContent(), /extra-\*/);
+    assert.equal((await row.locator('.c-bslots').textContent()).trim(), '0 / 2');
+    // The background probe finds it up within a few seconds.
+    await page.waitForSelector('#backends-body tr[data-backend="extra"] .backend-state[data-up="up"]', { timeout: 15000 });
+
+    const r = await chat(proxy.base, { stream: false, model: 'extra-small' });
+    assert.equal(r.status, 200, JSON.stringify(r.json));
+    assert.equal(r.json.model, 'extra-small');
+    await until(async () => (await page.locator('#traffic-body td.c-backend', { hasText: 'extra' }).count()) > 0,
+      { timeout: 5000, what: 'the traffic table to name the backend' });
+
+    await row.locator('button[data-purge="extra"]').click();
+    await page.waitForSelector('.toast', WAIT);
+    assert.match(await page.locator('.toast').last().textContent(), /^extra: /);
+
+    const del = await fetch(`${proxy.base}/admin/api/backends/extra`, { method: 'DELETE' });
+    assert.equal(del.status, 200);
+    await row.waitFor({ state: 'detached', timeout: 5000 });
+  });
+
   test('screenshots at 420×640 and 1440×900', async () => {
     phase = 'screenshots';
     // Something to look at: a tool call selected, requests under way.

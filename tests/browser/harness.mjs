@@ -143,8 +143,8 @@ const WEATHER_TOOL = {
 };
 
 /** A chat completion through the proxy; resolves when the whole response has been read. */
-export async function chat(base, { stream = true, tools = false, content = 'Tell me something about proxies.', timeout = 60000, apiKey } = {}) {
-  const body = { model: 'demo', stream, messages: [{ role: 'user', content }] };
+export async function chat(base, { stream = true, tools = false, content = 'Tell me something about proxies.', timeout = 60000, apiKey, model = 'demo' } = {}) {
+  const body = { model, stream, messages: [{ role: 'user', content }] };
   if (tools) body.tools = [WEATHER_TOOL];
   const res = await fetch(`${base}/v1/chat/completions`, {
     method: 'POST',

@@ -312,6 +312,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json(404, {"error": {"message": "no such path", "type": "not_found"}})
             return
         scenario = SCENARIOS.get(body.get("model")) or agent_scenario(body.get("model"))
+        if scenario is None and isinstance(body.get("model"), str):
+            # `NAME.TAG` plays NAME: two backends behind aliases serve one scenario (routing.py).
+            scenario = SCENARIOS.get(body["model"].split(".", 1)[0])
         if scenario is None:
             self.send_json(404, {"error": {"message": "unknown scenario %r" % body.get("model"), "type": "not_found"}})
             return

@@ -110,6 +110,10 @@ fi
 # The Responses front door: the OpenAI SDK's responses API and the Agents SDK, then Codex itself
 # (in its own loopback-only network namespace, with its own proxy and backend).
 "$VENV/bin/python" responses/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/responses.log"
+# Several backends (issue 17): one scenario through two backends behind aliases.
+if [ -z "$ONLY" ] || [[ ",$ONLY," == *",routing,"* ]]; then
+  "$VENV/bin/python" python/routing.py --bin "$BLOCKOPS_BIN" 2>&1 | tee "$WORK/routing.log"
+fi
 if [ "$AGENTS" != 0 ] && { [ -z "$ONLY" ] || [[ ",$ONLY," == *",codex-shell,"* ]]; }; then
   if [ "$(id -u)" != 0 ]; then
     echo "FAIL codex: Codex runs in a network namespace (unshare -n), which needs root"
@@ -148,7 +152,8 @@ if [ "$AGENTS" != 0 ]; then
   echo "clients: the coding agents took $((SECONDS - agents_start)) s"
 fi
 
-LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/anthropic-python.log" "$WORK/anthropic-node.log" "$WORK/responses.log" "$WORK/agents.log")
+touch "$WORK/routing.log"
+LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/anthropic-python.log" "$WORK/anthropic-node.log" "$WORK/responses.log" "$WORK/routing.log" "$WORK/agents.log")
 [ -f "$WORK/claude-code.log" ] && LOGS+=("$WORK/claude-code.log")
 [ -f "$WORK/codex.log" ] && LOGS+=("$WORK/codex.log")
 passed=$(cat "${LOGS[@]}" | grep -c '^PASS ')

@@ -215,6 +215,7 @@ function summaryBar(r, timings) {
     ['Time', fmtClock(r.time)],
     ['Model', r.model || '–'],
     ['Front door', frontDoor(r)?.label ?? '–'],
+    ['Backend', r.backend || '–'],
     ['Mode', r.stream ? 'stream' : 'JSON'],
     ['Status', r.status ?? r.state],
     ['Queue', fmtMs(t.queue_ms)],

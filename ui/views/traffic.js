@@ -147,6 +147,7 @@ function fillRow(tr, r) {
   tr.replaceChildren(
     h('td', { class: 'c-time num', title: r.time }, fmtClock(r.time)),
     h('td', { class: 'c-model ellipsis', title: r.model }, r.model || '–'),
+    h('td', { class: 'c-backend ellipsis mono', title: r.backend || '' }, r.backend || '–'),
     h('td', { class: 'c-stream' }, doorChip(r), r.stream
       ? h('span', { class: 'stream-yes', title: 'streaming', 'aria-label': 'streaming' }, 'SSE')
       : h('span', { class: 'stream-no', title: 'not streaming', 'aria-label': 'not streaming' }, 'JSON')),

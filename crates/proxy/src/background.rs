@@ -27,32 +27,78 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Background {
     Background { tasks }
 }
 
-/// Probes the backend now and then, so "backend down" shows without waiting for a request.
+/// Probes every backend now and then, so "backend down" shows without waiting for a request.
 async fn backend_monitor(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut last: Option<bool> = None;
     loop {
         let settings = state.settings.current();
-        let probe = backend::check(&state.client, &state.hub, &settings).await;
-        if last != Some(probe.reachable) {
-            let text = if probe.reachable {
-                format!("Backend is up: {}", settings.backend_url)
-            } else {
-                format!("Backend unreachable: {}", settings.backend_url)
-            };
-            if last.is_some() || !probe.reachable {
-                state.hub.publish(ProxyEvent::Noticed {
-                    request_id: None,
-                    kind: crate::observe::NoticeKind::Backend,
-                    text,
-                });
+        let list = state.backends.list();
+        let probes = futures_util::future::join_all(list.iter().map(|b| {
+            backend::probe(
+                &state.client,
+                &b.config.url,
+                b.settings.upstream_api_key.as_deref(),
+            )
+        }))
+        .await;
+        for (b, probe) in list.iter().zip(&probes) {
+            let changed = state.backends.probed(b.name(), probe);
+            if let Some(before) = changed
+                && !settings.single_backend()
+                && (before.is_some() || !probe.reachable)
+            {
+                let text = if probe.reachable {
+                    format!("Backend {:?} is up: {}", b.name(), b.config.url)
+                } else {
+                    format!("Backend {:?} unreachable: {}", b.name(), b.config.url)
+                };
+                notice(&state, text);
             }
-            last = Some(probe.reachable);
+        }
+        // The first backend is also the one-backend status the dashboard and /health show.
+        if let Some(probe) = probes.into_iter().next() {
+            legacy_status(&state, &settings, &mut last, probe);
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(BACKEND_PROBE_EVERY) => {}
         }
     }
+}
+
+/// The first backend's health as the one-backend status (`backend` in the snapshot, /health).
+fn legacy_status(
+    state: &AppState,
+    settings: &crate::config::Settings,
+    last: &mut Option<bool>,
+    probe: backend::Probe,
+) {
+    if *last != Some(probe.reachable) {
+        let text = if probe.reachable {
+            format!("Backend is up: {}", probe.url)
+        } else {
+            format!("Backend unreachable: {}", probe.url)
+        };
+        if (last.is_some() || !probe.reachable) && settings.single_backend() {
+            notice(state, text);
+        }
+        *last = Some(probe.reachable);
+    }
+    state.hub.update(|s| {
+        s.backend.url = probe.url.clone();
+        s.backend.up = Some(probe.reachable);
+        if probe.reachable {
+            s.backend.kind = probe.kind.as_str().to_owned();
+        }
+    });
+}
+
+fn notice(state: &AppState, text: String) {
+    state.hub.publish(ProxyEvent::Noticed {
+        request_id: None,
+        kind: crate::observe::NoticeKind::Backend,
+        text,
+    });
 }
 
 /// A memory sample every `MEMORY_POLL_SECS` (read anew each time: it is live).

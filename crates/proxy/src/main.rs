@@ -191,6 +191,7 @@ async fn serve(m: &ArgMatches) -> ExitCode {
         match demo::spawn(DemoOptions { tokens_per_sec }).await {
             Ok((addr, task)) => {
                 settings.backend_url = format!("http://{addr}");
+                settings.backend_url_set = true;
                 if settings.model_name.is_empty() {
                     settings.model_name = "demo".into();
                 }
@@ -230,8 +231,15 @@ fn print_banner(settings: &Settings, handle: &server::ServerHandle, demo: bool) 
     };
     let backend = if demo {
         format!("{} (built-in demo backend)", settings.backend_url)
-    } else {
+    } else if settings.single_backend() {
         settings.backend_url.clone()
+    } else {
+        settings
+            .effective_backends()
+            .iter()
+            .map(|b| format!("{} {} [{}]", b.name, b.url, b.models.join(", ")))
+            .collect::<Vec<_>>()
+            .join("\n             ")
     };
     println!(
         "blockops-proxy {version}\n  \

@@ -6,7 +6,7 @@ use crate::{
     observe::memory::{MemoryMonitor, MemorySample, SystemSampler},
     observe::{Hub, PurgeOutcome, Snapshot, TrafficLog},
     pipeline::{AppState, Tasks},
-    pipeline::{admission::Gate, upstream},
+    pipeline::{admission::Gate, route::Backends, upstream},
 };
 use axum::serve::ListenerExt;
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
@@ -130,13 +130,27 @@ pub fn build_state(settings: Settings) -> AppState {
     );
     let snapshot = Snapshot::starting(&settings);
     let hub = Hub::new(log, snapshot);
-    let gate = Gate::new(settings.max_concurrent, settings.max_queue, hub.clone());
+    // The first backend's gate is also `state.gate` (with one backend, the proxy's one gate).
+    let first = settings
+        .effective_backends()
+        .first()
+        .map(|b| b.name.clone())
+        .unwrap_or_default();
+    let gate = Gate::named(
+        &first,
+        settings.max_concurrent,
+        settings.max_queue,
+        hub.clone(),
+    );
     let client = upstream::client(&settings);
+    let live = LiveSettings::new(settings);
+    let backends = Backends::new(live.clone(), hub.clone(), gate.clone());
     let state = AppState {
-        settings: LiveSettings::new(settings),
+        settings: live,
         client,
         hub,
         gate,
+        backends,
         memory: MemoryMonitor::new(Box::new(SystemSampler::default())),
         calibration: Default::default(),
         purge_adapter: Default::default(),
@@ -205,7 +219,20 @@ impl ServerHandle {
     /// backend's purge endpoint, and reports what happened. Never an error: a backend without a
     /// purge endpoint is `status: "unsupported"`, a failure is `status: "failed"` with the reason.
     pub async fn purge_cache(&self) -> PurgeOutcome {
-        crate::pipeline::purge::purge(&self.state, None).await
+        let all = crate::pipeline::purge::purge(&self.state, None, None).await;
+        crate::pipeline::purge::combined(&all.unwrap_or_default())
+    }
+
+    /// Purges one backend's KV cache (the tray's per-backend item); `None` for an unknown name.
+    pub async fn purge_backend_cache(&self, name: &str) -> Option<PurgeOutcome> {
+        let done = crate::pipeline::purge::purge(&self.state, Some(name), None).await;
+        done.ok()?.into_iter().next()
+    }
+
+    /// Every backend as the dashboard shows it: state, kind, models, slots, queue, last error.
+    pub fn backends(&self) -> Vec<crate::observe::BackendView> {
+        self.state.backends.sync();
+        self.state.hub.snapshot().borrow().backends.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish within the grace period, flushes the log.

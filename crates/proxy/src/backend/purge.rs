@@ -66,17 +66,24 @@ impl Adapter {
 /// What `auto` found, per backend URL. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Detected {
-    inner: Arc<Mutex<Option<(String, Adapter)>>>,
+    inner: Arc<Mutex<std::collections::HashMap<String, Adapter>>>,
 }
 
 impl Detected {
     fn get(&self, backend: &str) -> Option<Adapter> {
         let d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        d.as_ref().filter(|(b, _)| b == backend).map(|(_, a)| *a)
+        d.get(backend).copied()
     }
 
-    fn remember(&self, backend: &str, adapter: Adapter) {
-        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some((backend.to_owned(), adapter));
+    /// Remembers the adapter for `backend` (also what a backend's configured `kind` says).
+    pub fn remember(&self, backend: &str, adapter: Adapter) {
+        let mut d = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the URLs ever configured; a long-running proxy re-pointed many times
+        // forgets the older ones.
+        if d.len() >= 64 && !d.contains_key(backend) {
+            d.clear();
+        }
+        d.insert(backend.to_owned(), adapter);
     }
 }
 

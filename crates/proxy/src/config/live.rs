@@ -3,7 +3,9 @@
 //! A request reads the current `Arc<Settings>` once when it starts, so a change applies to new
 //! requests while in-flight ones finish with the settings they started with.
 
-use super::{ConfigError, Settings, find_key, persist};
+use super::{
+    Alias, BackendConfig, ConfigError, Settings, aliases_toml, backends_toml, find_key, persist,
+};
 use std::{collections::BTreeMap, sync::Arc};
 use tokio::sync::watch;
 
@@ -113,6 +115,16 @@ impl LiveSettings {
             persisted.insert(key.clone(), toml_value(value));
             changed.push(key.clone());
         }
+        if changed.iter().any(|k| k == "backend_url")
+            && let Some(d) = next
+                .backends
+                .iter_mut()
+                .find(|b| b.name == super::DEFAULT_BACKEND)
+        {
+            // With `[[backends]]`, the backend URL setting is the `default` backend's address.
+            d.url = next.backend_url.clone();
+            persisted.insert("backends".into(), super::backends_toml(&next.backends));
+        }
         next.validate()?;
         if let Some(path) = next.config_path.clone() {
             // File I/O off the async workers; the patch lock keeps writes in order.
@@ -128,6 +140,54 @@ impl LiveSettings {
         let next = Arc::new(next);
         self.tx.send_replace(next.clone());
         Ok((next, changed))
+    }
+}
+
+impl LiveSettings {
+    /// Changes the backends and aliases with `change` (given the list in force, `default`
+    /// included), checks the result as a whole, persists `[[backends]]` and `[[aliases]]`, and
+    /// publishes. Requests in flight finish on the settings they started with.
+    pub async fn change_routes(
+        &self,
+        change: impl FnOnce(&mut Vec<BackendConfig>, &mut Vec<Alias>) -> Result<(), PatchError>,
+    ) -> Result<Arc<Settings>, PatchError> {
+        let _guard = self.write_lock.lock().await;
+        let mut next = (*self.current()).clone();
+        let mut backends = next.effective_backends();
+        change(&mut backends, &mut next.aliases)?;
+        if backends.is_empty() {
+            return Err(PatchError {
+                param: Some("backends".into()),
+                message: "the last backend cannot be removed: add another one first".into(),
+            });
+        }
+        // From now on the list is explicit; `default` is in it like any other backend.
+        next.backends = backends;
+        next.backend_url_set = false;
+        if let Some(d) = next
+            .backends
+            .iter()
+            .find(|b| b.name == super::DEFAULT_BACKEND)
+        {
+            next.backend_url = d.url.clone();
+        }
+        next.validate()?;
+        if let Some(path) = next.config_path.clone() {
+            let mut persisted = BTreeMap::new();
+            persisted.insert("backends".to_owned(), backends_toml(&next.backends));
+            persisted.insert("aliases".to_owned(), aliases_toml(&next.aliases));
+            let shown = path.display().to_string();
+            let saved = tokio::task::spawn_blocking(move || persist(&path, &persisted))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            saved.map_err(|e| PatchError {
+                param: None,
+                message: format!("could not save the backends to {shown}: {e}"),
+            })?;
+        }
+        let next = Arc::new(next);
+        self.tx.send_replace(next.clone());
+        Ok(next)
     }
 }
 

@@ -4,8 +4,14 @@
 //! environment variable, the default and a one-line description. All four sources go through the
 //! same [`Settings::set`], so a bad value gets the same one-line error wherever it came from.
 
+mod backends;
 mod live;
 mod schema;
+
+pub use backends::{
+    Alias, BackendConfig, DEFAULT_BACKEND, KINDS, OVERRIDES, aliases_toml, backends_toml,
+    parse_tables,
+};
 
 pub use live::{LiveSettings, PatchError};
 pub use schema::{Choice, Kind, schema};
@@ -461,6 +467,15 @@ pub struct Settings {
     /// Where PATCHed settings are persisted (not a key: chosen by `--config`/`BLOCKOPS_CONFIG`).
     #[serde(skip)]
     pub config_path: Option<PathBuf>,
+    /// The config file's `[[backends]]`, in file order (`effective_backends` adds `default`).
+    #[serde(skip)]
+    pub backends: Vec<BackendConfig>,
+    /// The config file's `[[aliases]]`, tried in file order.
+    #[serde(skip)]
+    pub aliases: Vec<Alias>,
+    /// `BACKEND_URL` came from the environment or a flag (it then joins `[[backends]]`).
+    #[serde(skip)]
+    pub backend_url_set: bool,
 }
 
 impl Default for Settings {
@@ -500,6 +515,9 @@ impl Default for Settings {
             cors_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             config_path: None,
+            backends: Vec::new(),
+            aliases: Vec::new(),
+            backend_url_set: false,
         };
         for k in KEYS {
             // The defaults are part of the table, so they are checked by the same code as user input.
@@ -708,7 +726,7 @@ impl Settings {
                 ),
             });
         }
-        Ok(())
+        self.validate_backends()
     }
 
     /// The current value of a key in its text form (secrets are masked).
@@ -801,6 +819,17 @@ fn apply_file(settings: &mut Settings, path: &Path) -> Result<(), ConfigError> {
             message,
         })?;
     }
+    let table = parse_toml(path)?.1;
+    let json = |key: &str| table.get(key).and_then(|v| serde_json::to_value(v).ok());
+    let (backends, aliases) =
+        backends::parse_tables(json("backends").as_ref(), json("aliases").as_ref()).map_err(
+            |e| ConfigError {
+                key: format!("{} in {}", e.key, path.display()),
+                message: e.message,
+            },
+        )?;
+    settings.backends = backends;
+    settings.aliases = aliases;
     Ok(())
 }
 
@@ -831,6 +860,7 @@ fn load_from(sources: &Sources, with_file: bool) -> Result<Settings, ConfigError
     for (source, pairs) in [("environment", &sources.env), ("flag", &sources.flags)] {
         for (k, v) in pairs.iter() {
             let env_name = find_key(k).map(|key| key.env).unwrap_or("");
+            settings.backend_url_set |= k == "backend_url";
             settings.set(k, v).map_err(|message| ConfigError {
                 key: if source == "flag" {
                     format!("--{}", k.replace('_', "-"))
@@ -841,7 +871,15 @@ fn load_from(sources: &Sources, with_file: bool) -> Result<Settings, ConfigError
             })?;
         }
     }
-    settings.validate()?;
+    settings
+        .validate()
+        .map_err(|e| match &settings.config_path {
+            Some(p) if e.key.starts_with("backend ") && with_file => ConfigError {
+                key: format!("{} in {}", e.key, p.display()),
+                message: e.message,
+            },
+            _ => e,
+        })?;
     Ok(settings)
 }
 
@@ -852,25 +890,13 @@ pub fn load_for_embedding() -> Result<Settings, ConfigError> {
 
 /// Reads a TOML config file into `(key, text value)` pairs. Unknown keys are errors.
 pub fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        key: path.display().to_string(),
-        message: format!("cannot read the config file: {e}"),
-    })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
-        ConfigError {
-            key: path.display().to_string(),
-            message: format!(
-                "not valid TOML{}: {}",
-                line.map(|l| format!(" at line {l}")).unwrap_or_default(),
-                e.message()
-            ),
-        }
-    })?;
+    let (_, table) = parse_toml(path)?;
     let mut out = Vec::new();
     for (k, v) in table {
+        // Tables of their own, read by `apply_file`.
+        if k == "backends" || k == "aliases" {
+            continue;
+        }
         if find_key(&k).is_none() {
             return Err(ConfigError {
                 key: format!("{} in {}", k, path.display()),
@@ -900,6 +926,28 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, String)>, ConfigError> {
         out.push((k, text));
     }
     Ok(out)
+}
+
+/// The config file's text and its TOML table; a syntax error names the line.
+fn parse_toml(path: &Path) -> Result<(String, toml::Table), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        key: path.display().to_string(),
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        ConfigError {
+            key: path.display().to_string(),
+            message: format!(
+                "not valid TOML{}: {}",
+                line.map(|l| format!(" at line {l}")).unwrap_or_default(),
+                e.message()
+            ),
+        }
+    })?;
+    Ok((text, table))
 }
 
 /// Writes `updates` into the TOML file at `path`, keeping its other keys. Atomic: a temporary

@@ -91,28 +91,177 @@ pub async fn patch_config(State(state): State<AppState>, request: Request) -> Re
             // whichever handler gets here last applies the latest, so the gate never keeps a
             // stale limit.
             let settings = state.settings.current();
-            state
-                .gate
-                .resize(settings.max_concurrent, settings.max_queue);
+            // Every backend's gate takes the new limits (its own, where it has them).
+            state.backends.sync();
             state.hub.update(|s| s.apply_settings(&settings));
             state.hub.publish(ProxyEvent::SettingsChanged { keys });
             Json(settings.to_public_json()).into_response()
         }
-        Err(e) => {
-            let mut error = ProxyError::new(
-                StatusCode::BAD_REQUEST,
-                Source::Client,
-                "invalid_config",
-                e.message,
-            );
-            if e.param.is_none() {
-                error.status = StatusCode::INTERNAL_SERVER_ERROR;
-                error.source = Source::Proxy;
-                error.code = "config_not_saved";
+        Err(e) => config_error(e),
+    }
+}
+
+/// A refused change: 400 naming what was wrong, or 500 when it could not be saved.
+fn config_error(e: crate::config::PatchError) -> Response {
+    let mut error = ProxyError::new(
+        StatusCode::BAD_REQUEST,
+        Source::Client,
+        "invalid_config",
+        e.message,
+    );
+    if e.param.is_none() {
+        error.status = StatusCode::INTERNAL_SERVER_ERROR;
+        error.source = Source::Proxy;
+        error.code = "config_not_saved";
+    }
+    error.param = e.param;
+    error.into_response()
+}
+
+/// `GET /admin/api/backends`: every backend with its state, slots and queue.
+pub async fn backends(State(state): State<AppState>) -> Response {
+    state.backends.sync();
+    let list = state.hub.current_snapshot().backends;
+    Json(list).into_response()
+}
+
+/// `PUT /admin/api/backends/{name}`: adds the backend or replaces it whole. Requests in flight
+/// finish on its old settings.
+pub async fn put_backend(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let mut body = match json_body(request).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(given) = body.get("name").and_then(Value::as_str)
+        && given != name
+    {
+        return ProxyError::client(
+            "invalid_config",
+            format!(
+                "the body names backend {given:?} but the path {name:?}: rename by DELETE and PUT"
+            ),
+        )
+        .with_param("name")
+        .into_response();
+    }
+    body["name"] = json!(name);
+    let backend = match crate::config::BackendConfig::from_json(&body, "backend") {
+        Ok(b) => b,
+        Err(e) => return config_error(e.into()),
+    };
+    let changed = state
+        .settings
+        .change_routes(|list, _| {
+            match list.iter_mut().find(|b| b.name == backend.name) {
+                Some(old) => *old = backend,
+                None => list.push(backend),
             }
-            error.param = e.param;
-            error.into_response()
+            Ok(())
+        })
+        .await;
+    routes_changed(&state, changed, &name)
+}
+
+/// `DELETE /admin/api/backends/{name}`.
+pub async fn delete_backend(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let changed = state
+        .settings
+        .change_routes(|list, _| {
+            let before = list.len();
+            list.retain(|b| b.name != name);
+            if list.len() == before {
+                return Err(crate::config::PatchError {
+                    param: Some("name".into()),
+                    message: format!(
+                        "no backend named {name:?} (GET /admin/api/backends lists them)"
+                    ),
+                });
+            }
+            Ok(())
+        })
+        .await;
+    routes_changed(&state, changed, "")
+}
+
+/// `GET /admin/api/aliases`: the aliases in the order they are tried.
+pub async fn aliases(State(state): State<AppState>) -> Response {
+    let list: Vec<Value> = state
+        .settings
+        .current()
+        .aliases
+        .iter()
+        .map(|a| a.to_json())
+        .collect();
+    Json(list).into_response()
+}
+
+/// `PUT /admin/api/aliases`: the whole list, `[{"match": GLOB, "model": ID}, …]`, in order.
+pub async fn put_aliases(State(state): State<AppState>, request: Request) -> Response {
+    let bytes = match crate::http::chat::read_body(request.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let parsed = serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| crate::config::ConfigError {
+            key: "aliases".into(),
+            message: format!("not valid JSON: {e}"),
+        })
+        .and_then(|v| crate::config::parse_tables(None, Some(&v)));
+    let aliases = match parsed {
+        Ok((_, a)) => a,
+        Err(e) => return config_error(e.into()),
+    };
+    let changed = state
+        .settings
+        .change_routes(|_, list| {
+            *list = aliases;
+            Ok(())
+        })
+        .await;
+    match changed {
+        Ok(_) => {
+            state.hub.publish(ProxyEvent::SettingsChanged {
+                keys: vec!["aliases".into()],
+            });
+            aliases_now(&state)
         }
+        Err(e) => config_error(e),
+    }
+}
+
+fn aliases_now(state: &AppState) -> Response {
+    let list: Vec<Value> = state
+        .settings
+        .current()
+        .aliases
+        .iter()
+        .map(|a| a.to_json())
+        .collect();
+    Json(list).into_response()
+}
+
+/// After a change to the backends: gates and views follow, and the answer is the backend (or,
+/// after a removal, the list).
+fn routes_changed(
+    state: &AppState,
+    changed: Result<std::sync::Arc<crate::config::Settings>, crate::config::PatchError>,
+    name: &str,
+) -> Response {
+    if let Err(e) = changed {
+        return config_error(e);
+    }
+    state.backends.sync();
+    state.hub.publish(ProxyEvent::SettingsChanged {
+        keys: vec!["backends".into()],
+    });
+    let list = state.hub.current_snapshot().backends;
+    match list.iter().find(|b| b.name == name) {
+        Some(b) => Json(b).into_response(),
+        None => Json(list).into_response(),
     }
 }
 
@@ -147,13 +296,28 @@ pub async fn test_backend(State(state): State<AppState>, request: Request) -> Re
 /// failure is 502 with the usual `error` object as well.
 pub async fn purge_cache(State(state): State<AppState>, request: Request) -> Response {
     let phases = super::timing::phases_of(request.extensions());
-    // Any body (or none) is fine: the purge takes no options.
-    drop(request);
-    let outcome = {
+    // Any body (or none) is fine; a JSON object may name one backend: {"backend": NAME}.
+    let body = crate::http::chat::read_body(request.into_body(), 1 << 16)
+        .await
+        .unwrap_or_default();
+    let name = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("backend").and_then(Value::as_str).map(str::to_owned));
+    let outcomes = {
         let _wait = phases.upstream();
-        crate::pipeline::purge::purge(&state, None).await
+        crate::pipeline::purge::purge(&state, name.as_deref(), None).await
     };
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    let outcome = crate::pipeline::purge::combined(&outcomes);
     let mut body = serde_json::to_value(&outcome).unwrap_or_default();
+    if outcomes.len() > 1
+        && let Some(b) = body.as_object_mut()
+    {
+        b.insert("backends".into(), json!(outcomes));
+    }
     if outcome.status != "failed" {
         return Json(body).into_response();
     }

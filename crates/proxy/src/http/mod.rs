@@ -46,6 +46,7 @@ pub async fn receive(
     let limit = settings.max_body_bytes;
     let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr, door);
     ctx.phases = timing::phases_of(&parts.extensions);
+    ctx.session_headers = session_headers(&parts.headers);
     let bytes = chat::read_body(body, limit).await;
     (ctx, parts, bytes)
 }
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .merge(messages::routes())
+        .route("/v1/models", get(models))
         .route("/v1/responses", post(responses::create))
         .route("/v1/{*path}", any(passthrough::forward))
         .route("/health", get(health))
@@ -69,6 +71,15 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/api/config/schema", get(admin::config_schema))
         .route("/admin/api/backend/test", post(admin::test_backend))
         .route("/admin/api/cache/purge", post(admin::purge_cache))
+        .route("/admin/api/backends", get(admin::backends))
+        .route(
+            "/admin/api/backends/{name}",
+            axum::routing::put(admin::put_backend).delete(admin::delete_backend),
+        )
+        .route(
+            "/admin/api/aliases",
+            get(admin::aliases).merge(axum::routing::put(admin::put_aliases)),
+        )
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(ui::index))
@@ -78,12 +89,33 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The client's headers that identify a conversation (session affinity). Every front door puts
+/// them in `RequestCtx::session_headers`.
+pub fn session_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    crate::pipeline::route::SESSION_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
 async fn not_found(uri: axum::http::Uri) -> Response {
     ProxyError::not_found(format!(
         "no route for {}: the API is under /v1/ (e.g. POST /v1/chat/completions), the dashboard at /ui/",
         uri.path()
     ))
     .into_response()
+}
+
+/// `GET /v1/models`: with one backend, its own answer as it is; with several, their union and
+/// the aliases.
+async fn models(state: State<AppState>, request: axum::extract::Request) -> Response {
+    if state.settings.current().single_backend() {
+        return passthrough::forward(state, request).await;
+    }
+    Json(crate::pipeline::models::list(&state).await).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -59,6 +59,8 @@ const QUEUE_BUCKETS: &[f64] = &[
 struct ModelLabel {
     model: String,
     front_door: &'static str,
+    #[prometheus(flatten)]
+    backend: BackendLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +68,25 @@ struct RequestLabels {
     model: String,
     front_door: &'static str,
     status: u16,
+    #[prometheus(flatten)]
+    backend: BackendLabel,
+}
+
+/// `backend="NAME"` when the proxy fronts several backends; no label at all when it fronts one,
+/// so a single-backend setup's series stay exactly as they were.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct BackendLabel(Option<String>);
+
+impl EncodeLabelSet for BackendLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        match &self.0 {
+            Some(name) => [("backend", name.as_str())].encode(encoder),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +129,8 @@ struct Inner {
     notices: Family<KindLabel, Counter>,
     purges: Family<PurgeLabels, Counter>,
     billing_headers: Counter,
+    /// Per-request series carry `backend` (set while several backends are configured).
+    label_backends: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -205,6 +228,7 @@ impl Metrics {
                 notices,
                 purges,
                 billing_headers,
+                label_backends: Default::default(),
             }),
         }
     }
@@ -242,42 +266,44 @@ impl Metrics {
         }
     }
 
+    /// Whether per-request series carry a `backend` label (several backends configured).
+    pub fn label_backends(&self, on: bool) {
+        self.inner
+            .label_backends
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts a finished request: status, latencies, tokens.
     pub fn request_finished(&self, record: &RequestRecord) {
         let m = &self.inner;
         let s = &record.summary;
         let model = self.model_label(&s.model);
+        let labelled = m.label_backends.load(std::sync::atomic::Ordering::Relaxed);
+        // Backend names come from the config, so they are bounded like the config is.
+        let backend = BackendLabel(labelled.then(|| cut(&s.backend, MAX_MODEL_LEN).to_owned()));
         m.requests
             .get_or_create(&RequestLabels {
                 model: model.clone(),
                 front_door: s.front_door,
                 status: s.status.unwrap_or(0),
+                backend: backend.clone(),
             })
             .inc();
+        let label = ModelLabel {
+            model,
+            front_door: s.front_door,
+            backend,
+        };
         if let Some(p) = s.prompt_tokens {
-            m.prompt_tokens
-                .get_or_create(&ModelLabel {
-                    model: model.clone(),
-                    front_door: s.front_door,
-                })
-                .inc_by(p);
+            m.prompt_tokens.get_or_create(&label).inc_by(p);
         }
         if let Some(c) = s.completion_tokens {
-            m.generation_tokens
-                .get_or_create(&ModelLabel {
-                    model: model.clone(),
-                    front_door: s.front_door,
-                })
-                .inc_by(c);
+            m.generation_tokens.get_or_create(&label).inc_by(c);
         }
         // Latencies describe generation; a model-less request (`GET /v1/models`) would only blur them.
         if s.model.is_empty() {
             return;
         }
-        let label = ModelLabel {
-            model,
-            front_door: s.front_door,
-        };
         if let Some(d) = s.duration_ms {
             m.e2e.get_or_create(&label).observe(d as f64 / 1000.0);
         }
@@ -489,6 +515,7 @@ mod tests {
                 path: "/v1/chat/completions".into(),
                 front_door: "chat",
                 model: model.into(),
+                backend: "default".into(),
                 stream: false,
                 state: crate::observe::RequestState::Done,
                 status: Some(status),
@@ -602,6 +629,7 @@ mod tests {
         });
         m.observe(&ProxyEvent::CachePurged {
             outcome: PurgeOutcome {
+                backend: None,
                 adapter: "vllm".into(),
                 status: "purged".into(),
                 message: String::new(),

@@ -84,6 +84,9 @@ pub enum ProxyEvent {
 /// The result of a KV-cache purge.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PurgeOutcome {
+    /// The backend purged, when the proxy fronts several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// `generic`, `vllm`, `llamacpp`, `ollama` or `none`.
     pub adapter: String,
     /// `purged`, `unsupported` or `failed`.
@@ -135,6 +138,8 @@ pub struct RequestSummary {
     /// `chat`, `messages`, `responses` or `passthrough`.
     pub front_door: &'static str,
     pub model: String,
+    /// The backend that served it (`default` when the proxy fronts one; empty before routing).
+    pub backend: String,
     pub stream: bool,
     pub state: RequestState,
     pub status: Option<u16>,
@@ -188,6 +193,8 @@ pub struct Snapshot {
     pub model_name: String,
     pub listen_url: String,
     pub backend: BackendStatus,
+    /// Every backend, in routing order (one, `default`, when the proxy fronts one).
+    pub backends: Vec<BackendView>,
     pub slots: Slots,
     pub queue: Queue,
     pub rejections: Rejections,
@@ -236,6 +243,32 @@ pub struct BackendStatus {
     pub url: String,
     pub up: Option<bool>,
     pub kind: String,
+}
+
+/// One backend as the dashboard, the tray and `GET /admin/api/backends` show it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BackendView {
+    pub name: String,
+    pub url: String,
+    /// The configured kind, or (`auto`) what the probe found.
+    pub kind: String,
+    pub up: Option<bool>,
+    pub models: Vec<String>,
+    pub fallbacks: Vec<String>,
+    pub slots: BackendSlots,
+    pub queue: Queue,
+    /// Why the last probe or request failed, until one succeeds.
+    pub last_error: Option<String>,
+    pub probe_ms: Option<u64>,
+    /// Its own settings where they differ from the global ones.
+    pub overrides: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct BackendSlots {
+    /// The effective limit (its own `max_concurrent`, else the global one).
+    pub total: usize,
+    pub busy: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -437,6 +470,11 @@ impl Hub {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// A request under way was routed: its traffic-table row names the backend.
+    pub fn routed(&self, id: &str, backend: &str) {
+        self.update_request(id, |r| r.backend = backend.to_owned());
     }
 
     /// Changes the traffic-table row of a request under way, if it is still listed.

@@ -9,7 +9,7 @@
 use super::context::RequestCtx;
 use crate::{
     error::{ProxyError, Source, StatusCode},
-    observe::{ActiveRequest, Hub, ProxyEvent, QueuedRequest},
+    observe::{ActiveRequest, BackendSlots, BackendView, Hub, ProxyEvent, Queue, QueuedRequest},
 };
 use std::{
     collections::VecDeque,
@@ -26,6 +26,8 @@ struct State {
     queue: VecDeque<Waiter>,
     /// Set by a cache purge: new requests wait until the purge is done.
     held: usize,
+    /// The backend was removed: its requests finish, but it no longer shows.
+    retired: bool,
 }
 
 #[derive(Debug)]
@@ -41,6 +43,8 @@ struct Waiter {
 pub struct Gate {
     state: Arc<Mutex<State>>,
     hub: Hub,
+    /// The backend's name: its entry in the snapshot's `backends`.
+    name: Arc<str>,
 }
 
 /// Why a request was not given a place.
@@ -73,7 +77,13 @@ pub struct Ticket {
 }
 
 impl Gate {
+    /// The gate of the backend `BACKEND_URL` names.
     pub fn new(limit: usize, max_queue: usize, hub: Hub) -> Gate {
+        Gate::named(crate::config::DEFAULT_BACKEND, limit, max_queue, hub)
+    }
+
+    /// The gate of the backend `name`.
+    pub fn named(name: &str, limit: usize, max_queue: usize, hub: Hub) -> Gate {
         let gate = Gate {
             state: Arc::new(Mutex::new(State {
                 limit,
@@ -81,8 +91,10 @@ impl Gate {
                 busy: 0,
                 queue: VecDeque::new(),
                 held: 0,
+                retired: false,
             })),
             hub,
+            name: name.into(),
         };
         gate.publish(&gate.lock());
         gate
@@ -135,6 +147,27 @@ impl Gate {
 
     pub fn busy(&self) -> usize {
         self.lock().busy
+    }
+
+    pub fn limit(&self) -> usize {
+        self.lock().limit
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How full it is, for picking the least busy backend: requests in flight and waiting per slot.
+    pub fn load(&self) -> f64 {
+        let s = self.lock();
+        (s.busy + s.queue.len()) as f64 / s.limit.max(1) as f64
+    }
+
+    /// The backend was removed: it stops showing; requests in flight finish.
+    pub fn retire(&self) {
+        let mut s = self.lock();
+        s.retired = true;
+        self.publish(&s);
     }
 
     pub fn queued(&self) -> usize {
@@ -207,13 +240,45 @@ impl Gate {
                 since: Some(w.since),
             })
             .collect();
-        let (limit, busy, max_queue) = (s.limit, s.busy, s.max_queue);
+        let (limit, busy, max_queue, retired) = (s.limit, s.busy, s.max_queue, s.retired);
+        let name = &*self.name;
         self.hub.update(|snap| {
-            snap.slots.total = limit;
-            snap.slots.busy = busy;
-            snap.queue.depth = waiting.len();
-            snap.queue.max = max_queue;
-            snap.queue.waiting = waiting;
+            let at = snap.backends.iter().position(|b| b.name == name);
+            match (at, retired) {
+                (Some(i), true) => {
+                    snap.backends.remove(i);
+                }
+                (Some(i), false) => {
+                    let view = &mut snap.backends[i];
+                    view.slots = BackendSlots { total: limit, busy };
+                    view.queue = Queue {
+                        depth: waiting.len(),
+                        max: max_queue,
+                        waiting,
+                    };
+                }
+                (None, true) => {}
+                (None, false) => snap.backends.push(BackendView {
+                    name: name.to_owned(),
+                    slots: BackendSlots { total: limit, busy },
+                    queue: Queue {
+                        depth: waiting.len(),
+                        max: max_queue,
+                        waiting,
+                    },
+                    ..Default::default()
+                }),
+            }
+            // The totals are the sums over the backends (with one backend: its own numbers).
+            let views = &snap.backends;
+            snap.slots.total = views.iter().map(|b| b.slots.total).sum();
+            snap.slots.busy = views.iter().map(|b| b.slots.busy).sum();
+            snap.queue.depth = views.iter().map(|b| b.queue.depth).sum();
+            snap.queue.max = views.iter().map(|b| b.queue.max).sum();
+            snap.queue.waiting = views
+                .iter()
+                .flat_map(|b| b.queue.waiting.iter().cloned())
+                .collect();
         });
     }
 
@@ -301,6 +366,13 @@ pub async fn admit(
 ) -> Result<Slot, ProxyError> {
     let settings = &ctx.settings;
     let _wait = ctx.phases.queue();
+    // With several backends, which one is full matters; with one, the message stays as it was.
+    let named = |mut e: ProxyError| {
+        if !settings.single_backend() {
+            e.message = format!("backend {:?}: {}", gate.name(), e.message);
+        }
+        e
+    };
     match gate.enter(&ctx.id, &ctx.model) {
         Ok(Entry::Admitted(slot)) => Ok(slot),
         Ok(Entry::Queued(ticket)) => {
@@ -315,16 +387,16 @@ pub async fn admit(
                 Ok(slot) => Ok(slot),
                 Err(_) => {
                     hub.update(|s| s.rejections.queue_timeout += 1);
-                    Err(queue_timeout(
+                    Err(named(queue_timeout(
                         settings.queue_timeout_secs,
                         settings.max_concurrent,
-                    ))
+                    )))
                 }
             }
         }
         Err(Refused::QueueFull { max_queue }) => {
             hub.update(|s| s.rejections.queue_full += 1);
-            Err(queue_full(max_queue, settings.max_concurrent))
+            Err(named(queue_full(max_queue, settings.max_concurrent)))
         }
     }
 }

@@ -46,9 +46,15 @@ pub struct RequestCtx {
     pub path: String,
     pub front_door: FrontDoor,
     pub model: String,
+    /// The backend serving it, once routed (empty before).
+    pub backend: String,
     pub stream: bool,
-    /// The settings in force when the request arrived; it finishes with them.
+    /// The settings in force when the request arrived, then (once routed) its backend's: it
+    /// finishes with them.
     pub settings: Arc<Settings>,
+    /// The client's headers that identify a conversation (session affinity), lowercase names.
+    /// Each front door fills it with the pairs named in `route::SESSION_HEADERS`.
+    pub session_headers: Vec<(String, String)>,
     /// Lines shown to the person reading the reply (context, memory, purge).
     pub notices: Vec<Notice>,
     pub queue_ms: u64,
@@ -74,8 +80,10 @@ impl RequestCtx {
             path: path.to_owned(),
             front_door,
             model: String::new(),
+            backend: String::new(),
             stream: false,
             settings,
+            session_headers: Vec::new(),
             notices: Vec::new(),
             queue_ms: 0,
             ttft_ms: None,
@@ -94,6 +102,7 @@ impl RequestCtx {
             path: self.path.clone(),
             front_door: self.front_door.as_str(),
             model: self.model.clone(),
+            backend: self.backend.clone(),
             stream: self.stream,
             state,
             status: None,

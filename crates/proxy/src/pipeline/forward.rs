@@ -137,12 +137,20 @@ async fn send(
     let Some(ctx) = exchange.ctx.as_mut() else {
         return Err(ProxyError::internal("the exchange lost its request"));
     };
+    // Untranslated bodies are not read, so they name no model to route by: they go to the
+    // backend serving any model (with one backend, that one).
+    let Some(backend) = state.backends.any() else {
+        return Err(ProxyError::internal("no backend is configured"));
+    };
+    ctx.backend = backend.name().to_owned();
+    state.hub.routed(&ctx.id, &ctx.backend);
+    ctx.settings = backend.settings.clone();
     let settings = ctx.settings.clone();
     if gated {
         if let Some(refusal) = state.memory.refusal(&state.hub, &settings) {
             return Err(refusal);
         }
-        let slot = admission::admit(&state.gate, &state.hub, ctx, async |_| {}).await?;
+        let slot = admission::admit(&backend.gate, &state.hub, ctx, async |_| {}).await?;
         exchange._slot = Some(slot);
         ctx.queue_ms = ctx.elapsed_ms();
         state.hub.publish(ProxyEvent::Admitted {

@@ -33,11 +33,13 @@ pub mod context;
 pub mod conversations;
 pub mod forward;
 pub mod ids;
+pub mod models;
 pub mod phases;
 pub mod pump;
 pub mod purge;
 pub mod record;
 pub mod reply;
+pub mod route;
 pub mod shaping;
 pub mod sink;
 pub mod sse;
@@ -51,6 +53,7 @@ pub use state::{AppState, Tasks};
 
 use crate::{
     backend::tokenize,
+    config,
     error::{ProxyError, Source, StatusCode},
     observe::ProxyEvent,
 };
@@ -109,6 +112,8 @@ pub struct Exchange {
     pub shaping: Option<Value>,
     /// The forwarded prompt as measured, to calibrate against the backend's `prompt_tokens`.
     pub measure: Option<Measure>,
+    /// The model name the reply shows when it is not the backend's (an alias was asked for).
+    pub reply_model: Option<String>,
 }
 
 impl Exchange {
@@ -155,6 +160,7 @@ pub async fn serve(
         translator: None,
         shaping: None,
         measure: None,
+        reply_model: None,
     };
     if stream {
         let (frames_tx, frames_rx) = mpsc::channel::<Frame>(64);
@@ -239,44 +245,152 @@ async fn run(state: &AppState, ex: &mut Exchange, sink: &mut Sink) -> Result<(),
     if let Some(refusal) = state.memory.refusal(&state.hub, &ex.ctx.settings) {
         return Err(refusal.into());
     }
+    let route = route_request(state, ex)?;
     if let AfterReset::Answer(line) = shaping::apply::reset(state, ex).await {
         return answer_reset(ex, sink, line).await;
     }
     shaping::apply::context(state, ex).await?;
-    let _slot = admission::admit(&state.gate, &state.hub, &ex.ctx, async |depth| {
-        let _ = sink.queued(depth).await;
-    })
-    .await?;
-    ex.ctx.queue_ms = ex.ctx.elapsed_ms();
-    state.hub.publish(ProxyEvent::Admitted {
-        request_id: ex.ctx.id.clone(),
-        queue_ms: ex.ctx.queue_ms,
-    });
-    take_notices(state, ex, sink);
     let settings = ex.ctx.settings.clone();
+    let spec =
+        TransformSpec::from_request(&ex.body, &settings.parser_formats, settings.reasoning_field);
+    ex.translator = Some(Translator::new(spec, ex.ctx.seed));
+    let opened = open(state, ex, sink, &route).await?;
+    sink.commit();
+    let settings = opened.backend.settings.clone();
     let phases = ex.ctx.phases.clone();
-    let call = Call {
+    let call = call_to(state, &settings, &phases);
+    let watchers = pump::Watchers {
+        gate: &opened.backend.gate,
+        hub: &state.hub,
+    };
+    pump::pump(
+        ex,
+        &call,
+        opened.response,
+        &opened.deadlines,
+        sink,
+        &watchers,
+    )
+    .await?;
+    calibrate(state, ex, &sink.fold);
+    Ok(())
+}
+
+/// The request to a backend's chat endpoint, with its key and connect timeout.
+fn call_to<'a>(
+    state: &'a AppState,
+    settings: &'a config::Settings,
+    phases: &'a std::sync::Arc<phases::Phases>,
+) -> Call<'a> {
+    Call {
         client: &state.client,
         backend: &settings.backend_url,
         path: "/v1/chat/completions",
         api_key: settings.upstream_api_key.as_deref(),
         connect_timeout_secs: settings.connect_timeout_secs,
-        phases: &phases,
+        phases,
+    }
+}
+
+/// Picks the backend (through the aliases; by affinity where several serve the model) and
+/// runs the request on its settings from here on. An aliased request asks the backend for the
+/// alias's target, and its reply names the model the client asked for.
+fn route_request(state: &AppState, ex: &mut Exchange) -> Result<route::Route, ProxyError> {
+    let (headers, body) = (&ex.ctx.session_headers, &ex.body);
+    let route = state
+        .backends
+        .route(&ex.ctx.model, || route::session_key(headers, body))?;
+    let Some(primary) = route.chain.first() else {
+        return Err(ProxyError::internal("a route without a backend"));
     };
-    let deadlines = Deadlines::new(&settings, ex.ctx.received);
-    let spec =
-        TransformSpec::from_request(&ex.body, &settings.parser_formats, settings.reasoning_field);
-    ex.translator = Some(Translator::new(spec, ex.ctx.seed));
+    use_backend(state, ex, primary);
+    if route.target != ex.ctx.model {
+        ex.keep_client_body();
+        ex.body
+            .insert("model".into(), Value::String(route.target.clone()));
+        ex.reply_model = Some(ex.ctx.model.clone());
+    }
+    Ok(route)
+}
+
+fn use_backend(state: &AppState, ex: &mut Exchange, backend: &route::Backend) {
+    state.hub.routed(&ex.ctx.id, backend.name());
+    ex.ctx.backend = backend.name().to_owned();
+    ex.ctx.settings = backend.settings.clone();
+    if !backend.settings.single_backend() {
+        ex.ctx.phases.set_backend(backend.name());
+    }
+}
+
+/// A backend that took the request: its slot, its reply's head, the limits it runs under.
+struct Opened {
+    backend: std::sync::Arc<route::Backend>,
+    _slot: admission::Slot,
+    response: reqwest::Response,
+    deadlines: Deadlines,
+}
+
+/// Admission and the request's head, on the route's backends in turn: the next one is tried
+/// only when this one could not be reached or failed before any of its reply was read (see
+/// [`upstream::falls_back`]). A full queue is an answer, not a failure.
+async fn open(
+    state: &AppState,
+    ex: &mut Exchange,
+    sink: &mut Sink,
+    route: &route::Route,
+) -> Result<Opened, Failure> {
     let payload = upstream_payload(&mut ex.body)?;
-    let response = call.send(call.post_json(payload), &deadlines).await?;
-    sink.commit();
-    let watchers = pump::Watchers {
-        gate: &state.gate,
-        hub: &state.hub,
-    };
-    pump::pump(ex, &call, response, &deadlines, sink, &watchers).await?;
-    calibrate(state, ex, &sink.fold);
-    Ok(())
+    for (i, backend) in route.chain.iter().enumerate() {
+        use_backend(state, ex, backend);
+        let slot = admission::admit(&backend.gate, &state.hub, &ex.ctx, async |depth| {
+            let _ = sink.queued(depth).await;
+        })
+        .await?;
+        if i == 0 {
+            ex.ctx.queue_ms = ex.ctx.elapsed_ms();
+            state.hub.publish(ProxyEvent::Admitted {
+                request_id: ex.ctx.id.clone(),
+                queue_ms: ex.ctx.queue_ms,
+            });
+            take_notices(state, ex, sink);
+        }
+        let settings = backend.settings.clone();
+        let phases = ex.ctx.phases.clone();
+        let call = call_to(state, &settings, &phases);
+        let deadlines = Deadlines::new(&settings, ex.ctx.received);
+        match call.send(call.post_json(payload.clone()), &deadlines).await {
+            Ok(response) => {
+                return Ok(Opened {
+                    backend: backend.clone(),
+                    _slot: slot,
+                    response,
+                    deadlines,
+                });
+            }
+            Err(e) if upstream::falls_back(&e) => {
+                if matches!(e.code, "backend_unreachable" | "backend_timeout") {
+                    state.backends.failed(backend.name(), &e.message);
+                }
+                let Some(next) = route.chain.get(i + 1) else {
+                    return Err(e.into());
+                };
+                fell_back(state, ex, backend.name(), next.name(), &e);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ProxyError::internal("a route without a backend").into())
+}
+
+/// Says (log, events, the request's notices) that `from` failed and `to` takes over.
+fn fell_back(state: &AppState, ex: &mut Exchange, from: &str, to: &str, e: &ProxyError) {
+    let text = format!("backend {from:?} failed ({}); trying {to:?}", e.message);
+    tracing::warn!(request_id = %ex.ctx.id, "{text}");
+    state.hub.publish(ProxyEvent::Noticed {
+        request_id: Some(ex.ctx.id.clone()),
+        kind: crate::observe::NoticeKind::Backend,
+        text,
+    });
 }
 
 /// The notices of the moment of sending (memory as it is now) joined to shaping's, published,
@@ -288,6 +402,13 @@ fn take_notices(state: &AppState, ex: &mut Exchange, sink: &mut Sink) {
             kind: crate::observe::NoticeKind::Memory,
             text,
         });
+    }
+    if !settings.single_backend() {
+        // With several backends, which one is short of context or purged is part of the news.
+        let name = &ex.ctx.backend;
+        for notice in &mut ex.ctx.notices {
+            notice.text = format!("{} (backend {name:?})", notice.text);
+        }
     }
     for notice in &ex.ctx.notices {
         let kind = notice.kind.as_str();
@@ -361,28 +482,48 @@ async fn answer_reset(ex: &mut Exchange, sink: &mut Sink, line: String) -> Resul
 }
 
 /// Prompt tokens of an OpenAI chat body: the backend's tokenizer where it has one, else the
-/// calibrated estimate.
+/// calibrated estimate. The backend is the one its model routes to (the first one, if none).
 pub async fn count_tokens(state: &AppState, body: &Map<String, Value>) -> u64 {
-    if let Some(c) = count_with_tokenizer(state, body).await {
-        return c.tokens;
-    }
-    let settings = state.settings.current();
     let model = body
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let backend = state
+        .backends
+        .route(model, || route::session_key(&[], body))
+        .ok()
+        .and_then(|r| r.chain.first().cloned())
+        .or_else(|| state.backends.any());
+    let name = backend
+        .as_ref()
+        .map(|b| b.name().to_owned())
+        .unwrap_or_default();
+    if let Some(c) = count_with_tokenizer(state, body, &name).await {
+        return c.tokens;
+    }
+    let settings = backend.map_or_else(|| state.settings.current(), |b| b.settings.clone());
     let ratio = state
         .calibration
         .bytes_per_token(&settings.backend_url, model);
     shaping::estimate::measure_request(body).tokens(ratio)
 }
 
-/// The backend's own count of a prompt, where the kind the health probe found has a tokenizer.
+/// The backend's own count of a prompt, where the kind of backend `backend` (configured, or
+/// found by the health probe) has a tokenizer.
 pub async fn count_with_tokenizer(
     state: &AppState,
     body: &Map<String, Value>,
+    backend: &str,
 ) -> Option<tokenize::Counted> {
-    let settings = state.settings.current();
-    let kind = state.hub.snapshot().borrow().backend.kind.clone();
+    let (settings, kind) = match state.backends.get(backend) {
+        Some(b) if !b.settings.single_backend() || b.config.kind != "auto" => {
+            (b.settings.clone(), b.kind())
+        }
+        // One backend, kind found by the probe: what the dashboard shows.
+        _ => (
+            state.settings.current(),
+            state.hub.snapshot().borrow().backend.kind.clone(),
+        ),
+    };
     tokenize::count(&state.client, &settings, &kind, body).await
 }

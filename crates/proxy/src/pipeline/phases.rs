@@ -19,6 +19,8 @@ pub struct Phases {
     queue: Wait,
     upstream: Wait,
     client: Wait,
+    /// The backend that served the request, when the proxy fronts several (`Server-Timing`).
+    backend: std::sync::Mutex<Option<String>>,
 }
 
 /// One kind of waiting: finished waits summed, plus the one under way if any.
@@ -53,7 +55,13 @@ impl Phases {
             queue: Wait::default(),
             upstream: Wait::default(),
             client: Wait::default(),
+            backend: Default::default(),
         })
+    }
+
+    /// Names the backend in `Server-Timing` (set only when there are several).
+    pub fn set_backend(&self, name: &str) {
+        *self.backend.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_owned());
     }
 
     fn wait(&self, kind: Kind) -> &Wait {
@@ -142,6 +150,11 @@ impl Phases {
                 }
                 let _ = write!(out, "{name};dur={:.2}", us as f64 / 1000.0);
             }
+        }
+        let backend = self.backend.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = backend.as_deref() {
+            // A quoted-string: the name's characters are letters, digits, '.', '_' and '-'.
+            let _ = write!(out, ", backend;desc=\"{name}\"");
         }
         out
     }

@@ -72,6 +72,9 @@ pub async fn pump(
                 return fail(ex, sink, e).await;
             }
             translator(ex)?.on_chunk(chunk, &mut out);
+            if let Some(name) = &ex.reply_model {
+                show_model(&mut out, name);
+            }
             if out.iter().any(|e| !matches!(e, Event::Meta(_))) {
                 first_token(ex, watchers);
             }
@@ -96,6 +99,17 @@ pub async fn pump(
     }
     translator(ex)?.finish(&mut out);
     sink.send(out).await
+}
+
+/// An aliased request's reply names the model the client asked for, not the backend's.
+fn show_model(events: &mut [Event], name: &str) {
+    for e in events {
+        if let Event::Meta(meta) = e {
+            let mut shown = (**meta).clone();
+            shown.model = Some(name.into());
+            *meta = std::sync::Arc::new(shown);
+        }
+    }
 }
 
 fn translator(ex: &mut Exchange) -> Result<&mut Translator, Failure> {

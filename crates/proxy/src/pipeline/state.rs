@@ -1,6 +1,6 @@
 //! The shared state every handler and stage sees, and the owner of request tasks.
 
-use super::{admission::Gate, shaping::estimate::Calibration};
+use super::{admission::Gate, route::Backends, shaping::estimate::Calibration};
 use crate::{
     backend::purge,
     config::LiveSettings,
@@ -20,7 +20,11 @@ pub struct AppState {
     pub settings: LiveSettings,
     pub client: reqwest::Client,
     pub hub: Hub,
+    /// The first backend's gate (with one backend, the proxy's one gate); every backend's
+    /// gate is in `backends`.
     pub gate: Gate,
+    /// Every backend: its settings, gate and health; routing.
+    pub backends: Backends,
     /// The latest memory sample and where samples come from.
     pub memory: MemoryMonitor,
     /// Bytes per token learned from the backend's `usage.prompt_tokens`, per backend and model.

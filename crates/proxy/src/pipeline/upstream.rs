@@ -58,6 +58,24 @@ pub fn classify(error: &reqwest::Error, backend: &str, timeout_secs: f64) -> Pro
     )
 }
 
+/// Whether a failure to get a reply's head may be retried on a fallback backend: the backend
+/// refused the connection, timed out connecting, broke it before answering, or answered 5xx.
+/// Never the first-byte, idle or total timeouts (the backend may be working on it), never a
+/// 4xx (the request itself is the problem), never the proxy's own refusals.
+pub fn falls_back(e: &ProxyError) -> bool {
+    if e.source != Source::Upstream {
+        return false;
+    }
+    match e.code {
+        "backend_unreachable" | "backend_error" => true,
+        "backend_timeout" => e.message.contains(CONNECT_TIMEOUT),
+        "upstream_error" => e.status.is_server_error(),
+        _ => false,
+    }
+}
+
+const CONNECT_TIMEOUT: &str = "(connect timeout";
+
 /// Which limit the backend ran into, with its configured seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Timeout {
@@ -284,4 +302,27 @@ pub async fn check_status(
     let mut e = ProxyError::upstream_status(status, body, backend);
     e.retry_after_secs = retry_after;
     Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_failures_before_a_reply_fall_back() {
+        assert!(falls_back(&Timeout::Connect(1.0).error("http://b")));
+        for t in [
+            Timeout::FirstByte(1.0),
+            Timeout::Idle(1.0),
+            Timeout::Total(1.0),
+        ] {
+            assert!(!falls_back(&t.error("http://b")), "{t:?}");
+        }
+        let status = |code: u16| {
+            ProxyError::upstream_status(StatusCode::from_u16(code).unwrap(), Bytes::new(), "b")
+        };
+        assert!(falls_back(&status(500)) && falls_back(&status(503)));
+        assert!(!falls_back(&status(400)) && !falls_back(&status(429)));
+        assert!(!falls_back(&super::super::admission::queue_full(1, 1)));
+    }
 }

@@ -26,8 +26,15 @@ use serde_json::{Map, Value};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub async fn create(State(state): State<AppState>, request: Request) -> Response {
-    let (ctx, _parts, bytes) = super::receive(&state, request, FrontDoor::Responses).await;
+    let (mut ctx, _parts, bytes) = super::receive(&state, request, FrontDoor::Responses).await;
     let body = bytes.and_then(|b| parse_object(&b));
+    // Codex names its conversation in the body; the chat body the core gets does not carry it.
+    if let Ok(b) = &body
+        && let Some(key) = b.get("prompt_cache_key").and_then(Value::as_str)
+    {
+        ctx.session_headers
+            .push(("prompt_cache_key".into(), key.to_owned()));
+    }
     let request_id = ctx.id.clone();
     let response = match body {
         Ok(body) => respond(state, ctx, body)

@@ -28,7 +28,15 @@ pub async fn reset(state: &AppState, ex: &mut Exchange) -> AfterReset {
     let Some(reset) = reset_command(&ex.body, &ex.ctx.settings.reset_commands) else {
         return AfterReset::Forward;
     };
-    let outcome = crate::pipeline::purge::purge(state, Some(&ex.ctx.model)).await;
+    // The backend that serves this conversation (routing ran first) is the one purged.
+    let outcome = match state.backends.get(&ex.ctx.backend) {
+        Some(b) => crate::pipeline::purge::purge_backend(state, &b, Some(&ex.ctx.model)).await,
+        None => crate::pipeline::purge::combined(
+            &crate::pipeline::purge::purge(state, None, Some(&ex.ctx.model))
+                .await
+                .unwrap_or_default(),
+        ),
+    };
     let line = crate::backend::purge::sentence(&outcome);
     ex.shaping = Some(json!({"action": "reset", "purge": outcome}));
     match reset {
@@ -58,7 +66,7 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
         |tokens: u64| tokens.saturating_mul(5) >= settings.token_warn_threshold.saturating_mul(4);
     let mut counted: Option<(u64, &'static str)> = None;
     if near(measure.tokens(bytes_per_token))
-        && let Some(c) = crate::pipeline::count_with_tokenizer(state, body).await
+        && let Some(c) = crate::pipeline::count_with_tokenizer(state, body, &ex.ctx.backend).await
     {
         let counted_part = if c.includes_tools {
             measure
@@ -80,7 +88,7 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
     };
     let mut decision = decide(body, &policy);
     if counted.is_some() {
-        recount_truncation(state, body, &mut policy, &mut decision).await;
+        recount_truncation(state, body, &ex.ctx.backend, &mut policy, &mut decision).await;
     }
     let mut detail = decision.detail(measure, policy.bytes_per_token, &policy);
     if let (Some(d), Some((tokens, source))) = (detail.as_object_mut(), counted) {
@@ -146,6 +154,7 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
 async fn recount_truncation(
     state: &AppState,
     body: &Map<String, Value>,
+    backend: &str,
     policy: &mut Policy,
     decision: &mut Decision,
 ) {
@@ -155,7 +164,7 @@ async fn recount_truncation(
     let mut trimmed = body.clone();
     trimmed.insert("messages".into(), Value::Array(messages.clone()));
     let budget = policy.hard_tokens.saturating_sub(max_tokens(body));
-    let Some(c) = crate::pipeline::count_with_tokenizer(state, &trimmed).await else {
+    let Some(c) = crate::pipeline::count_with_tokenizer(state, &trimmed, backend).await else {
         return;
     };
     if c.tokens <= budget {
