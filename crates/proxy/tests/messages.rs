@@ -699,3 +699,44 @@ async fn a_backend_that_fails_mid_stream_ends_with_an_error_event() {
     );
     handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn claude_model_names_reach_the_backend_through_aliases_and_are_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = fake(text_frames(&["ok"]), None).await;
+    let mut s = settings(&backend.url, &dir);
+    let (backends, aliases) = blockops_proxy::config::parse_tables(
+        None,
+        Some(&json!([
+            {"match": "claude-*haiku*", "model": "qwen-small"},
+            {"match": "claude-*", "model": "qwen-coder"}
+        ])),
+    )
+    .unwrap();
+    s.backends = backends;
+    s.aliases = aliases;
+    s.validate().unwrap();
+    let (handle, base) = proxy(s).await;
+    for (i, (asked, served)) in [
+        ("claude-sonnet-4-5", "qwen-coder"),
+        ("claude-haiku-4-5-20251001", "qwen-small"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for stream in [false, true] {
+            let mut body = request(stream);
+            body["model"] = json!(asked);
+            let r = post_messages(&base, &body).await;
+            assert_eq!(r.status(), 200);
+            let m = if stream {
+                fold(&events(&r.text().await.unwrap()))
+            } else {
+                r.json().await.unwrap()
+            };
+            assert_eq!(m["model"], asked, "the reply echoes the requested name");
+            assert_eq!(backend.body(2 * i + usize::from(stream))["model"], served);
+        }
+    }
+    handle.shutdown().await;
+}
