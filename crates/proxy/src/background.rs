@@ -54,6 +54,10 @@ async fn backend_monitor(state: AppState, mut stop: watch::Receiver<bool>) {
             last = Some(probe.reachable);
         }
         state.hub.update(|s| {
+            if s.backend.url != settings.backend_url {
+                // Another backend: what the last one sent says nothing about this one.
+                s.backend.tool_text = Default::default();
+            }
             s.backend.url = settings.backend_url.clone();
             s.backend.up = Some(probe.reachable);
             if probe.reachable {

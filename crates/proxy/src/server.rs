@@ -136,6 +136,7 @@ pub fn build_state(settings: Settings) -> AppState {
             url: settings.backend_url.clone(),
             up: None,
             kind: "unknown".into(),
+            tool_text: Default::default(),
         },
         tokens: crate::observe::Tokens {
             warn_threshold: settings.token_warn_threshold,

@@ -71,6 +71,20 @@ impl ChunkWriter {
         for event in events {
             match event {
                 Event::Meta(meta) => self.template = template_json(meta),
+                // Before the reply starts a notice leads choice 0's first delta; one found later
+                // (a call the backend dropped) is a content delta of its own where it comes.
+                Event::Notice { text, .. } if self.started.first() == Some(&true) => {
+                    let late = format!("\n\n⚠ {text}");
+                    self.delta(
+                        out,
+                        0,
+                        Delta {
+                            content: Some(&late),
+                            ..Delta::default()
+                        },
+                        None,
+                    );
+                }
                 Event::Notice { text, .. } => {
                     self.notices.push_str("⚠ ");
                     self.notices.push_str(text);
@@ -279,9 +293,15 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
     let mut c = meta_fields(&fold.meta);
     c.insert("object".into(), "chat.completion".into());
     let lead: String = fold
-        .notices
+        .lead_notices()
         .iter()
         .map(|n| format!("⚠ {}\n\n", n.text))
+        .collect();
+    // Notices found after the reply started follow its words, as a stream shows them.
+    let late: String = fold
+        .late_notices()
+        .iter()
+        .map(|n| format!("\n\n⚠ {}", n.text))
         .collect();
     let choices: Vec<Value> = fold
         .choices
@@ -298,6 +318,9 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
                 text.push_str(&r);
             }
             text.push_str(&f.content);
+            if index == 0 {
+                text.push_str(&late);
+            }
             let content = if text.is_empty() && !f.tool_calls.is_empty() {
                 Value::Null
             } else {
