@@ -1139,6 +1139,117 @@ mod tests {
     }
 
     #[test]
+    fn a_call_the_backend_dropped_is_a_notice_before_the_finish() {
+        let mut t = Translator::new(spec(true), 7);
+        let mut out = translate(&mut t, &upstream("Let me check.", None));
+        out.extend(translate(&mut t, &upstream("", Some("tool_calls"))));
+        out.retain(|e| !matches!(e, Event::Meta(_)));
+        let [
+            Event::Text { .. },
+            Event::Notice { kind, text },
+            Event::Finish { reason, .. },
+        ] = out.as_slice()
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*kind, NoticeKind::DroppedCall);
+        assert_eq!(text, DROPPED_NO_CALL);
+        assert_eq!(*reason, FinishReason::Stop);
+        assert_eq!(t.evidence().dropped_calls, 1);
+        // A stream that simply ends, or stops, lost nothing.
+        let mut t = Translator::new(spec(true), 7);
+        let mut out = translate(&mut t, &upstream("Hi", Some("stop")));
+        t.finish(&mut out);
+        assert!(!out.iter().any(|e| matches!(e, Event::Notice { .. })));
+        assert_eq!(t.evidence(), CallEvidence::default());
+    }
+
+    #[test]
+    fn structured_arguments_that_are_not_an_object_count_as_dropped() {
+        for (args, dropped) in [
+            (json!("{\"city\": \"Paris\"}"), 0),
+            (json!({"city": "Paris"}), 0),
+            (json!(""), 0),
+            (json!("\"Paris\""), 1),
+            (json!("[1]"), 1),
+            (json!("{\"city\": "), 1),
+        ] {
+            let mut t = Translator::new(spec(true), 7);
+            let chunk = json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"get_weather","arguments":args}}]},"finish_reason":"tool_calls"}]});
+            let out = translate(&mut t, &chunk.to_string());
+            let e = t.evidence();
+            assert_eq!(
+                (e.structured_calls, e.dropped_calls),
+                (1, dropped),
+                "{args}"
+            );
+            // The call itself is passed on either way.
+            assert!(matches!(
+                out.last(),
+                Some(Event::Finish {
+                    reason: FinishReason::ToolCalls,
+                    ..
+                })
+            ));
+            assert_eq!(
+                out.iter()
+                    .filter(|e| matches!(e, Event::Notice { .. }))
+                    .count() as u64,
+                dropped
+            );
+        }
+    }
+
+    /// A backend with its parser off sends a call written before `</think>` in its reasoning
+    /// field: it becomes a call; the reasoning around it stays reasoning, in order.
+    #[test]
+    fn a_call_in_backend_reasoning_becomes_a_call() {
+        let mut t = Translator::new(spec(true), 7);
+        let reasoning =
+            |text: &str| json!({"choices":[{"index":0,"delta":{"reasoning":text}}]}).to_string();
+        let mut f = Fold::default();
+        let mut events = Vec::new();
+        for piece in [
+            "Checking. <tool_",
+            "call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>",
+            " then",
+        ] {
+            events.extend(translate(&mut t, &reasoning(piece)));
+        }
+        events.extend(translate(&mut t, &upstream("Done.", Some("stop"))));
+        for e in &events {
+            f.push(e);
+        }
+        let c = f.choice(0).unwrap();
+        assert_eq!(c.reasoning.as_deref(), Some("Checking. then"));
+        assert_eq!(c.content, "Done.");
+        assert_eq!(c.tool_calls.len(), 1, "{events:?}");
+        assert_eq!(c.tool_calls[0].arguments, "{\"city\":\"Paris\"}");
+        assert_eq!(c.finish, Some(FinishReason::ToolCalls));
+        assert_eq!(t.call_formats(0), vec!["hermes"]);
+        assert_eq!(t.evidence().text_calls, 1);
+        // Held-back reasoning came out before the content that followed it.
+        let first_text = events.iter().position(|e| matches!(e, Event::Text { .. }));
+        let last_reasoning = events
+            .iter()
+            .rposition(|e| matches!(e, Event::Reasoning { .. }));
+        assert!(last_reasoning < first_text, "{events:?}");
+    }
+
+    /// Without tools there is nothing to parse: reasoning passes as it came.
+    #[test]
+    fn reasoning_without_tools_passes_as_it_came() {
+        let mut t = Translator::new(spec(false), 7);
+        let chunk = json!({"choices":[{"index":0,"delta":{"reasoning_content":"<tool_call>x"}}]});
+        let out = translate(&mut t, &chunk.to_string());
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Event::Reasoning { text, .. } if text == "<tool_call>x")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn held_back_text_is_flushed_before_an_error() {
         let mut t = Translator::new(spec(true), 7);
         let out = translate(&mut t, &upstream("Hello <tool_", None));

@@ -356,3 +356,61 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
     }
     Value::Object(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::reply::{FinishReason, NoticeKind};
+
+    fn contents(out: &BytesMut) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// A notice found after the reply started (a call the backend dropped) reaches the client
+    /// as text after the words so far, streaming and not; one from before leads the reply.
+    #[test]
+    fn a_late_notice_follows_the_words() {
+        let style = ChatStyle {
+            reasoning_field: ReasoningField::ReasoningContent,
+            include_usage: false,
+        };
+        let notice = |text: &str| Event::Notice {
+            kind: NoticeKind::DroppedCall,
+            text: text.into(),
+        };
+        let events = [
+            notice("early"),
+            Event::Text {
+                choice: 0,
+                text: "Hi".into(),
+            },
+            notice("late"),
+            Event::Finish {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+        ];
+        let mut w = ChunkWriter::new(style);
+        let mut out = BytesMut::new();
+        w.write(&events, &mut out);
+        assert_eq!(contents(&out), vec!["⚠ early\n\nHi", "\n\n⚠ late"]);
+        let mut fold = Fold::default();
+        for e in &events {
+            fold.push(e);
+        }
+        let c = completion(&fold, style);
+        assert_eq!(
+            c["choices"][0]["message"]["content"],
+            "⚠ early\n\nHi\n\n⚠ late"
+        );
+    }
+}
