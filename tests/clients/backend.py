@@ -80,6 +80,8 @@ def reply_text(scenario, body):
         if isinstance(content, list):
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         return "In %s it is %s: take a light rain jacket." % (args.get("city"), content)
+    if scenario.get("shell_call"):
+        return shell_call_text(scenario, messages, body.get("tools") or [])
     if scenario["name"] == "queued":
         with LOCK:
             busy = STATE["in_flight"].get(scenario.get("hold_model", "hold"), 0)
@@ -207,6 +209,28 @@ def agent_reply(scenario, body):
         return before, {"id": cid, "name": name, "arguments": json.dumps(args)}
     return before + render_call(scenario["format"], name, args), None
 
+def shell_call_text(scenario, messages, tools):
+    """An agent's shell turn (Codex): ask for the command as a text tool call for whichever
+    shell tool the agent offers; once its output comes back, answer with `final`."""
+    if messages and messages[-1].get("role") == "tool":
+        content = messages[-1].get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if scenario["expect_output"] not in (content or ""):
+            return "BACKEND DID NOT GET THE COMMAND OUTPUT: %r" % content
+        return scenario["final"]
+    names = [(t.get("function") or {}).get("name") for t in tools]
+    command = scenario["command"]
+    if "shell_command" in names:
+        name, args = "shell_command", {"command": command}
+    elif "exec_command" in names:
+        name, args = "exec_command", {"cmd": command}
+    elif "shell" in names:
+        name, args = "shell", {"command": ["bash", "-lc", command]}
+    else:
+        return "BACKEND GOT NO SHELL TOOL, ONLY %r" % names
+    return "<tool_call>\n%s\n</tool_call>" % json.dumps({"name": name, "arguments": args})
+
 
 def chunk(delta, finish=None, usage=None):
     c = {
@@ -322,6 +346,18 @@ class Handler(BaseHTTPRequestHandler):
                 self.write_chunk(chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}))
         n = len(pieces(text))
         self.write_chunk(chunk({}, "tool_calls" if call is not None else "stop", {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}))
+
+        finish = "stop"
+        for i, call in enumerate(scenario.get("tool_calls") or []):
+            # The backend's own structured calls: id and name first, then the arguments in pieces.
+            start = {"index": i, "id": "call_backend%d" % i, "type": "function",
+                     "function": {"name": call["name"], "arguments": ""}}
+            self.write_chunk(chunk({"tool_calls": [start]}))
+            for p in pieces(json.dumps(call["arguments"]), 7):
+                self.write_chunk(chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]}))
+            finish = "tool_calls"
+        self.write_chunk(chunk({}, finish, {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n,
+                                            "prompt_tokens_details": {"cached_tokens": 8}}))
         # Leave the in-flight count before the last frame: once the proxy has seen [DONE] it may
         # admit the next request, and that one must not find this one still counted.
         self.leave(scenario["name"])

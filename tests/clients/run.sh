@@ -7,6 +7,8 @@
 # proxy unless BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json and
 # every agent on every agent scenario, and ends with "clients: N passed, M failed" (exit 1 when
 # any failed). The agents need root (for `unshare -n`); BLOCKOPS_AGENTS=0 leaves them out.
+# The Responses front door: responses/check.py (the OpenAI SDK's responses API, the OpenAI Agents
+# SDK) and responses/codex.sh (Codex CLI headless, in its own loopback-only namespace).
 #   bash tests/clients/run.sh [--only scenario,scenario]
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -98,6 +100,17 @@ ARGS=(--proxy "$PROXY" --backend "$BACKEND")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
 "$VENV/bin/python" python/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/python.log"
 (cd node && node check.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/node.log"
+# The Responses front door: the OpenAI SDK's responses API and the Agents SDK, then Codex itself
+# (in its own loopback-only network namespace, with its own proxy and backend).
+"$VENV/bin/python" responses/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/responses.log"
+if [ "$AGENTS" != 0 ] && { [ -z "$ONLY" ] || [[ ",$ONLY," == *",codex-shell,"* ]]; }; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "FAIL codex: Codex runs in a network namespace (unshare -n), which needs root"
+  else
+    timeout -k 10 600 bash responses/codex.sh "$BLOCKOPS_BIN"
+  fi 2>&1 | tee "$WORK/codex.log"
+  grep -q '^\(PASS\|FAIL\) ' "$WORK/codex.log" || echo "FAIL codex: codex.sh ended without a verdict" | tee -a "$WORK/codex.log"
+fi
 
 # Coding agents, pinned in agents/package.json (with Node 22 from npm for Qwen Code). Their
 # packages are bundles with only optional platform dependencies, which npm 11 leaves out of the
@@ -128,8 +141,10 @@ if [ "$AGENTS" != 0 ]; then
   echo "clients: the coding agents took $((SECONDS - agents_start)) s"
 fi
 
-passed=$(cat "$WORK/python.log" "$WORK/node.log" "$WORK/agents.log" | grep -c '^PASS ')
-failed=$(cat "$WORK/python.log" "$WORK/node.log" "$WORK/agents.log" | grep -c '^FAIL ')
+LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/responses.log" "$WORK/agents.log")
+[ -f "$WORK/codex.log" ] && LOGS+=("$WORK/codex.log")
+passed=$(cat "${LOGS[@]}" | grep -c '^PASS ')
+failed=$(cat "${LOGS[@]}" | grep -c '^FAIL ')
 if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
   failed=1
   echo "clients: no case ran"

@@ -32,12 +32,7 @@ async fn backend_monitor(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut last: Option<bool> = None;
     loop {
         let settings = state.settings.current();
-        let probe = backend::probe(
-            &state.client,
-            &settings.backend_url,
-            settings.upstream_api_key.as_deref(),
-        )
-        .await;
+        let probe = backend::check(&state.client, &state.hub, &settings).await;
         if last != Some(probe.reachable) {
             let text = if probe.reachable {
                 format!("Backend is up: {}", settings.backend_url)
@@ -53,17 +48,6 @@ async fn backend_monitor(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             last = Some(probe.reachable);
         }
-        state.hub.update(|s| {
-            if s.backend.url != settings.backend_url {
-                // Another backend: what the last one sent says nothing about this one.
-                s.backend.tool_text = Default::default();
-            }
-            s.backend.url = settings.backend_url.clone();
-            s.backend.up = Some(probe.reachable);
-            if probe.reachable {
-                s.backend.kind = probe.kind.as_str().to_owned();
-            }
-        });
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(BACKEND_PROBE_EVERY) => {}

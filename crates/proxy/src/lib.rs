@@ -1,32 +1,24 @@
-//! blockops-proxy: an OpenAI-compatible proxy for local LLM servers.
+//! blockops-proxy: an OpenAI-compatible proxy for local LLM servers, with several front doors
+//! over one protocol-neutral core.
 //!
 //! ```text
-//! client ─HTTP─▶ http/        axum edge: extract, validate, OpenAI-shaped errors (error.rs)
+//! client ─HTTP─▶ http/         front doors (chat, messages, responses, passthrough): codecs
 //!                  │
 //!                  ▼
-//!                pipeline::chat(state, ctx, body)     one task per request
-//!                  1. admission   pipeline/admission.rs  slots + FIFO queue, guards
-//!                  2. shaping     pipeline/shaping/      /new → purge, token estimate, truncation
-//!                                 (these run before admission: they need no slot; see pipeline/mod.rs)
-//!                                 pipeline/tokenize.rs   the backend's own count near the thresholds
-//!                  3. upstream    pipeline/upstream.rs   reqwest to the backend, always streaming
-//!                  4. transform   pipeline/transform.rs  SSE decode → toolcalls::Parser → chunks
+//!                pipeline::serve   refuse → reset → context → admit → notices
+//!                                  → upstream → pump (decode, translate, emit) → record
 //!                  │
 //!                  ▼
-//!                http/            SSE + heartbeats, or the fold as one chat.completion
+//!                http/          the door renders the neutral events: SSE or one JSON object
 //!
-//! observe/      the hub: events (broadcast), snapshot (watch), recent requests, traffic log
-//! guard.rs      security middleware: Host (DNS rebinding), Origin (CSRF), CORS, API key
-//! config/       settings: flags > env > file > defaults; live, watchable, persisted on PATCH
+//! backend/      probe and kind, KV-cache purge adapters, the backend's tokenizer
+//! observe/      hub (events, snapshot), metrics, traffic log, memory sampler
+//! config/       settings: flags > env > file > defaults; one table describes them all
 //! server.rs     bind, serve, graceful shutdown; the handle the tray app holds
-//! background.rs tasks owned by the server (backend health, memory sampling)
-//! backend.rs    probing a backend and guessing its kind
-//! memory.rs     memory pressure: sampler, watch channel, notices
-//! purge.rs      KV-cache purge adapters (generic, vLLM, llama.cpp, Ollama)
 //! demo/         the built-in demo backend (scripted text tool calls)
 //! ```
 //!
-//! `DESIGN.md` at the repository's shared root describes the same map in prose.
+//! `ARCHITECTURE.md` at the repository root is the map in prose, with the invariants.
 
 pub mod backend;
 pub mod background;

@@ -162,6 +162,7 @@ pub fn build_state(settings: Settings) -> AppState {
         memory: MemoryMonitor::new(Box::new(SystemSampler::default())),
         calibration: Default::default(),
         purge_adapter: Default::default(),
+        responses: Default::default(),
         tasks: Tasks::default(),
         stopping: Arc::new(watch::channel(false).0),
     };

@@ -55,13 +55,38 @@ pub fn coerce_json_arguments(args: Map<String, Value>, parameters: &Value) -> Ma
         .collect()
 }
 
+/// A type name as JSON Schema spells it. Tool definitions in the wild use Python's and
+/// C's names (`int`, `float`, `dict`, `str`, …) and capitals; they mean the same types.
+/// (Compared without lowercasing a copy: this runs for every typed value.)
+fn json_schema_type(name: &str) -> String {
+    const ALIASES: &[(&str, &str)] = &[
+        ("int", "integer"),
+        ("long", "integer"),
+        ("float", "number"),
+        ("double", "number"),
+        ("bool", "boolean"),
+        ("dict", "object"),
+        ("list", "array"),
+        ("str", "string"),
+    ];
+    let name = name.trim();
+    if let Some((_, canonical)) = ALIASES.iter().find(|(a, _)| name.eq_ignore_ascii_case(a)) {
+        return (*canonical).to_owned();
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase()
+    } else {
+        name.to_owned()
+    }
+}
+
 /// The types a schema allows, in order: `type` (string or list), then `anyOf`/`oneOf` members.
 fn allowed_types(schema: &Value) -> Vec<String> {
     let mut out = Vec::new();
     match schema.get("type") {
-        Some(Value::String(t)) => out.push(t.clone()),
+        Some(Value::String(t)) => out.push(json_schema_type(t)),
         Some(Value::Array(ts)) => {
-            out.extend(ts.iter().filter_map(|t| t.as_str().map(str::to_owned)))
+            out.extend(ts.iter().filter_map(|t| t.as_str().map(json_schema_type)))
         }
         _ => {}
     }
@@ -100,9 +125,20 @@ fn convert(text: &str, ty: &str) -> Option<Value> {
             _ => None,
         },
         "null" => matches!(text, "null" | "None").then_some(Value::Null),
-        "array" => parse_lenient(text).filter(Value::is_array),
-        "object" => parse_lenient(text).filter(Value::is_object),
+        "array" => structured(text).filter(Value::is_array),
+        "object" => structured(text).filter(Value::is_object),
         _ => None,
+    }
+}
+
+/// An object or array written as JSON or a Python literal, possibly encoded once more as a
+/// JSON string: models double-encode structured arguments.
+fn structured(text: &str) -> Option<Value> {
+    match parse_lenient(text)? {
+        Value::String(inner) => {
+            parse_lenient(inner.trim()).filter(|v| v.is_object() || v.is_array())
+        }
+        v => Some(v),
     }
 }
 
@@ -154,6 +190,55 @@ mod tests {
             json!(null)
         );
         assert_eq!(coerce_text("x", None), json!("x"));
+    }
+
+    #[test]
+    fn type_names_outside_json_schema_mean_their_json_schema_types() {
+        let t = |ty: &str| json!({ "type": ty });
+        assert_eq!(coerce_text("2.5", Some(&t("float"))), json!(2.5));
+        assert_eq!(coerce_text("2.5", Some(&t("double"))), json!(2.5));
+        assert_eq!(coerce_text("7", Some(&t("int"))), json!(7));
+        assert_eq!(coerce_text("True", Some(&t("bool"))), json!(true));
+        assert_eq!(coerce_text("{'a': 1}", Some(&t("dict"))), json!({"a": 1}));
+        assert_eq!(coerce_text("[1, 2]", Some(&t("list"))), json!([1, 2]));
+        assert_eq!(coerce_text("007", Some(&t("str"))), json!("007"));
+        assert_eq!(coerce_text("5", Some(&t("Integer"))), json!(5));
+        assert_eq!(
+            coerce_text("3", Some(&json!({"type": ["int", "null"]}))),
+            json!(3)
+        );
+    }
+
+    #[test]
+    fn double_encoded_and_python_structures_are_decoded_for_structured_types_only() {
+        let obj = json!({"type": "object"});
+        let arr = json!({"type": "array"});
+        assert_eq!(
+            coerce_text(r#""{\"a\": [1, 2]}""#, Some(&obj)),
+            json!({"a": [1, 2]})
+        );
+        assert_eq!(
+            coerce_text("{'key': 'value', 'n': 1}", Some(&obj)),
+            json!({"key": "value", "n": 1})
+        );
+        assert_eq!(
+            coerce_text("[1, 'a', True, None]", Some(&arr)),
+            json!([1, "a", true, null])
+        );
+        assert_eq!(coerce_text(r#""[\"x\"]""#, Some(&arr)), json!(["x"]));
+        // A string holding a mere string, or no structure at all, stays the text written.
+        assert_eq!(coerce_text(r#""\"x\"""#, Some(&obj)), json!(r#""\"x\"""#));
+        let s = json!({"type": "string"});
+        assert_eq!(coerce_text(r#"{"a": 1}"#, Some(&s)), json!(r#"{"a": 1}"#));
+        let args = json!({"m": r#""{\"k\": 2}""#, "s": r#"{"k": 2}"#});
+        let params = json!({"properties": {"m": {"type": "dict"}, "s": {"type": "str"}}});
+        assert_eq!(
+            Value::Object(coerce_json_arguments(
+                args.as_object().cloned().unwrap_or_default(),
+                &params
+            )),
+            json!({"m": {"k": 2}, "s": r#"{"k": 2}"#})
+        );
     }
 
     #[test]

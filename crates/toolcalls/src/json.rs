@@ -46,15 +46,7 @@ pub fn value_end_from(s: &str, progress: Option<Progress>) -> (End, Option<Progr
     };
     while i < bytes.len() {
         let b = bytes[i];
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == q {
-                quote = None;
-            }
-        } else {
+        if !in_string(&mut quote, &mut escaped, b) {
             match b {
                 b'"' | b'\'' => quote = Some(b),
                 b'{' | b'[' => depth += 1,
@@ -80,21 +72,81 @@ pub fn value_end_from(s: &str, progress: Option<Progress>) -> (End, Option<Progr
     )
 }
 
+/// One byte of a scan that tracks strings in double or single quotes: whether it was inside a
+/// string (an opening quote is not: the caller sees it and opens the string).
+// Runs for every byte of every call's JSON: inlined into both scans.
+#[inline(always)]
+fn in_string(quote: &mut Option<u8>, escaped: &mut bool, b: u8) -> bool {
+    let Some(q) = *quote else {
+        return false;
+    };
+    if *escaped {
+        *escaped = false;
+    } else if b == b'\\' {
+        *escaped = true;
+    } else if b == q {
+        *quote = None;
+    }
+    true
+}
+
 /// Parses JSON, repairing only what is unambiguous: trailing commas, Python's `True`/`False`/
 /// `None`, and single-quoted strings. Returns `None` when the text is not JSON even then.
 pub fn parse_lenient(s: &str) -> Option<Value> {
-    if let Ok(v) = serde_json::from_str::<Value>(s) {
-        return Some(v);
-    }
-    let repaired = repair(s)?;
-    serde_json::from_str::<Value>(&repaired).ok()
+    parse_noting(s).map(|(v, _)| v)
 }
 
-fn repair(s: &str) -> Option<String> {
+/// [`parse_lenient`], also saying what was repaired (`None`: the text was valid JSON).
+pub fn parse_noting(s: &str) -> Option<(Value, Option<String>)> {
+    if let Ok(v) = serde_json::from_str::<Value>(s) {
+        return Some((v, None));
+    }
+    let (repaired, what) = repair(s)?;
+    let v = serde_json::from_str::<Value>(&repaired).ok()?;
+    Some((v, Some(what.join(", "))))
+}
+
+/// A JSON object or array at byte 0 that `stop` (its closing tag) cuts short: where `stop`
+/// begins, outside any string with brackets still open, and the brackets that close them.
+/// `None` when the value ends first, the brackets do not match, or `stop` is not there.
+pub fn cut_by(s: &str, stop: &str) -> Option<(usize, String)> {
+    let bytes = s.as_bytes();
+    if !matches!(bytes.first(), Some(b'{' | b'[')) {
+        return None;
+    }
+    let mut open: Vec<u8> = Vec::new();
+    let mut quote: Option<u8> = None;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string(&mut quote, &mut escaped, b) {
+            continue;
+        }
+        match b {
+            b'"' | b'\'' => quote = Some(b),
+            b'{' => open.push(b'}'),
+            b'[' => open.push(b']'),
+            // A mismatched closer, or the value ending before the tag: nothing to repair.
+            b'}' | b']' if open.pop() != Some(b) || open.is_empty() => return None,
+            _ if bytes[i..].starts_with(stop.as_bytes()) => {
+                return Some((i, open.iter().rev().map(|&c| char::from(c)).collect()));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The repaired text and what was repaired, or `None` when nothing needed it.
+fn repair(s: &str) -> Option<(String, Vec<&'static str>)> {
     let mut out = String::with_capacity(s.len() + 8);
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
-    let mut changed = false;
+    let mut what: Vec<&'static str> = Vec::new();
+    let mut note = |w: &'static str| {
+        if !what.contains(&w) {
+            what.push(w);
+        }
+    };
     while i < chars.len() {
         let c = chars[i];
         match c {
@@ -117,7 +169,7 @@ fn repair(s: &str) -> Option<String> {
             }
             '\'' => {
                 // A single-quoted string becomes a double-quoted one.
-                changed = true;
+                note("single quotes");
                 out.push('"');
                 i += 1;
                 while i < chars.len() {
@@ -145,7 +197,7 @@ fn repair(s: &str) -> Option<String> {
             ',' => {
                 let next = chars[i + 1..].iter().find(|c| !c.is_whitespace());
                 if matches!(next, Some('}') | Some(']')) {
-                    changed = true;
+                    note("a trailing comma");
                     i += 1;
                     continue;
                 }
@@ -163,7 +215,7 @@ fn repair(s: &str) -> Option<String> {
                     _ => None,
                 };
                 if let (Some(r), true) = (replacement, prev_ok) {
-                    changed = true;
+                    note("Python literals");
                     out.push_str(r);
                     i += word.chars().count();
                     continue;
@@ -174,7 +226,7 @@ fn repair(s: &str) -> Option<String> {
         out.push(c);
         i += 1;
     }
-    changed.then_some(out)
+    (!what.is_empty()).then_some((out, what))
 }
 
 #[cfg(test)]
@@ -203,6 +255,22 @@ mod tests {
         assert_eq!(value_end(r#"{"a":[1,{"b":2}]"#), End::Incomplete);
         assert_eq!(value_end("x{}"), End::NotAValue);
         assert_eq!(value_end("[{'a': '}'}]"), End::Complete(12));
+    }
+
+    #[test]
+    fn a_value_cut_short_by_its_closing_tag_gets_its_closers() {
+        let t = r#"{"name": "f", "arguments": {"x": [1, "}</t>"]</t> tail"#;
+        let (at, closers) = cut_by(t, "</t>").unwrap_or_default();
+        assert_eq!((&t[at..], closers.as_str()), ("</t> tail", "}}"));
+        // Complete first, or the tag only inside a string, or mismatched: nothing to repair.
+        assert_eq!(cut_by(r#"{"a": 1}</t>"#, "</t>"), None);
+        assert_eq!(cut_by(r#"{"a": "</t>"#, "</t>"), None);
+        assert_eq!(cut_by(r#"{"a": [1}</t>"#, "</t>"), None);
+        assert_eq!(
+            parse_noting(r#"{"a": 1,}"#),
+            Some((json!({"a": 1}), Some("a trailing comma".into())))
+        );
+        assert_eq!(parse_noting(r#"{"a": 1}"#), Some((json!({"a": 1}), None)));
     }
 
     #[test]

@@ -169,6 +169,8 @@ pub struct TraceSpan {
     /// Byte offsets into the raw model output.
     pub start: usize,
     pub end: usize,
+    /// Why a `rejected` span is not a call; for a `tool_call` span, what had to be repaired to
+    /// read it (`repaired: …`), if anything.
     pub reason: Option<String>,
 }
 
@@ -194,7 +196,10 @@ impl Parser {
         Events::new(self.scanner.emitted(), delta)
     }
 
-    /// Ends the response (`finish_reason` as the backend sent it); flushes held-back text.
+    /// Ends the response (`finish_reason` as the backend sent it); flushes held-back text. A
+    /// call that lacks only its closing tags is complete when the reply ended normally
+    /// (`stop`, `tool_calls`, or `None`); with `length` (cut by the token limit) or any other
+    /// reason it goes back to content.
     pub fn finish(&mut self, finish_reason: Option<&str>) -> Events<'_> {
         self.scanner.finish(finish_reason);
         Events::new(self.scanner.emitted(), "")

@@ -35,6 +35,16 @@ enum Mode {
     Reasoning,
 }
 
+/// Where a marker counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Anywhere,
+    /// At the start of a line (`TOOL_CALL:`), so prose mentioning it mid-sentence stays prose.
+    LineStart,
+    /// As the reply's first bytes only.
+    ReplyStart,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Marker {
     ThinkOpen,
@@ -80,7 +90,9 @@ pub struct Scanner {
     formats: Vec<&'static dyn Format>,
     whole: Vec<&'static dyn WholeMessage>,
     /// Markers that can start anywhere / only at a line start, as (text, marker).
-    markers: Vec<(&'static str, Marker, bool)>,
+    markers: Vec<(&'static str, Marker, Place)>,
+    /// The markers beginning with each byte: `markers[start..end]`.
+    by_first: [(u16, u16); 256],
     longest_marker: usize,
     /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
     opens_marker: [bool; 256],
@@ -90,7 +102,13 @@ pub struct Scanner {
     waiting: Option<Waiting>,
     /// How far that span's unfinished JSON value was scanned.
     json_memo: JsonMemo,
-    line_finder: Option<memmem::Finder<'static>>,
+    /// Line-start markers searched for by memmem (`TOOL_CALL:`).
+    line_finders: Vec<memmem::Finder<'static>>,
+    /// Line-start markers holding a byte the candidate search stops at, and its index
+    /// (`functools[` and its `[`).
+    anchored: Vec<(&'static [u8], usize)>,
+    /// Markers valid only as the reply's first bytes (Functionary's `all` line).
+    reply_markers: Vec<&'static [u8]>,
     /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
     /// which the byte search for marker starts would not find.
     other_finder: Option<memmem::Finder<'static>>,
@@ -106,6 +124,8 @@ pub struct Scanner {
     inline_code: bool,
     out: Output,
     finished: bool,
+    /// `finish` was told the reply ended normally (`stop`), not cut off (see [`Ctx`]).
+    ends_normally: bool,
 }
 
 /// The classifying side: turns consumed text into events and trace spans.
@@ -165,31 +185,61 @@ impl Scanner {
         };
         let mut markers = Vec::new();
         if options.split_reasoning {
-            markers.push((THINK_OPEN, Marker::ThinkOpen, false));
-            markers.push((THINK_CLOSE, Marker::ThinkClose, false));
+            markers.push((THINK_OPEN, Marker::ThinkOpen, Place::Anywhere));
+            markers.push((THINK_CLOSE, Marker::ThinkClose, Place::Anywhere));
         }
         for (fi, f) in formats.iter().enumerate() {
             for (oi, o) in f.openers().iter().enumerate() {
-                markers.push((o.text, Marker::Opener(fi, oi), o.line_start));
+                let place = match (o.reply_start, o.line_start) {
+                    (true, _) => Place::ReplyStart,
+                    (false, true) => Place::LineStart,
+                    (false, false) => Place::Anywhere,
+                };
+                markers.push((o.text, Marker::Opener(fi, oi), place));
             }
+        }
+        // Grouped by first byte (a stable sort: within a group the order, which decides
+        // between a marker and a longer one it begins, stays the formats' order).
+        markers.sort_by_key(|(t, _, _)| t.as_bytes()[0]);
+        let mut by_first = [(0u16, 0u16); 256];
+        for (i, (t, _, _)) in markers.iter().enumerate() {
+            let slot = &mut by_first[usize::from(t.as_bytes()[0])];
+            if slot.1 == 0 {
+                slot.0 = i as u16;
+            }
+            slot.1 = i as u16 + 1;
         }
         let longest_marker = markers.iter().map(|(t, _, _)| t.len()).max().unwrap_or(0);
         let mut opens_marker = [false; 256];
         let mut stops_plain = [false; 256];
         stops_plain[usize::from(b'`')] = true;
-        for (t, _, line_start) in &markers {
+        for (t, _, place) in &markers {
             opens_marker[usize::from(t.as_bytes()[0])] = true;
-            if !line_start {
+            if *place == Place::Anywhere {
                 stops_plain[usize::from(t.as_bytes()[0])] = true;
             }
         }
-        let line_finder = markers
+        // How each line-start marker is found: through a byte the candidate search stops at
+        // anyway (`functools[` by its `[`: free on prose), else by its own memmem search.
+        let mut line_finders = Vec::new();
+        let mut anchored = Vec::new();
+        for (t, _, place) in &markers {
+            if *place != Place::LineStart {
+                continue;
+            }
+            match t.bytes().position(|b| matches!(b, b'<' | b'[' | b'`')) {
+                Some(k) => anchored.push((t.as_bytes(), k)),
+                None => line_finders.push(memmem::Finder::new(t.as_bytes())),
+            }
+        }
+        let reply_markers: Vec<&'static [u8]> = markers
             .iter()
-            .find(|(_, _, ls)| *ls)
-            .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
+            .filter(|(_, _, place)| *place == Place::ReplyStart)
+            .map(|(t, _, _)| t.as_bytes())
+            .collect();
         let other_finder = markers
             .iter()
-            .find(|(t, _, ls)| !ls && !t.starts_with(['<', '[']))
+            .find(|(t, _, place)| *place == Place::Anywhere && !t.starts_with(['<', '[']))
             .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
         let id_seed = options.id_seed.unwrap_or_else(crate::ids::next_seed);
         let mode = if options.prefill_think && options.split_reasoning {
@@ -201,12 +251,15 @@ impl Scanner {
             formats,
             whole,
             markers,
+            by_first,
             longest_marker,
             opens_marker,
             stops_plain,
             waiting: None,
             json_memo: JsonMemo::default(),
-            line_finder,
+            line_finders,
+            anchored,
+            reply_markers,
             other_finder,
             buf: String::new(),
             head: 0,
@@ -227,6 +280,7 @@ impl Scanner {
                 id_seed,
             },
             finished: false,
+            ends_normally: false,
             tools,
             options,
         }
@@ -313,9 +367,11 @@ impl Scanner {
         if self.finished {
             return;
         }
-        // A call cut off by the length limit must not be completed by us: with `length`, an
-        // unterminated span is rejected like any other incomplete one (formats see `at_end`).
-        let _ = finish_reason;
+        // A call cut off by the length limit must not be completed by us: only a reply that
+        // ended normally completes a call that lacks just its closing tags. No reason counts as
+        // `stop`, as the proxy then reports (some MLX servers never send one, vllm-mlx#628);
+        // `length`, `error` and anything else leave such a span content.
+        self.ends_normally = matches!(finish_reason, None | Some("stop" | "tool_calls"));
         let buf = std::mem::take(&mut self.buf);
         self.run(&buf[self.head..], true);
         self.head = 0;
@@ -420,11 +476,11 @@ impl Scanner {
     ) -> Result<Option<(Marker, usize)>, ()> {
         let rest = &self.pending(src).as_bytes()[pos..];
         let mut partial = false;
-        for (text, marker, line_start) in &self.markers {
-            if *line_start && !self.at_line_start(src, pos) {
+        for (text, marker, place) in self.starting_with(rest.first()) {
+            let t = text.as_bytes();
+            if !self.placed(src, pos, *place) {
                 continue;
             }
-            let t = text.as_bytes();
             if rest.starts_with(t) {
                 return Ok(Some((*marker, t.len())));
             }
@@ -450,7 +506,7 @@ impl Scanner {
             .other_finder
             .as_ref()
             .and_then(|f| f.find(&bytes[from..window(f)]).map(|i| from + i));
-        let b = self.line_finder.as_ref().and_then(|f| {
+        let b = self.line_finders.iter().find_map(|f| {
             let end = window(f);
             let mut at = from;
             while let Some(i) = f.find(&bytes[at..end]) {
@@ -461,12 +517,25 @@ impl Scanner {
             }
             None
         });
+        // A line-start marker that contains the byte found at `a`, starting at a line start.
+        let e = a.and_then(|x| {
+            self.anchored.iter().find_map(|(t, k)| {
+                let start = x.checked_sub(*k).filter(|s| *s >= from)?;
+                (bytes[start..].starts_with(t) && self.at_line_start(src, start)).then_some(start)
+            })
+        });
         // A line-start marker split by the chunk end: "\nTOOL_" at the end of the text.
-        let c = self
-            .line_finder
-            .as_ref()
-            .and_then(|_| self.partial_line_marker(src, from));
-        [a, b, c, d].into_iter().flatten().min()
+        let c = self.partial_line_marker(src, from);
+        // A marker valid only where the reply begins, when the text read begins it.
+        let r = (from == 0 && !bytes.is_empty() && self.at_reply_start(0))
+            .then(|| {
+                self.reply_markers
+                    .iter()
+                    .any(|t| bytes.iter().zip(t.iter()).all(|(a, b)| a == b))
+            })
+            .filter(|found| *found)
+            .map(|_| 0);
+        [a, b, c, d, e, r].into_iter().flatten().min()
     }
 
     fn partial_line_marker(&self, src: &str, from: usize) -> Option<usize> {
@@ -475,10 +544,32 @@ impl Scanner {
         (start..bytes.len()).find(|&p| {
             self.opens_marker[usize::from(bytes[p])]
                 && self.at_line_start(src, p)
-                && self.markers.iter().any(|(t, _, ls)| {
-                    *ls && t.as_bytes().starts_with(&bytes[p..]) && bytes.len() - p < t.len()
+                && self.markers.iter().any(|(t, _, place)| {
+                    *place == Place::LineStart
+                        && t.as_bytes().starts_with(&bytes[p..])
+                        && bytes.len() - p < t.len()
                 })
         })
+    }
+
+    /// The markers that begin with `first`.
+    fn starting_with(&self, first: Option<&u8>) -> &[(&'static str, Marker, Place)] {
+        let (lo, hi) = first.map_or((0, 0), |b| self.by_first[usize::from(*b)]);
+        &self.markers[usize::from(lo)..usize::from(hi)]
+    }
+
+    /// Is `pos` (in the pending text) the first byte of the reply?
+    fn at_reply_start(&self, pos: usize) -> bool {
+        pos == 0 && self.cur == 0 && self.out.consumed() == 0
+    }
+
+    /// May a marker with this place begin at `pos` (in the pending text)?
+    fn placed(&self, src: &str, pos: usize, place: Place) -> bool {
+        match place {
+            Place::Anywhere => true,
+            Place::LineStart => self.at_line_start(src, pos),
+            Place::ReplyStart => self.at_reply_start(pos),
+        }
     }
 
     /// A message that may be one bare JSON object / Python list is held whole until the end.
@@ -505,8 +596,11 @@ impl Scanner {
             let ctx = Ctx {
                 tools: &self.tools,
                 at_end: true,
+                ends_normally: self.ends_normally,
+                output_start: self.out.consumed() == 0,
                 enabled: &en,
                 memo: None,
+                repairs: Default::default(),
             };
             let found = self
                 .whole
@@ -527,7 +621,7 @@ impl Scanner {
             let body = all.trim();
             let lead = all.len() - all.trim_start().len();
             self.out.pending_ws.push_str(&all[..lead]);
-            self.out.emit_calls(body, name, calls);
+            self.out.emit_calls(body, name, calls, None);
             self.out.markup(all.len() - lead - body.len());
             return Some(true);
         }
@@ -631,12 +725,17 @@ impl Scanner {
         for k in (1..=max).rev() {
             let tail = &bytes[bytes.len() - k..];
             let p = bytes.len() - k;
-            if !self.opens_marker[usize::from(tail[0])] {
+            let b = usize::from(tail[0]);
+            // A byte that opens only line- or reply-start markers (` `, `a`, `f`, `T`) can wait
+            // only at a line start: checked first, as trailing spaces are everywhere.
+            if !self.opens_marker[b] || !self.stops_plain[b] && !self.at_line_start(src, p) {
                 continue;
             }
-            if self.markers.iter().any(|(t, _, ls)| {
-                t.as_bytes().starts_with(tail) && (!ls || self.at_line_start(src, p))
-            }) {
+            if self
+                .starting_with(tail.first())
+                .iter()
+                .any(|(t, _, place)| t.as_bytes().starts_with(tail) && self.placed(src, p, *place))
+            {
                 return k;
             }
         }
@@ -674,16 +773,20 @@ impl Scanner {
                 let format = self.formats[fi];
                 let opener = &format.openers()[oi];
                 let pending = self.pending(src);
-                let scan = {
+                let (scan, repairs) = {
                     let en = self.ctx_enabled();
                     self.json_memo.reading(pending);
                     let ctx = Ctx {
                         tools: &self.tools,
                         at_end,
+                        ends_normally: self.ends_normally,
+                        output_start: self.out.consumed() == 0,
                         enabled: &en,
                         memo: Some(&self.json_memo),
+                        repairs: Default::default(),
                     };
-                    format.scan(pending, opener, &ctx)
+                    let scan = format.scan(pending, opener, &ctx);
+                    (scan, ctx.repairs.into_inner())
                 };
                 match scan {
                     Scan::NeedMore => {
@@ -714,7 +817,19 @@ impl Scanner {
                             self.mode = Mode::Content;
                         }
                         let span = self.take(src, len);
-                        self.out.emit_calls(span, format, calls);
+                        let repaired = (!repairs.is_empty())
+                            .then(|| format!("repaired: {}", repairs.join("; ")));
+                        self.out.emit_calls(span, format, calls, repaired);
+                        true
+                    }
+                    Scan::Plain { len } => {
+                        // The opener is ordinary text here (`all` on a line that does not
+                        // begin the reply).
+                        let t = self.take(src, len.clamp(1, pending.len()));
+                        match self.mode {
+                            Mode::Content => self.out.content(t),
+                            Mode::Reasoning => self.out.reasoning(t),
+                        }
                         true
                     }
                     Scan::Section { len, reasoning } => {
@@ -870,6 +985,11 @@ impl Output {
         self.push_trace(SpanKind::Markup, None, len, None);
     }
 
+    /// Bytes of the output consumed so far.
+    fn consumed(&self) -> usize {
+        self.trace.last().map_or(0, |t| t.end) + self.pending_ws.len()
+    }
+
     /// `len` bytes of markup open a section (`<think>`, a harmony channel header). Whitespace
     /// before it is prose after prose, markup otherwise.
     fn section_start(&mut self, len: usize) {
@@ -882,7 +1002,15 @@ impl Output {
         self.markup(len);
     }
 
-    fn emit_calls(&mut self, span: &str, format: &'static str, calls: Vec<Call>) {
+    /// Emits the calls of a span; `repaired` says what had to be repaired to read it (the
+    /// trace keeps it as the span's reason).
+    fn emit_calls(
+        &mut self,
+        span: &str,
+        format: &'static str,
+        calls: Vec<Call>,
+        repaired: Option<String>,
+    ) {
         if !self.parallel_tool_calls && self.calls > 0 {
             self.rejected(
                 span,
@@ -892,7 +1020,7 @@ impl Output {
         }
         self.markup(self.pending_ws.len());
         self.pending_ws.clear();
-        self.push_trace(SpanKind::ToolCall, Some(format), span.len(), None);
+        self.push_trace(SpanKind::ToolCall, Some(format), span.len(), repaired);
         let keep = if self.parallel_tool_calls {
             calls.len()
         } else {

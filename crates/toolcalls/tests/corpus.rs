@@ -17,7 +17,8 @@
 //! A section's text is its lines joined by `\n`, trailing blank lines dropped; `--- input+nl`
 //! (any section `+nl`) adds a final newline. Absent
 //! `content` means empty content, absent `reasoning` means none. `--- rejected` lists
-//! substrings the trace's rejection reasons must contain, one per line.
+//! substrings the trace's rejection reasons must contain, one per line; `--- repaired` the
+//! same for the notes of calls that had to be repaired (a call span has a note only then).
 //!
 //! `CORPUS_SHOW=1 cargo test -p blockops-toolcalls --test corpus` prints what each failing case
 //! produced, in the case format.
@@ -113,22 +114,25 @@ fn check(case: &Case) -> Option<String> {
             let _ = writeln!(problems, "bad id {:?}", c.id);
         }
     }
-    let reasons: Vec<&str> = whole
-        .trace
-        .iter()
-        .filter(|s| s.kind == "rejected")
-        .filter_map(|s| s.reason.as_deref())
-        .collect();
-    for wanted in &case.rejected {
-        if !reasons.iter().any(|r| r.contains(wanted.as_str())) {
-            let _ = writeln!(
-                problems,
-                "no rejection reason contains {wanted:?}; reasons: {reasons:?}"
-            );
+    // Rejected spans say why; repaired calls say what was repaired; no others have a reason.
+    for (kind, wanted, what) in [
+        ("rejected", &case.rejected, "rejection reason"),
+        ("tool_call", &case.repaired, "repair note"),
+    ] {
+        let reasons: Vec<&str> = whole
+            .trace
+            .iter()
+            .filter(|s| s.kind == kind)
+            .filter_map(|s| s.reason.as_deref())
+            .collect();
+        for w in wanted {
+            if !reasons.iter().any(|r| r.contains(w.as_str())) {
+                let _ = writeln!(problems, "no {what} contains {w:?}; got {reasons:?}");
+            }
         }
-    }
-    if case.rejected.is_empty() && !reasons.is_empty() {
-        let _ = writeln!(problems, "unexpected rejections: {reasons:?}");
+        if wanted.is_empty() && !reasons.is_empty() {
+            let _ = writeln!(problems, "unexpected {what}s: {reasons:?}");
+        }
     }
     // The scanner re-reads a pending span only when one of these bytes arrives
     // (`scan::SPAN_END_BYTES`): a call ending otherwise would wait for the end of the reply.
@@ -220,9 +224,16 @@ fn show(case: &Case) -> String {
             let _ = writeln!(s, "{} {} {}", c.format, c.name, c.arguments);
         }
     }
-    let reasons: Vec<_> = got.trace.iter().filter_map(|t| t.reason.clone()).collect();
-    if !reasons.is_empty() {
-        let _ = write!(s, "--- rejected\n{}\n", reasons.join("\n"));
+    for (kind, section) in [("rejected", "rejected"), ("tool_call", "repaired")] {
+        let reasons: Vec<_> = got
+            .trace
+            .iter()
+            .filter(|t| t.kind == kind)
+            .filter_map(|t| t.reason.clone())
+            .collect();
+        if !reasons.is_empty() {
+            let _ = write!(s, "--- {section}\n{}\n", reasons.join("\n"));
+        }
     }
     s
 }

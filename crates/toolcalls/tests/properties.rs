@@ -32,6 +32,17 @@ const PIECES: &[&str] = &[
     "<arg_key>query</arg_key><arg_value>g</arg_value>",
     "[search(query='p')]",
     "{\"name\": \"get_time\", \"parameters\": {}}",
+    // Issue 16's shapes: markup quoted inside values, missing closing tags, repairs, dialects.
+    "<tool_call>\n<function=search>\n<parameter=query>\n<tool_call>\n<function=search>\n</function>\n</tool_call>\n</parameter>\n</function>\n</tool_call>",
+    "<parameter=query>\nx\n<parameter=query>",
+    "</parameter>\n<parameter=x>\n",
+    "<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": \"r\"}</tool_call>",
+    "<tool_call>{\"name\": \"get_time\", \"arguments\": {},}",
+    "functools[{\"name\": \"get_time\", \"arguments\": {}}]",
+    " functools[",
+    "all\n",
+    ">>>search\n{\"query\": \"f\"}",
+    "<|tool_call>call:get_time{}call:search{query:<|\"|>g<|\"|>}<tool_call|>",
     "<think>",
     "</think>",
     "```",
@@ -69,7 +80,8 @@ fn tools() -> Vec<ToolSpec> {
     vec![
         ToolSpec {
             name: "search".into(),
-            parameters: json!({"type": "object", "properties": {"query": {"type": "string"}}}),
+            // Required, so the search for a reading with every required parameter runs too.
+            parameters: json!({"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}),
         },
         ToolSpec {
             name: "get_time".into(),
@@ -177,9 +189,12 @@ proptest! {
         input in text(),
         options in options(),
         cuts in proptest::collection::vec(0.0f64..1.0, 0..12),
+        length in any::<bool>(),
     ) {
-        let whole = run([input.as_str()], &options, "stop");
-        let split = run(cut(&input, &cuts), &options, "stop");
+        // Both ways a reply ends: an unclosed call completes on `stop` only.
+        let finish = if length { "length" } else { "stop" };
+        let whole = run([input.as_str()], &options, finish);
+        let split = run(cut(&input, &cuts), &options, finish);
         prop_assert_eq!(&split, &whole);
     }
 
@@ -193,8 +208,9 @@ proptest! {
         prop_assert_eq!(&run(pieces, &options, "stop"), &whole);
     }
 
-    /// Text that cannot begin any marker streams through with nothing held back (an upper-case
-    /// letter at a line start might begin `TOOL_CALL:`, so it may wait).
+    /// Text that cannot begin any marker streams through with nothing held back. At a line
+    /// start only the beginning of a line-start marker waits (`TOOL_CALL:`, `functools[`,
+    /// Functionary's `all` line), as long as it still may become one.
     #[test]
     fn plain_text_is_never_held_back(input in "[a-z0-9.,!? ]{0,200}") {
         let mut parser = toolcalls::Parser::new(tools(), Options::default());
@@ -205,8 +221,15 @@ proptest! {
                     seen.push_str(text);
                 }
             }
-            // Only trailing whitespace may wait (it may turn out to separate a call).
-            prop_assert_eq!(seen.as_str(), input[..i + c.len_utf8()].trim_end());
+            // Only trailing whitespace may wait (it may turn out to separate a call), and a
+            // line's start that may still become a marker.
+            let upto = &input[..i + c.len_utf8()];
+            let line = &upto[upto.rfind('\n').map_or(0, |n| n + 1)..];
+            let marker = ["functools[", " functools[", "all\n"]
+                .iter()
+                .any(|m| !line.is_empty() && m.starts_with(line));
+            let held = if marker { line.len() } else { 0 };
+            prop_assert_eq!(seen.as_str(), upto[..upto.len() - held].trim_end());
         }
     }
 }

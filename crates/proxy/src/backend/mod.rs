@@ -3,8 +3,32 @@
 pub mod purge;
 pub mod tokenize;
 
+use crate::{config::Settings, observe::Hub};
 use serde::Serialize;
 use std::time::{Duration, Instant};
+
+/// Probes the backend of `settings` and records what was found in the hub's snapshot (the
+/// dashboard, the tray, `/metrics`, and the tokenizer's choice of endpoint read it there).
+pub async fn check(client: &reqwest::Client, hub: &Hub, settings: &Settings) -> Probe {
+    let probe = probe(
+        client,
+        &settings.backend_url,
+        settings.upstream_api_key.as_deref(),
+    )
+    .await;
+    hub.update(|s| {
+        if s.backend.url != settings.backend_url {
+            // Another backend: what the last one sent says nothing about this one.
+            s.backend.tool_text = Default::default();
+        }
+        s.backend.url = settings.backend_url.clone();
+        s.backend.up = Some(probe.reachable);
+        if probe.reachable {
+            s.backend.kind = probe.kind.as_str().to_owned();
+        }
+    });
+    probe
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -210,140 +210,152 @@ impl Call<'_> {
     }
 
     async fn run(&self, adapter: Adapter, model: Option<&str>) -> Result<String, Refusal> {
-        use reqwest::{Method, StatusCode};
-        let missing = |s: StatusCode| {
-            matches!(
-                s,
-                StatusCode::NOT_FOUND
-                    | StatusCode::METHOD_NOT_ALLOWED
-                    | StatusCode::NOT_IMPLEMENTED
-            )
-        };
         match adapter {
-            Adapter::Generic => {
-                let (status, body) = self.send(Method::DELETE, "/v1/cache", None).await?;
-                if status.is_success() {
-                    let said = body.get("message").and_then(Value::as_str);
-                    Ok(format!(
-                        "KV cache cleared (DELETE /v1/cache){}",
-                        said.map(|m| format!(": {m}")).unwrap_or_default()
-                    ))
-                } else if missing(status) {
-                    Err(Refusal::Unsupported(format!(
-                        "not supported by this backend: DELETE /v1/cache answered {status} (stock mlx_lm.server has no purge endpoint; see the README for the workaround)"
-                    )))
-                } else {
-                    Err(self.unexpected("DELETE /v1/cache", status, &body))
-                }
-            }
-            Adapter::Vllm => {
-                let (status, body) = self.send(Method::POST, "/reset_prefix_cache", None).await?;
-                if status.is_success() {
-                    Ok("prefix cache reset (POST /reset_prefix_cache)".into())
-                } else if missing(status) {
-                    Err(Refusal::Unsupported(format!(
-                        "not supported by this backend as started: vLLM serves /reset_prefix_cache only with VLLM_SERVER_DEV_MODE=1 (it answered {status}); restart vLLM with that variable set"
-                    )))
-                } else {
-                    Err(self.unexpected("POST /reset_prefix_cache", status, &body))
-                }
-            }
-            Adapter::Llamacpp => {
-                let (status, body) = self.send(Method::GET, "/slots", None).await?;
-                if missing(status) {
-                    return Err(Refusal::Unsupported(format!(
-                        "not supported by this backend as started: llama-server's /slots answered {status}; start it with --slots (and without --no-slots)"
-                    )));
-                }
-                if !status.is_success() {
-                    return Err(self.unexpected("GET /slots", status, &body));
-                }
-                let ids: Vec<u64> = body
-                    .as_array()
-                    .map(|slots| {
-                        slots
-                            .iter()
-                            .filter_map(|s| s.get("id").and_then(Value::as_u64))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for id in &ids {
-                    let path = format!("/slots/{id}?action=erase");
-                    let (status, body) = self.send(Method::POST, &path, None).await?;
-                    if missing(status) {
-                        return Err(Refusal::Unsupported(format!(
-                            "not supported by this backend as started: POST {path} answered {status}"
-                        )));
-                    }
-                    if !status.is_success() {
-                        return Err(self.unexpected(&format!("POST {path}"), status, &body));
-                    }
-                }
-                Ok(format!(
-                    "{} slot{} erased (llama-server /slots)",
-                    ids.len(),
-                    if ids.len() == 1 { "" } else { "s" }
-                ))
-            }
-            Adapter::Ollama => {
-                let models: Vec<String> = match model.filter(|m| !m.is_empty()) {
-                    Some(m) => vec![m.to_owned()],
-                    None => {
-                        let (status, body) = self.send(Method::GET, "/api/ps", None).await?;
-                        if missing(status) {
-                            return Err(Refusal::Unsupported(format!(
-                                "not supported by this backend: GET /api/ps answered {status} (is it Ollama?)"
-                            )));
-                        }
-                        if !status.is_success() {
-                            return Err(self.unexpected("GET /api/ps", status, &body));
-                        }
-                        body.get("models")
-                            .and_then(Value::as_array)
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|m| {
-                                m.get("name")
-                                    .or_else(|| m.get("model"))
-                                    .and_then(Value::as_str)
-                                    .map(str::to_owned)
-                            })
-                            .collect()
-                    }
-                };
-                for m in &models {
-                    let (status, body) = self
-                        .send(
-                            Method::POST,
-                            "/api/generate",
-                            Some(json!({"model": m, "keep_alive": 0})),
-                        )
-                        .await?;
-                    if missing(status) && status != StatusCode::NOT_FOUND {
-                        return Err(Refusal::Unsupported(format!(
-                            "not supported by this backend: POST /api/generate answered {status} (is it Ollama?)"
-                        )));
-                    }
-                    // 404 here is Ollama's "model not found": nothing of it is loaded.
-                    if !status.is_success() && status != StatusCode::NOT_FOUND {
-                        return Err(self.unexpected("POST /api/generate", status, &body));
-                    }
-                }
-                Ok(if models.is_empty() {
-                    "no model was loaded; nothing to unload (Ollama)".into()
-                } else {
-                    format!(
-                        "unloaded {} (Ollama frees a model's KV cache only by unloading it; the next request loads it again)",
-                        models.join(", ")
-                    )
-                })
-            }
+            Adapter::Generic => self.generic().await,
+            Adapter::Vllm => self.vllm().await,
+            Adapter::Llamacpp => self.llamacpp().await,
+            Adapter::Ollama => self.ollama(model).await,
             Adapter::Mlx => Err(Refusal::Unsupported(
                 "not supported by this backend: stock mlx_lm.server has no cache-purge endpoint"
                     .into(),
             )),
         }
     }
+
+    async fn generic(&self) -> Result<String, Refusal> {
+        use reqwest::Method;
+        let (status, body) = self.send(Method::DELETE, "/v1/cache", None).await?;
+        if status.is_success() {
+            let said = body.get("message").and_then(Value::as_str);
+            Ok(format!(
+                "KV cache cleared (DELETE /v1/cache){}",
+                said.map(|m| format!(": {m}")).unwrap_or_default()
+            ))
+        } else if missing(status) {
+            Err(Refusal::Unsupported(format!(
+                "not supported by this backend: DELETE /v1/cache answered {status} (stock mlx_lm.server has no purge endpoint; see the README for the workaround)"
+            )))
+        } else {
+            Err(self.unexpected("DELETE /v1/cache", status, &body))
+        }
+    }
+
+    async fn vllm(&self) -> Result<String, Refusal> {
+        use reqwest::Method;
+        let (status, body) = self.send(Method::POST, "/reset_prefix_cache", None).await?;
+        if status.is_success() {
+            Ok("prefix cache reset (POST /reset_prefix_cache)".into())
+        } else if missing(status) {
+            Err(Refusal::Unsupported(format!(
+                "not supported by this backend as started: vLLM serves /reset_prefix_cache only with VLLM_SERVER_DEV_MODE=1 (it answered {status}); restart vLLM with that variable set"
+            )))
+        } else {
+            Err(self.unexpected("POST /reset_prefix_cache", status, &body))
+        }
+    }
+
+    async fn llamacpp(&self) -> Result<String, Refusal> {
+        use reqwest::Method;
+        let (status, body) = self.send(Method::GET, "/slots", None).await?;
+        if missing(status) {
+            return Err(Refusal::Unsupported(format!(
+                "not supported by this backend as started: llama-server's /slots answered {status}; start it with --slots (and without --no-slots)"
+            )));
+        }
+        if !status.is_success() {
+            return Err(self.unexpected("GET /slots", status, &body));
+        }
+        let ids: Vec<u64> = body
+            .as_array()
+            .map(|slots| {
+                slots
+                    .iter()
+                    .filter_map(|s| s.get("id").and_then(Value::as_u64))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in &ids {
+            let path = format!("/slots/{id}?action=erase");
+            let (status, body) = self.send(Method::POST, &path, None).await?;
+            if missing(status) {
+                return Err(Refusal::Unsupported(format!(
+                    "not supported by this backend as started: POST {path} answered {status}"
+                )));
+            }
+            if !status.is_success() {
+                return Err(self.unexpected(&format!("POST {path}"), status, &body));
+            }
+        }
+        Ok(format!(
+            "{} slot{} erased (llama-server /slots)",
+            ids.len(),
+            if ids.len() == 1 { "" } else { "s" }
+        ))
+    }
+
+    async fn ollama(&self, model: Option<&str>) -> Result<String, Refusal> {
+        use reqwest::{Method, StatusCode};
+        let models: Vec<String> = match model.filter(|m| !m.is_empty()) {
+            Some(m) => vec![m.to_owned()],
+            None => {
+                let (status, body) = self.send(Method::GET, "/api/ps", None).await?;
+                if missing(status) {
+                    return Err(Refusal::Unsupported(format!(
+                        "not supported by this backend: GET /api/ps answered {status} (is it Ollama?)"
+                    )));
+                }
+                if !status.is_success() {
+                    return Err(self.unexpected("GET /api/ps", status, &body));
+                }
+                body.get("models")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| {
+                        m.get("name")
+                            .or_else(|| m.get("model"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            }
+        };
+        for m in &models {
+            let (status, body) = self
+                .send(
+                    Method::POST,
+                    "/api/generate",
+                    Some(json!({"model": m, "keep_alive": 0})),
+                )
+                .await?;
+            if missing(status) && status != StatusCode::NOT_FOUND {
+                return Err(Refusal::Unsupported(format!(
+                    "not supported by this backend: POST /api/generate answered {status} (is it Ollama?)"
+                )));
+            }
+            // 404 here is Ollama's "model not found": nothing of it is loaded.
+            if !status.is_success() && status != StatusCode::NOT_FOUND {
+                return Err(self.unexpected("POST /api/generate", status, &body));
+            }
+        }
+        Ok(if models.is_empty() {
+            "no model was loaded; nothing to unload (Ollama)".into()
+        } else {
+            format!(
+                "unloaded {} (Ollama frees a model's KV cache only by unloading it; the next request loads it again)",
+                models.join(", ")
+            )
+        })
+    }
+}
+
+/// Statuses that mean "this server has no such endpoint".
+fn missing(s: reqwest::StatusCode) -> bool {
+    use reqwest::StatusCode;
+    matches!(
+        s,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+    )
 }
 
 /// The one-line account of a purge for a notice or a `/new` reply.

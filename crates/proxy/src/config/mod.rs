@@ -336,6 +336,22 @@ pub const KEYS: &[Key] = &[
         "largest request body accepted (bytes); larger gets 413",
     )
     .shown("Server", "Max body size"),
+    key(
+        "responses_store_max",
+        "RESPONSES_STORE_MAX",
+        "100",
+        int(0, 100_000, ""),
+        "recent /v1/responses replies kept for previous_response_id (0 = none)",
+    )
+    .shown("Behaviour", "Responses kept"),
+    key(
+        "responses_store_ttl_secs",
+        "RESPONSES_STORE_TTL_SECS",
+        "3600",
+        secs(1.0, 2_592_000.0),
+        "how long a kept /v1/responses reply can be continued (seconds)",
+    )
+    .shown("Behaviour", "Responses kept for"),
     secret(
         "api_key",
         "BLOCKOPS_API_KEY",
@@ -434,6 +450,8 @@ pub struct Settings {
     pub total_timeout_secs: f64,
     pub shutdown_grace_secs: f64,
     pub max_body_bytes: usize,
+    pub responses_store_max: usize,
+    pub responses_store_ttl_secs: f64,
     #[serde(skip)]
     pub api_key: Option<String>,
     #[serde(skip)]
@@ -475,6 +493,8 @@ impl Default for Settings {
             total_timeout_secs: 0.0,
             shutdown_grace_secs: 0.0,
             max_body_bytes: 0,
+            responses_store_max: 0,
+            responses_store_ttl_secs: 0.0,
             api_key: None,
             upstream_api_key: None,
             cors_origins: Vec::new(),
@@ -638,6 +658,8 @@ impl Settings {
             "total_timeout_secs" => self.total_timeout_secs = k.parse_number(value)?,
             "shutdown_grace_secs" => self.shutdown_grace_secs = k.parse_number(value)?,
             "max_body_bytes" => self.max_body_bytes = k.parse_int(value)?,
+            "responses_store_max" => self.responses_store_max = k.parse_int(value)?,
+            "responses_store_ttl_secs" => self.responses_store_ttl_secs = k.parse_number(value)?,
             "api_key" => self.api_key = Some(value.trim().to_owned()).filter(|s| !s.is_empty()),
             "upstream_api_key" => {
                 self.upstream_api_key = Some(value.trim().to_owned()).filter(|s| !s.is_empty())

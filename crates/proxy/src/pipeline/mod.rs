@@ -30,6 +30,7 @@
 
 pub mod admission;
 pub mod context;
+pub mod conversations;
 pub mod forward;
 pub mod ids;
 pub mod phases;

@@ -27,6 +27,8 @@ pub struct AppState {
     pub calibration: Calibration,
     /// The purge adapter `CACHE_PURGE=auto` found, per backend URL.
     pub purge_adapter: purge::Detected,
+    /// Recent `/v1/responses` replies, for `previous_response_id`.
+    pub responses: crate::pipeline::conversations::ConversationStore,
     /// Request tasks: shutdown waits for these to finish.
     pub tasks: Tasks,
     /// Set once when the server starts shutting down; long-lived streams (the dashboard's

@@ -9,6 +9,7 @@ pub static APERTUS: JsonList = JsonList {
     openers: &[Opener {
         text: "<|tools_prefix|>",
         line_start: false,
+        reply_start: false,
     }],
     close: Some("<|tools_suffix|>"),
     keyed_by_name: true,

@@ -18,6 +18,7 @@ impl Format for CallingTool {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 

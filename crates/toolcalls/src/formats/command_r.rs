@@ -14,6 +14,7 @@ const ACTION: JsonList = JsonList {
     openers: &[Opener {
         text: "<|START_ACTION|>",
         line_start: false,
+        reply_start: false,
     }],
     close: Some("<|END_ACTION|>"),
     keyed_by_name: false,
@@ -34,22 +35,27 @@ impl Format for CommandR {
             Opener {
                 text: "<|START_ACTION|>",
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: START_THINKING,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: END_THINKING,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: START_RESPONSE,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: END_RESPONSE,
                 line_start: false,
+                reply_start: false,
             },
         ]
     }

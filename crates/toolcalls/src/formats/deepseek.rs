@@ -21,6 +21,7 @@ impl Format for DeepSeek {
         &[Opener {
             text: BEGIN,
             line_start: false,
+            reply_start: false,
         }]
     }
 

@@ -11,8 +11,9 @@ pub struct DeepSeekDsml;
 const V32: &str = "<｜DSML｜function_calls>";
 const V4: &str = "<｜DSML｜tool_calls>";
 
-const fn functions(close: &'static str) -> Functions {
+const fn functions(open: &'static str, close: &'static str) -> Functions {
     Functions {
+        open,
         function: "<｜DSML｜invoke name=",
         function_close: "</｜DSML｜invoke>",
         parameter: "<｜DSML｜parameter name=",
@@ -31,21 +32,23 @@ impl Format for DeepSeekDsml {
             Opener {
                 text: V32,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: V4,
                 line_start: false,
+                reply_start: false,
             },
         ]
     }
 
     fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan {
         let block = if opener.text == V4 {
-            functions("</｜DSML｜tool_calls>")
+            functions(V4, "</｜DSML｜tool_calls>")
         } else {
-            functions("</｜DSML｜function_calls>")
+            functions(V32, "</｜DSML｜function_calls>")
         };
-        block.scan_block(text, opener.text, "deepseek_v32", ctx)
+        block.scan_block(text, "deepseek_v32", ctx)
     }
 }
 
@@ -57,7 +60,9 @@ mod tests {
 
     #[test]
     fn invokes_with_string_flags() {
-        let t = "<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" string=\"true\">杭州</｜DSML｜parameter>\n<｜DSML｜parameter name=\"days\" string=\"false\">3</｜DSML｜parameter>\n<｜DSML｜parameter name=\"extra\" string=\"false\">{\"a\": [1]}</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>";
+        // A parameter the schema does not declare is read only where no value precedes it
+        // (after a value, only a declared name is structure).
+        let t = "<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"extra\" string=\"false\">{\"a\": [1]}</｜DSML｜parameter>\n<｜DSML｜parameter name=\"city\" string=\"true\">杭州</｜DSML｜parameter>\n<｜DSML｜parameter name=\"days\" string=\"false\">3</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>";
         let (len, format, c) = calls(&DeepSeekDsml, t);
         assert_eq!((len, format), (t.len(), "deepseek_v32"));
         assert_eq!(

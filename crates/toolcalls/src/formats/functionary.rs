@@ -1,8 +1,8 @@
 //! MeetKai Functionary v3.1 (Llama 3.1 based): `<function=NAME>{json}</function>`, one tag per
 //! call (Qwen3-Coder's `<function=…>` bodies sit inside `<tool_call>` and are read there); and
 //! v3.2: recipient-prefixed segments, `>>>all\ntext` for the answer and `>>>NAME\n{json}` per
-//! call. (When the prompt itself ends with `>>>`, the first segment arrives without it and is
-//! left as content.)
+//! call. When the prompt itself ends with `>>>`, the first segment arrives without it: a reply
+//! that starts with the line `all` is the answer (the line is markup; llama.cpp reads it so).
 
 use super::xml::{Body, close_tag, settle};
 use super::{Ctx, Format, Opener, Scan};
@@ -26,6 +26,7 @@ impl Format for Functionary {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 
@@ -63,7 +64,15 @@ fn body(body: &str, ctx: &Ctx<'_>) -> Body {
     let ws = after.len() - after.trim_start().len();
     let args = &after[ws..];
     let args_at = name_end + 1 + ws;
-    match ctx.value_end(args) {
+    let end = ctx.value_end(args);
+    // `</function>` came with brackets still open: the last closers were left out.
+    if let Some((json, at)) = ctx.closers_before(args, end, CLOSE) {
+        return Body::Done {
+            len: args_at + at + CLOSE.len(),
+            calls: ctx.call_from_args_text(name, &json, None).map(|c| vec![c]),
+        };
+    }
+    match end {
         _ if args.is_empty() && !ctx.at_end => Body::NeedMore,
         End::Incomplete if !ctx.at_end => Body::NeedMore,
         End::Incomplete => Body::Bad(format!(
@@ -86,6 +95,8 @@ fn body(body: &str, ctx: &Ctx<'_>) -> Body {
 pub struct FunctionaryV32;
 
 const SEGMENT: &str = ">>>";
+/// The `all` recipient line that begins a reply whose `>>>` was in the prompt.
+const ALL_LINE: &str = "all\n";
 
 impl Format for FunctionaryV32 {
     fn names(&self) -> &'static [&'static str] {
@@ -93,13 +104,35 @@ impl Format for FunctionaryV32 {
     }
 
     fn openers(&self) -> &'static [Opener] {
-        &[Opener {
-            text: SEGMENT,
-            line_start: false,
-        }]
+        &[
+            Opener {
+                text: SEGMENT,
+                line_start: false,
+                reply_start: false,
+            },
+            Opener {
+                text: ALL_LINE,
+                line_start: true,
+                reply_start: true,
+            },
+        ]
     }
 
-    fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+    fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+        if opener.text == ALL_LINE {
+            // The scanner offers it only as the reply's first line (the recipient); were it
+            // elsewhere, `all` would be a word.
+            return if ctx.output_start {
+                Scan::Section {
+                    len: ALL_LINE.len(),
+                    reasoning: false,
+                }
+            } else {
+                Scan::Plain {
+                    len: ALL_LINE.len(),
+                }
+            };
+        }
         let not_a_call = || Scan::Reject {
             len: SEGMENT.len(),
             reason: format!(

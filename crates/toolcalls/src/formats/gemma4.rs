@@ -1,5 +1,5 @@
-//! Gemma 4: `<|tool_call>call:NAME{key:<|"|>text<|"|>,n:2,tags:[<|"|>a<|"|>]}<tool_call|>`, one
-//! block per call; FunctionGemma writes the same body as
+//! Gemma 4: `<|tool_call>call:NAME{key:<|"|>text<|"|>,n:2,tags:[<|"|>a<|"|>]}<tool_call|>`, a
+//! block per call or several `call:NAME{…}` in one block; FunctionGemma writes the same body as
 //! `<start_function_call>call:NAME{key:<escape>text<escape>}<end_function_call>`. Keys are bare,
 //! strings sit between quote tokens, everything else is a bare word typed by the tool's schema
 //! (mlx#3460: without a parser these blocks end up in content).
@@ -29,10 +29,12 @@ impl Format for Gemma4 {
             Opener {
                 text: "<|tool_call>",
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: "<start_function_call>",
                 line_start: false,
+                reply_start: false,
             },
         ]
     }
@@ -56,57 +58,80 @@ impl Format for Gemma4 {
 
 fn body(body: &str, close: &'static str, quote: &str, ctx: &Ctx<'_>) -> Body {
     let not_a_call = || Body::NotACall(format!("not followed by {CALL}NAME{{…}}"));
-    let ws = body.len() - body.trim_start().len();
-    let r = &body[ws..];
-    if r.len() < CALL.len() {
-        return if CALL.starts_with(r) && !ctx.at_end {
-            Body::NeedMore
+    // Several `call:NAME{…}` entries in one block are several calls, in order (commas or
+    // whitespace may separate them).
+    let mut entries: Vec<(&str, Parsed)> = Vec::new();
+    let mut pos = 0;
+    loop {
+        let rest = &body[pos..];
+        let skip = if entries.is_empty() {
+            rest.len() - rest.trim_start().len()
         } else {
-            not_a_call()
+            rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_whitespace() || c == ',')
+                    .len()
         };
-    }
-    let Some(after) = r.strip_prefix(CALL) else {
-        return not_a_call();
-    };
-    let name_len = after
-        .find(|c: char| !(c.is_alphanumeric() || "_-.".contains(c)))
-        .unwrap_or(after.len());
-    if name_len == after.len() {
-        return if ctx.at_end || name_len > 128 {
-            not_a_call()
-        } else {
-            Body::NeedMore
-        };
-    }
-    if name_len == 0 || !after[name_len..].starts_with('{') {
-        return not_a_call();
-    }
-    let name = &after[..name_len];
-    let args_at = ws + CALL.len() + name_len;
-    let mut reader = Reader {
-        s: &body[args_at..],
-        i: 0,
-        quote,
-    };
-    let value = match reader.value(0) {
-        Ok(v) => v,
-        // Once `call:NAME{` is written, only the closing tag (or the end) decides.
-        Err(Incomplete::More) if !ctx.at_end => return Body::Await(close),
-        Err(Incomplete::More) => {
-            return Body::Bad(
-                "the call was never closed (the output ended inside the call)".into(),
-            );
+        let r = &rest[skip..];
+        if !entries.is_empty() && !r.starts_with(CALL) {
+            if !ctx.at_end && r.len() < CALL.len() && CALL.starts_with(r) && !r.is_empty() {
+                return Body::Await(close);
+            }
+            return match close_tag(r, close, ctx) {
+                None => Body::Await(close),
+                Some(Err(e)) => Body::Bad(e),
+                Some(Ok(c)) => Body::Done {
+                    len: pos + skip + c,
+                    calls: entries
+                        .into_iter()
+                        .map(|(name, value)| call(name, value, ctx))
+                        .collect(),
+                },
+            };
         }
-        Err(Incomplete::Bad(e)) => return Body::Bad(e),
-    };
-    let end = args_at + reader.i;
-    match close_tag(&body[end..], close, ctx) {
-        None => Body::Await(close),
-        Some(Err(e)) => Body::Bad(e),
-        Some(Ok(c)) => Body::Done {
-            len: end + c,
-            calls: call(name, value, ctx).map(|c| vec![c]),
-        },
+        if r.len() < CALL.len() {
+            return if CALL.starts_with(r) && !ctx.at_end {
+                Body::NeedMore
+            } else {
+                not_a_call()
+            };
+        }
+        let Some(after) = r.strip_prefix(CALL) else {
+            return not_a_call();
+        };
+        let name_len = after
+            .find(|c: char| !(c.is_alphanumeric() || "_-.".contains(c)))
+            .unwrap_or(after.len());
+        if name_len == after.len() {
+            return if ctx.at_end || name_len > 128 {
+                not_a_call()
+            } else {
+                Body::NeedMore
+            };
+        }
+        if name_len == 0 || !after[name_len..].starts_with('{') {
+            return not_a_call();
+        }
+        let name = &after[..name_len];
+        let args_at = pos + skip + CALL.len() + name_len;
+        let mut reader = Reader {
+            s: &body[args_at..],
+            i: 0,
+            quote,
+        };
+        let value = match reader.value(0) {
+            Ok(v) => v,
+            // Once `call:NAME{` is written, only the closing tag (or the end) decides.
+            Err(Incomplete::More) if !ctx.at_end => return Body::Await(close),
+            Err(Incomplete::More) => {
+                return Body::Bad(
+                    "the call was never closed (the output ended inside the call)".into(),
+                );
+            }
+            Err(Incomplete::Bad(e)) => return Body::Bad(e),
+        };
+        entries.push((name, value));
+        pos = args_at + reader.i;
     }
 }
 
@@ -314,6 +339,29 @@ mod tests {
         // `city` is a string in the schema: a bare 123 stays the text "123".
         let t = "<|tool_call>call:get_weather{city:123,days:2.0}<tool_call|>";
         assert_eq!(calls(&Gemma4, t).2[0].1, json!({"city": "123", "days": 2}));
+    }
+
+    #[test]
+    fn several_calls_in_one_block_are_several_calls_in_order() {
+        let t = "<|tool_call>call:get_weather{city:<|\"|>Rome<|\"|>}call:search{query:<|\"|>q<|\"|>},\ncall:get_weather{city:<|\"|>Bari<|\"|>,days:2}<tool_call|>";
+        let (len, _, c) = calls(&Gemma4, t);
+        assert_eq!(len, t.len());
+        assert_eq!(
+            c,
+            vec![
+                ("get_weather".into(), json!({"city": "Rome"})),
+                ("search".into(), json!({"query": "q"})),
+                ("get_weather".into(), json!({"city": "Bari", "days": 2}))
+            ]
+        );
+        assert!(matches!(
+            scan(
+                &Gemma4,
+                "<|tool_call>call:search{query:<|\"|>q<|\"|>}cal",
+                false
+            ),
+            Scan::Await { .. }
+        ));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub static GRANITE: JsonList = JsonList {
     openers: &[Opener {
         text: "<|tool_call|>",
         line_start: false,
+        reply_start: false,
     }],
     close: None,
     keyed_by_name: false,

@@ -32,18 +32,22 @@ impl Format for Harmony {
             Opener {
                 text: START,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: CHANNEL,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: END,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: RETURN,
                 line_start: false,
+                reply_start: false,
             },
         ]
     }

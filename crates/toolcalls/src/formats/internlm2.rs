@@ -10,6 +10,7 @@ pub static INTERNLM2: JsonList = JsonList {
     openers: &[Opener {
         text: "<|action_start|><|plugin|>",
         line_start: false,
+        reply_start: false,
     }],
     close: Some("<|action_end|>"),
     keyed_by_name: false,

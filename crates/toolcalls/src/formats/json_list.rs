@@ -7,6 +7,7 @@ use super::xml::{Body, settle, shared_suffix};
 use super::{Call, Ctx, Format, Opener, Scan};
 use crate::json::End;
 use serde_json::Value;
+use std::borrow::Cow;
 
 /// A dialect of this family is one `static` of this type (see `nemotron.rs`).
 pub struct JsonList {
@@ -49,7 +50,7 @@ impl JsonList {
     /// Values until `close`.
     fn body(&self, body: &str, open: &'static str, close: &'static str, ctx: &Ctx<'_>) -> Body {
         let mut pos = 0;
-        let mut values = Vec::new();
+        let mut values: Vec<Cow<'_, str>> = Vec::new();
         loop {
             let rest = &body[pos..];
             let skip = rest.len()
@@ -85,15 +86,26 @@ impl JsonList {
                         open
                     ));
                 }
+                if !ctx.ends_normally {
+                    return Body::Bad(super::xml::cut_off(close));
+                }
                 // The closing marker was a stop sequence: the values are the calls.
                 return Body::Done {
                     len: body.len(),
                     calls: self.calls(&values, ctx),
                 };
             }
-            match ctx.value_end(r) {
+            let end = ctx.value_end(r);
+            if let Some((json, at)) = ctx.closers_before(r, end, close) {
+                // The closing marker came with brackets still open: the model left out the
+                // last closers (repaired only if the result is valid calls).
+                values.push(Cow::Owned(json));
+                pos += skip + at;
+                continue;
+            }
+            match end {
                 End::Complete(n) => {
-                    values.push(&r[..n]);
+                    values.push(Cow::Borrowed(&r[..n]));
                     pos += skip + n;
                 }
                 End::Incomplete if ctx.at_end => {
@@ -144,14 +156,15 @@ impl JsonList {
         }
     }
 
-    fn calls(&self, values: &[&str], ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
+    fn calls(&self, values: &[impl AsRef<str>], ctx: &Ctx<'_>) -> Result<Vec<Call>, String> {
         let mut calls = Vec::new();
         for v in values {
+            let v = v.as_ref();
             if !self.keyed_by_name {
                 calls.extend(ctx.calls_from_json_text(v)?);
                 continue;
             }
-            let value = crate::json::parse_lenient(v).ok_or("the call is not valid JSON")?;
+            let value = ctx.parse_json(v).ok_or("the call is not valid JSON")?;
             let items = match value {
                 Value::Array(items) => items,
                 other => vec![other],
@@ -187,6 +200,7 @@ mod tests {
         openers: &[Opener {
             text: "<tool_calls>",
             line_start: false,
+            reply_start: false,
         }],
         close: Some("</tool_calls>"),
         keyed_by_name: false,
@@ -196,6 +210,7 @@ mod tests {
         openers: &[Opener {
             text: "<|tool_call|>",
             line_start: false,
+            reply_start: false,
         }],
         close: None,
         keyed_by_name: false,

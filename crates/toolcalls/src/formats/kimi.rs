@@ -21,6 +21,7 @@ impl Format for Kimi {
         &[Opener {
             text: SECTION_BEGIN,
             line_start: false,
+            reply_start: false,
         }]
     }
 

@@ -9,6 +9,7 @@ pub static LFM2: PythonicBlock = PythonicBlock {
     openers: &[Opener {
         text: "<|tool_call_start|>",
         line_start: false,
+        reply_start: false,
     }],
     close: "<|tool_call_end|>",
     bracketed: true,

@@ -16,6 +16,7 @@ impl Format for Line {
         &[Opener {
             text: "TOOL_CALL:",
             line_start: true,
+            reply_start: false,
         }]
     }
 

@@ -20,6 +20,7 @@ impl Format for PythonTag {
         &[Opener {
             text: TAG,
             line_start: false,
+            reply_start: false,
         }]
     }
 

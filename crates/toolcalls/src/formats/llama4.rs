@@ -8,6 +8,7 @@ pub static LLAMA4: PythonicBlock = PythonicBlock {
     openers: &[Opener {
         text: "<|python_start|>",
         line_start: false,
+        reply_start: false,
     }],
     close: "<|python_end|>",
     bracketed: true,

@@ -10,6 +10,7 @@ pub struct MiniMax;
 const OPEN: &str = "<minimax:tool_call>";
 
 const FUNCTIONS: Functions = Functions {
+    open: OPEN,
     function: "<invoke name=",
     function_close: "</invoke>",
     parameter: "<parameter name=",
@@ -26,11 +27,12 @@ impl Format for MiniMax {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 
     fn scan(&self, text: &str, _opener: &Opener, ctx: &Ctx<'_>) -> Scan {
-        FUNCTIONS.scan_block(text, OPEN, "minimax_m2", ctx)
+        FUNCTIONS.scan_block(text, "minimax_m2", ctx)
     }
 }
 

@@ -20,6 +20,7 @@ impl Format for Mistral {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 

@@ -10,6 +10,7 @@ mod command_r;
 mod deepseek;
 mod deepseek_dsml;
 mod functionary;
+mod functools;
 mod gemma4;
 mod granite;
 mod harmony;
@@ -32,7 +33,7 @@ mod xml;
 
 use crate::{ToolSpec, coerce, json};
 use serde_json::{Map, Value};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 /// A marker that opens a span of some format.
 #[derive(Debug)]
@@ -41,6 +42,8 @@ pub struct Opener {
     /// The marker counts only at the start of a line (`TOOL_CALL:`), so prose mentioning it
     /// mid-sentence stays prose.
     pub line_start: bool,
+    /// The marker counts only as the reply's first bytes (Functionary v3.2's `all` line).
+    pub reply_start: bool,
 }
 
 /// One call read from text, before ids and indices are assigned.
@@ -72,6 +75,9 @@ pub enum Scan {
     Section { len: usize, reasoning: bool },
     /// `len` bytes from the opener are not a valid call and go back to content, for this reason.
     Reject { len: usize, reason: String },
+    /// The opener is ordinary text where it stands (a marker valid only at the reply's start):
+    /// its `len` bytes are content, with no rejection to report.
+    Plain { len: usize },
 }
 
 /// What a format may ask about the request.
@@ -79,9 +85,17 @@ pub struct Ctx<'a> {
     pub tools: &'a [ToolSpec],
     /// No more text will come.
     pub at_end: bool,
+    /// The reply ended normally (`finish_reason: stop`), not cut by the token limit: a call
+    /// that lacks only its closing tags is complete. Meaningful only with `at_end`.
+    pub ends_normally: bool,
+    /// The span starts at the first byte of the reply (Functionary v3.2's `all` line).
+    pub output_start: bool,
     pub enabled: &'a dyn Fn(&str) -> bool,
     /// The scanner's memory of the pending span's unfinished JSON value (`None` in unit tests).
     pub memo: Option<&'a JsonMemo>,
+    /// What was repaired to read the span (a closing brace, a trailing comma): the trace of a
+    /// call that needed it says so.
+    pub repairs: RefCell<Vec<String>>,
 }
 
 /// Remembers how far the scan of the pending span's unfinished JSON value got, so reading the
@@ -146,6 +160,30 @@ impl Ctx<'_> {
         }
     }
 
+    /// A JSON value at `s[0]` (scanned to `end`) that its closing tag `close` cut short,
+    /// brackets still open: the value with the missing closers appended, and where the tag
+    /// starts. The repair is noted. JSON has no `<` outside strings, so such a tag ends the
+    /// value whatever follows it; checking a complete value too keeps the answer the same
+    /// however the text was cut (a later `}` must not complete it).
+    pub fn closers_before(&self, s: &str, end: json::End, close: &str) -> Option<(String, usize)> {
+        let cut = match end {
+            json::End::Incomplete => json::cut_by(s, close),
+            // A `<` at all is rare in a call's JSON: look for the tag only then.
+            json::End::Complete(n) if memchr::memchr(b'<', &s.as_bytes()[..n]).is_some() => {
+                json::cut_by(s, close)
+            }
+            _ => None,
+        };
+        let (at, closers) = cut?;
+        self.repaired(format!("added the missing {closers} before {close}"));
+        Some((format!("{}{closers}", s[..at].trim_end()), at))
+    }
+
+    /// Notes a repair made to read the span (kept in the call's trace).
+    pub fn repaired(&self, what: impl Into<String>) {
+        self.repairs.borrow_mut().push(what.into());
+    }
+
     /// A span that ends without its closing marker: wait for more, or at the end give it back.
     pub fn unterminated(&self, text: &str, what: &str) -> Scan {
         if self.at_end {
@@ -156,6 +194,15 @@ impl Ctx<'_> {
         } else {
             Scan::NeedMore
         }
+    }
+
+    /// Parses JSON leniently ([`json::parse_lenient`]), noting any repair for the trace.
+    pub fn parse_json(&self, text: &str) -> Option<Value> {
+        let (v, repaired) = json::parse_noting(text)?;
+        if let Some(what) = repaired {
+            self.repaired(format!("fixed {what} in the JSON"));
+        }
+        Some(v)
     }
 
     /// Builds a call from an object like `{"name": …, "arguments": {…}}` (also `args`,
@@ -201,7 +248,7 @@ impl Ctx<'_> {
         let value = if args.is_empty() {
             Value::Null
         } else {
-            json::parse_lenient(args)
+            self.parse_json(args)
                 .ok_or_else(|| "the arguments are not valid JSON".to_owned())?
         };
         let call = self.call_from_json(&serde_json::json!({"name": name, "arguments": value}))?;
@@ -210,8 +257,9 @@ impl Ctx<'_> {
 
     /// Reads a JSON value (or a list of them) of calls.
     pub fn calls_from_json_text(&self, text: &str) -> Result<Vec<Call>, String> {
-        let value =
-            json::parse_lenient(text).ok_or_else(|| "the call is not valid JSON".to_owned())?;
+        let value = self
+            .parse_json(text)
+            .ok_or_else(|| "the call is not valid JSON".to_owned())?;
         match &value {
             Value::Array(items) if !items.is_empty() => {
                 items.iter().map(|v| self.call_from_json(v)).collect()
@@ -303,6 +351,7 @@ pub static ALL: &[&dyn Format] = &[
     &lfm2::LFM2,
     &functionary::Functionary,
     &functionary::FunctionaryV32,
+    &functools::Functools,
     &gemma4::Gemma4,
     &deepseek_dsml::DeepSeekDsml,
     &internlm2::INTERNLM2,
@@ -346,8 +395,11 @@ pub(crate) mod testing {
         f(&Ctx {
             tools: &tools,
             at_end,
+            ends_normally: true,
+            output_start: false,
             enabled: &all,
             memo: None,
+            repairs: Default::default(),
         })
     }
 

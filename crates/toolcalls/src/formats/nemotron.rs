@@ -8,6 +8,7 @@ pub static NEMOTRON: JsonList = JsonList {
     openers: &[Opener {
         text: "<TOOLCALL>",
         line_start: false,
+        reply_start: false,
     }],
     close: Some("</TOOLCALL>"),
     keyed_by_name: false,

@@ -9,6 +9,7 @@ pub static OLMO3: PythonicBlock = PythonicBlock {
     openers: &[Opener {
         text: "<function_calls>",
         line_start: false,
+        reply_start: false,
     }],
     close: "</function_calls>",
     bracketed: false,

@@ -12,6 +12,7 @@ const THINK: &str = "<seed:think>";
 const THINK_END: &str = "</seed:think>";
 
 const FUNCTIONS: Functions = Functions {
+    open: OPEN,
     function: "<function=",
     function_close: "</function>",
     parameter: "<parameter=",
@@ -29,14 +30,17 @@ impl Format for SeedOss {
             Opener {
                 text: OPEN,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: THINK,
                 line_start: false,
+                reply_start: false,
             },
             Opener {
                 text: THINK_END,
                 line_start: false,
+                reply_start: false,
             },
         ]
     }
@@ -55,7 +59,7 @@ impl Format for SeedOss {
                 len: THINK_END.len(),
                 reasoning: false,
             },
-            _ => FUNCTIONS.scan_block(text, OPEN, "seed_oss", ctx),
+            _ => FUNCTIONS.scan_block(text, "seed_oss", ctx),
         }
     }
 }

@@ -5,8 +5,9 @@
 //!   as raw text, newline or compact layout;
 //! - `NAME\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>` — GLM 4.5/4.6/4.7 (`glm45`).
 //!
-//! Closing tags are found structurally: a `</parameter>` ends a value only when what follows is
-//! the next `<parameter=`, `</function>`; a `</tool_call>` inside a JSON string is just text.
+//! Closing tags are found structurally: a `</parameter>` ends a value only when the schema's
+//! structure follows (see `xml.rs`); a `</tool_call>` inside a JSON string is just text, and one
+//! that arrives with the JSON's brackets still open gets the missing closers (noted).
 
 use super::xml::{Body, Functions, close_tag, settle, structural_end};
 use super::{Ctx, Format, Opener, Scan};
@@ -29,6 +30,7 @@ impl Format for Tagged {
         &[Opener {
             text: OPEN,
             line_start: false,
+            reply_start: false,
         }]
     }
 
@@ -52,6 +54,7 @@ impl Format for Tagged {
 
 /// Qwen3-Coder's body: `<function=NAME><parameter=K>V</parameter></function>`.
 const QWEN3_CODER: Functions = Functions {
+    open: OPEN,
     function: "<function=",
     function_close: "</function>",
     parameter: "<parameter=",
@@ -60,7 +63,16 @@ const QWEN3_CODER: Functions = Functions {
 };
 
 fn hermes(body: &str, ctx: &Ctx<'_>) -> Body {
-    match ctx.value_end(body) {
+    let end = ctx.value_end(body);
+    // The closing tag came with brackets still open: the model left out the last closers.
+    // Repaired when the result is a valid call (else the span goes back).
+    if let Some((json, at)) = ctx.closers_before(body, end, CLOSE) {
+        return Body::Done {
+            len: at + CLOSE.len(),
+            calls: ctx.calls_from_json_text(&json),
+        };
+    }
+    match end {
         End::Incomplete => Body::Await(NEEDLE),
         End::NotAValue => Body::Bad("not a JSON call".into()),
         End::Complete(n) => match close_tag(&body[n..], CLOSE, ctx) {

@@ -9,6 +9,7 @@ pub static TOOL_CALLS_LIST: JsonList = JsonList {
     openers: &[Opener {
         text: "<tool_calls>",
         line_start: false,
+        reply_start: false,
     }],
     close: Some("</tool_calls>"),
     keyed_by_name: false,

@@ -48,6 +48,20 @@ pub fn all_tools() -> Vec<ToolSpec> {
                 "priority": {"type": ["integer", "null"]}}}),
         ),
         spec("get_time", json!({"type": "object", "properties": {}})),
+        spec(
+            "edit_file",
+            json!({"type": "object", "properties": {
+                "path": {"type": "string"}, "old_text": {"type": "string"},
+                "new_text": {"type": "string"}}, "required": ["path", "old_text", "new_text"]}),
+        ),
+        // Type names as tool definitions in the wild spell them, outside JSON Schema.
+        spec(
+            "configure",
+            json!({"type": "object", "properties": {
+                "ratio": {"type": "float"}, "scale": {"type": "double"}, "count": {"type": "int"},
+                "verbose": {"type": "bool"}, "options": {"type": "dict"}, "tags": {"type": "list"},
+                "label": {"type": "str"}}}),
+        ),
     ]
 }
 
@@ -73,6 +87,8 @@ pub struct Case {
     /// `(format, name, arguments)`.
     pub calls: Vec<(String, String, Value)>,
     pub rejected: Vec<String>,
+    /// Substrings the reasons of repaired call spans must contain (`repaired: …`).
+    pub repaired: Vec<String>,
 }
 
 pub fn load(dir: &Path) -> Vec<Case> {
@@ -127,6 +143,7 @@ fn parse_file(file: &str, text: &str) -> Vec<Case> {
                 }
             }
             "rejected" => case.rejected = lines.iter().map(|l| l.to_string()).collect(),
+            "repaired" => case.repaired = lines.iter().map(|l| l.to_string()).collect(),
             other => panic!("{}: unknown section {other:?}", case.name),
         }
     }

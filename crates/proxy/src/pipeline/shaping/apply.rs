@@ -79,26 +79,8 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
         bytes_per_token,
     };
     let mut decision = decide(body, &policy);
-    if let (Some(_), Decision::Truncate { messages, .. }) = (counted, &decision) {
-        // The dropped part may tokenize differently from the kept part: count what would be
-        // sent, and if the backend would still see too much, decide again at its ratio.
-        let mut trimmed = body.clone();
-        trimmed.insert("messages".into(), Value::Array(messages.clone()));
-        let budget = policy.hard_tokens.saturating_sub(max_tokens(body));
-        if let Some(c) = crate::pipeline::count_with_tokenizer(state, &trimmed).await
-            && c.tokens > budget
-        {
-            let part = if c.includes_tools {
-                measure_request(&trimmed)
-            } else {
-                without_tools(&trimmed)
-            };
-            if let Some(r) = ratio_from(part, c.tokens) {
-                // A little under the measured ratio, so the second cut lands inside the limit.
-                policy.bytes_per_token = r * 0.98;
-                decision = decide(body, &policy);
-            }
-        }
+    if counted.is_some() {
+        recount_truncation(state, body, &mut policy, &mut decision).await;
     }
     let mut detail = decision.detail(measure, policy.bytes_per_token, &policy);
     if let (Some(d), Some((tokens, source))) = (detail.as_object_mut(), counted) {
@@ -156,6 +138,39 @@ pub async fn context(state: &AppState, ex: &mut Exchange) -> Result<(), ProxyErr
     };
     ex.measure = Some(measure);
     result
+}
+
+/// A truncation decided at an estimated ratio, counted again by the backend's tokenizer: the
+/// dropped part may tokenize differently from the kept part, so if the backend would still see
+/// too much, decide again at its ratio.
+async fn recount_truncation(
+    state: &AppState,
+    body: &Map<String, Value>,
+    policy: &mut Policy,
+    decision: &mut Decision,
+) {
+    let Decision::Truncate { messages, .. } = &*decision else {
+        return;
+    };
+    let mut trimmed = body.clone();
+    trimmed.insert("messages".into(), Value::Array(messages.clone()));
+    let budget = policy.hard_tokens.saturating_sub(max_tokens(body));
+    let Some(c) = crate::pipeline::count_with_tokenizer(state, &trimmed).await else {
+        return;
+    };
+    if c.tokens <= budget {
+        return;
+    }
+    let part = if c.includes_tools {
+        measure_request(&trimmed)
+    } else {
+        without_tools(&trimmed)
+    };
+    if let Some(r) = ratio_from(part, c.tokens) {
+        // A little under the measured ratio, so the second cut lands inside the limit.
+        policy.bytes_per_token = r * 0.98;
+        *decision = decide(body, policy);
+    }
 }
 
 /// The measure of a body without its tool schemas (what llama-server's count covers).
