@@ -207,6 +207,41 @@ pub struct Snapshot {
     pub requests: Vec<RequestSummary>,
 }
 
+impl Snapshot {
+    /// The snapshot of a server that has just started with `settings`.
+    pub fn starting(settings: &crate::config::Settings) -> Snapshot {
+        let mut s = Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            listen_url: settings.listen_url(),
+            backend: BackendStatus {
+                kind: "unknown".into(),
+                ..Default::default()
+            },
+            memory: Memory {
+                pressure: "normal".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.apply_settings(settings);
+        s
+    }
+
+    /// The settings the snapshot shows, brought up to date (at start and after every change).
+    pub fn apply_settings(&mut self, settings: &crate::config::Settings) {
+        if self.backend.url != settings.backend_url {
+            // A new backend is unknown until probed.
+            self.backend.up = None;
+            self.backend.url = settings.backend_url.clone();
+        }
+        self.model_name = settings.model_name.clone();
+        self.tokens.warn_threshold = settings.token_warn_threshold;
+        self.tokens.hard_threshold = settings.token_hard_threshold;
+        self.memory.warn_percent = settings.memory_warn_percent;
+        self.memory.critical_percent = settings.memory_critical_percent;
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct BackendStatus {
     pub url: String,

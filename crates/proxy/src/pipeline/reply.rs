@@ -7,8 +7,9 @@
 //! A reply is a sequence of [`Event`]s. Per choice (index 0 unless the client asked for `n > 1`):
 //! any number of `Text`, `Reasoning`, `ToolCall` (a call's start: id, name, the first part of
 //! its arguments) and `ToolArgs` (more of one call's arguments), then one `Finish`. `Usage` comes
-//! at most once, after the finishes. A call's arguments are complete when the next `ToolCall`
-//! or the choice's `Finish` arrives.
+//! at most once, after the finishes. A call's `ToolArgs` follow its `ToolCall` with no text or
+//! reasoning of the same choice between them; its arguments are complete when the next
+//! `ToolCall` or the choice's `Finish` arrives.
 
 pub use crate::observe::NoticeKind;
 use serde::Serialize;

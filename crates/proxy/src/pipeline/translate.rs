@@ -233,6 +233,11 @@ struct ChoiceState {
     pending: BTreeMap<u32, PendingCall>,
     next_call: u32,
     finished: bool,
+    /// A structured call has started and may still get arguments: text that arrives meanwhile
+    /// waits in `held` until the call is complete (the next call starts, or the choice ends),
+    /// so every front door sees a call's arguments together and nothing between them.
+    call_open: bool,
+    held: Vec<Event>,
 }
 
 #[derive(Debug, Default)]
@@ -344,6 +349,8 @@ impl Translator {
             pending: BTreeMap::new(),
             next_call: 0,
             finished: false,
+            call_open: false,
+            held: Vec::new(),
         })
     }
 
@@ -414,6 +421,15 @@ impl Translator {
                         start,
                     );
                 }
+            }
+            let state = self.choice(index);
+            if state.call_open {
+                let text: Vec<Event> = out.drain(start..).collect();
+                let (held, rest): (Vec<Event>, Vec<Event>) = text
+                    .into_iter()
+                    .partition(|e| matches!(e, Event::Text { .. } | Event::Reasoning { .. }));
+                state.held.extend(held);
+                out.extend(rest);
             }
             if let Some(Value::Array(calls)) = delta.tool_calls.map(value_of) {
                 self.upstream_tool_calls(index, calls, out, start);
@@ -616,7 +632,8 @@ impl Translator {
         state.reasoning_calls.clear();
     }
 
-    /// Upstream calls still waiting for their name are sent as they are.
+    /// Upstream calls still waiting for their name are sent as they are, then any text held
+    /// while a call was open.
     fn flush_pending(&mut self, index: u64, out: &mut Vec<Event>) {
         let state = self.choice(index);
         for (call, p) in std::mem::take(&mut state.pending) {
@@ -628,6 +645,8 @@ impl Translator {
                 arguments: p.arguments,
             });
         }
+        state.call_open = false;
+        out.append(&mut state.held);
     }
 
     fn upstream_tool_calls(
@@ -698,6 +717,9 @@ impl Translator {
                 p.arguments.push_str(&arguments);
                 if !p.name.is_empty() {
                     let p = state.pending.remove(&out_index).unwrap_or_default();
+                    // The call before this one is complete: text held meanwhile goes first.
+                    out.append(&mut state.held);
+                    state.call_open = true;
                     push(
                         out,
                         start,
@@ -1259,5 +1281,43 @@ mod tests {
         assert!(text_of(&tail).ends_with("<tool_"), "{tail:?}");
         assert_eq!(text_of(&out) + &text_of(&tail), "Hello <tool_");
         assert!(!tail.iter().any(|e| matches!(e, Event::Finish { .. })));
+    }
+
+    /// Text a backend sends in the middle of a structured call waits until the call is whole,
+    /// so no front door has to reopen a call it closed for the text.
+    #[test]
+    fn text_inside_a_structured_call_waits_for_the_call() {
+        let mut t = Translator::new(spec(true), 7);
+        let chunk = |delta: Value, finish: Option<&str>| {
+            json!({"choices":[{"index":0,"delta":delta,"finish_reason":finish}]}).to_string()
+        };
+        let mut all = Vec::new();
+        for (delta, finish) in [
+            (json!({"content":"Checking. "}), None),
+            (
+                json!({"tool_calls":[{"index":0,"id":"c1","function":{"name":"get_weather","arguments":"{\"city\":"}}]}),
+                None,
+            ),
+            (json!({"content":"(thinking)"}), None),
+            (
+                json!({"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]}),
+                None,
+            ),
+            (json!({}), Some("tool_calls")),
+        ] {
+            all.extend(translate(&mut t, &chunk(delta, finish)));
+        }
+        let kinds: Vec<&str> = all
+            .iter()
+            .map(|e| match e {
+                Event::Text { .. } => "text",
+                Event::ToolCall { .. } => "call",
+                Event::ToolArgs { .. } => "args",
+                Event::Finish { .. } => "finish",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["text", "call", "args", "text", "finish"], "{all:?}");
+        assert_eq!(text_of(&all), "Checking. (thinking)");
     }
 }
