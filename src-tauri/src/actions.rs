@@ -139,6 +139,7 @@ pub(crate) mod fake {
         async fn purge_cache(&self) -> PurgeOutcome {
             self.record("purge_cache");
             PurgeOutcome {
+                backend: None,
                 adapter: "generic".into(),
                 status: "purged".into(),
                 message: "ok".into(),
@@ -178,6 +179,7 @@ mod tests {
                 &["purge_cache"],
                 Effect::Notify(Alert::Purged {
                     outcome: PurgeOutcome {
+                        backend: None,
                         adapter: "generic".into(),
                         status: "purged".into(),
                         message: "ok".into(),
@@ -222,6 +224,7 @@ mod tests {
     #[test]
     fn purge_texts() {
         let mut outcome = PurgeOutcome {
+            backend: None,
             adapter: "vllm".into(),
             status: "purged".into(),
             message: String::new(),

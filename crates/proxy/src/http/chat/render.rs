@@ -72,6 +72,20 @@ impl ChunkWriter {
         for event in events {
             match event {
                 Event::Meta(meta) => self.template = template_json(meta),
+                // Before the reply starts a notice leads choice 0's first delta; one found later
+                // (a call the backend dropped) is a content delta of its own where it comes.
+                Event::Notice { text, .. } if self.started.first() == Some(&true) => {
+                    let late = format!("\n\n⚠ {text}");
+                    self.delta(
+                        out,
+                        0,
+                        Delta {
+                            content: Some(&late),
+                            ..Delta::default()
+                        },
+                        None,
+                    );
+                }
                 Event::Notice { text, .. } => {
                     self.notices.push_str("⚠ ");
                     self.notices.push_str(text);
@@ -281,9 +295,15 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
     let mut c = meta_fields(&fold.meta);
     c.insert("object".into(), "chat.completion".into());
     let lead: String = fold
-        .notices
+        .lead_notices()
         .iter()
         .map(|n| format!("⚠ {}\n\n", n.text))
+        .collect();
+    // Notices found after the reply started follow its words, as a stream shows them.
+    let late: String = fold
+        .late_notices()
+        .iter()
+        .map(|n| format!("\n\n⚠ {}", n.text))
         .collect();
     let choices: Vec<Value> = fold
         .choices
@@ -300,6 +320,9 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
                 text.push_str(&r);
             }
             text.push_str(&f.content);
+            if index == 0 {
+                text.push_str(&late);
+            }
             let content = if text.is_empty() && !f.tool_calls.is_empty() {
                 Value::Null
             } else {
@@ -462,5 +485,57 @@ mod tests {
         assert_eq!(m["reasoning_content"], "hmm");
         assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{}");
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    fn contents(out: &BytesMut) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// A notice found after the reply started (a call the backend dropped) reaches the client
+    /// as text after the words so far, streaming and not; one from before leads the reply.
+    #[test]
+    fn a_late_notice_follows_the_words() {
+        let style = ChatStyle {
+            reasoning_field: ReasoningField::ReasoningContent,
+            include_usage: false,
+        };
+        let notice = |text: &str| Event::Notice {
+            kind: NoticeKind::DroppedCall,
+            text: text.into(),
+        };
+        let events = [
+            notice("early"),
+            Event::Text {
+                choice: 0,
+                text: "Hi".into(),
+            },
+            notice("late"),
+            Event::Finish {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+        ];
+        let mut w = ChunkWriter::new(style);
+        let mut out = BytesMut::new();
+        w.write(&events, &mut out);
+        assert_eq!(contents(&out), vec!["⚠ early\n\nHi", "\n\n⚠ late"]);
+        let mut fold = Fold::default();
+        for e in &events {
+            fold.push(e);
+        }
+        let c = completion(&fold, style);
+        assert_eq!(
+            c["choices"][0]["message"]["content"],
+            "⚠ early\n\nHi\n\n⚠ late"
+        );
     }
 }
