@@ -201,13 +201,15 @@ async fn a_call_the_backend_dropped_is_said_counted_and_not_promised() {
 
 #[tokio::test]
 async fn a_late_notice_follows_the_words_and_stays_out_when_notices_are_off() {
-    let (_h, base, dir) = setup(NoticeMode::Off).await;
+    let (h, base, dir) = setup(NoticeMode::Off).await;
     let (content, _, finish) = ask(&base, "drop", true).await;
     assert_eq!((content.as_str(), finish.as_str()), ("", "stop"));
     // Off: not in the reply, still in the record and the counter.
+    assert!(dropped_total(&base).await.ends_with(" 1"));
+    // Shutting down flushes the traffic log.
+    h.shutdown().await;
     let records = log_records(&dir.path().join("logs").join("proxy.log"));
     assert_eq!(records.last().unwrap()["dropped_calls"], 1);
-    assert!(dropped_total(&base).await.ends_with(" 1"));
 }
 
 #[tokio::test]

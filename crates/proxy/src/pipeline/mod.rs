@@ -229,11 +229,13 @@ async fn drive(
             "the client closed the connection",
         )),
     };
-    sink.end(error.as_ref()).await;
+    // Recorded before the client hears the end: whoever sees a reply finish (a client, a test)
+    // finds it in the metrics, the dashboard and the log's queue.
     let status = error.as_ref().map_or(200, |e| e.status.as_u16());
     let fold = std::mem::take(&mut sink.fold);
     let recorded_error = error.as_ref().filter(|e| e.code != "client_closed");
     record::record(&state.hub, ex, &fold, status, recorded_error);
+    sink.end(error.as_ref()).await;
     match error {
         None => Ok(fold),
         Some(e) => Err(e),
