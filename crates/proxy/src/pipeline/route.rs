@@ -528,8 +528,11 @@ fn describe(b: &Backend) -> crate::observe::BackendView {
     let health = b.health();
     let overrides = match b.config.to_json() {
         Value::Object(mut map) => {
-            for k in ["name", "url", "kind", "models", "fallbacks"] {
-                map.remove(k);
+            for k in ["name", "url", "kind", "models", "fallbacks"]
+                .iter()
+                .chain(crate::config::MANAGED_FIELDS)
+            {
+                map.remove(*k);
             }
             map
         }
@@ -562,6 +565,7 @@ mod tests {
             models: models.iter().map(|m| m.to_string()).collect(),
             fallbacks: fallbacks.iter().map(|m| m.to_string()).collect(),
             overrides: Default::default(),
+            managed: None,
         }
     }
 
