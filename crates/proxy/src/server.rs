@@ -109,9 +109,11 @@ pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
         }
     });
     let background = crate::background::spawn(state.clone(), stop_tx.subscribe());
+    let managed_state = state.clone();
     let finished = tokio::spawn(async move {
         let _ = server.await;
         background.stop().await;
+        managed_state.managed.shutdown(&managed_state).await;
     });
     ServerHandle {
         addr,
@@ -164,6 +166,8 @@ pub fn build_state(settings: Settings) -> AppState {
         hub.clone(),
     );
     let client = upstream::client(&settings);
+    // The children's records live beside the log (`~/.blockops/run/` by default).
+    let run_dir = settings.log_file.parent().map(|d| d.join("run"));
     let live = LiveSettings::new(settings);
     let backends = Backends::new(live.clone(), hub.clone(), gate.clone());
     let state = AppState {
@@ -172,6 +176,7 @@ pub fn build_state(settings: Settings) -> AppState {
         hub,
         gate,
         backends,
+        managed: crate::pipeline::managed::Supervisor::new(run_dir),
         memory: MemoryMonitor::new(Box::new(SystemSampler::default())),
         calibration: Default::default(),
         purge_adapter: Default::default(),
