@@ -255,6 +255,29 @@ impl ServerHandle {
         done.ok()?.into_iter().next()
     }
 
+    /// Starts a managed backend ("load"); returns once it is ready, or why it could not start.
+    pub async fn start_backend(&self, name: &str) -> Result<(), String> {
+        let Some(b) = self.state.backends.get(name) else {
+            return Err(format!("no backend named {name:?}"));
+        };
+        self.state
+            .managed
+            .ensure(&self.state, &b, async || {})
+            .await
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
+
+    /// Stops a managed backend ("unload"); `false` when it was not running.
+    pub async fn stop_backend(&self, name: &str) -> bool {
+        self.state.managed.stop(&self.state, name).await == Some(true)
+    }
+
+    /// Stops every managed backend that runs (the tray's "Unload all"); how many were.
+    pub async fn unload_all(&self) -> usize {
+        self.state.managed.stop_all(&self.state).await
+    }
+
     /// Every backend as the dashboard shows it: state, kind, models, slots, queue, last error.
     pub fn backends(&self) -> Vec<crate::observe::BackendView> {
         self.state.backends.sync();

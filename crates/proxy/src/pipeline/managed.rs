@@ -567,7 +567,23 @@ impl Supervisor {
     /// Once a second (the server's background task): ttl stops, crashed processes noticed,
     /// still-busy backends kept fresh, RSS read (every `rss_every`th tick).
     pub async fn tick(&self, state: &AppState, read_rss: bool) {
-        for b in state.backends.list() {
+        let list = state.backends.list();
+        // A backend removed from the config: its process goes.
+        let orphaned: Vec<Process> = {
+            let mut units = self.units.lock().unwrap_or_else(|e| e.into_inner());
+            units
+                .iter_mut()
+                .filter(|(name, _)| !list.iter().any(|b| b.name() == name.as_str()))
+                .filter_map(|(_, u)| {
+                    u.phase = Phase::Stopped;
+                    u.process.take()
+                })
+                .collect()
+        };
+        for p in orphaned {
+            p.stop(Duration::from_secs(10)).await;
+        }
+        for b in list {
             let Some(m) = managed(&b) else { continue };
             let name = b.name();
             let busy = b.gate.busy() > 0 || b.gate.queued() > 0;
