@@ -184,6 +184,7 @@ pub fn build_state(settings: Settings) -> AppState {
         tasks: Tasks::default(),
         stopping: Arc::new(watch::channel(false).0),
     };
+    state.managed.publish_all(&state);
     // The first request already sees a real sample, not an empty one.
     state
         .memory
@@ -281,6 +282,7 @@ impl ServerHandle {
     /// Every backend as the dashboard shows it: state, kind, models, slots, queue, last error.
     pub fn backends(&self) -> Vec<crate::observe::BackendView> {
         self.state.backends.sync();
+        self.state.managed.publish_all(&self.state);
         self.state.hub.snapshot().borrow().backends.clone()
     }
 
