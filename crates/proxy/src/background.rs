@@ -119,7 +119,7 @@ async fn supervise(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(SUPERVISE_EVERY) => {}
         }
-        state.managed.tick(&state, ticks % 5 == 0).await;
+        state.managed.tick(&state, ticks.is_multiple_of(5)).await;
         ticks = ticks.wrapping_add(1);
     }
 }

@@ -33,7 +33,7 @@ fn python() -> Option<&'static str> {
 
 /// A `[[backends]]` table for the fake: `extra` adds flags (`--delay`, `--fail`, `--hang`) and
 /// `fields` the table's own fields.
-fn fake(name: &str, starts: &PathBuf, extra: &[&str], fields: Value) -> Value {
+fn fake(name: &str, starts: &std::path::Path, extra: &[&str], fields: Value) -> Value {
     let mut cmd = vec![
         json!(python().unwrap_or("python3")),
         json!(SCRIPT),

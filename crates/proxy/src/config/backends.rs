@@ -396,7 +396,7 @@ impl BackendConfig {
 }
 
 fn number(v: f64) -> Value {
-    if v.fract() == 0.0 && v >= 0.0 && v < 1e15 {
+    if v.fract() == 0.0 && (0.0..1e15).contains(&v) {
         json!(v as u64)
     } else {
         json!(v)

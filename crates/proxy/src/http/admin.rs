@@ -140,7 +140,7 @@ pub async fn backends(State(state): State<AppState>) -> Response {
 fn managed_backend(
     state: &AppState,
     name: &str,
-) -> Result<std::sync::Arc<crate::pipeline::route::Backend>, Response> {
+) -> Result<std::sync::Arc<crate::pipeline::route::Backend>, Box<Response>> {
     let Some(b) = state.backends.get(name) else {
         let names: Vec<String> = state
             .backends
@@ -148,11 +148,13 @@ fn managed_backend(
             .iter()
             .map(|b| b.name().to_owned())
             .collect();
-        return Err(ProxyError::not_found(format!(
-            "no backend named {name:?}: expected one of {}",
-            names.join(", ")
-        ))
-        .into_response());
+        return Err(Box::new(
+            ProxyError::not_found(format!(
+                "no backend named {name:?}: expected one of {}",
+                names.join(", ")
+            ))
+            .into_response(),
+        ));
     };
     if b.config.managed.is_none() {
         return Err(ProxyError::client(
@@ -161,7 +163,8 @@ fn managed_backend(
                 "backend {name:?} is not started by blockops: give its [[backends]] table a cmd (e.g. cmd = [\"llama-server\", \"-m\", \"model.gguf\", \"--port\", \"${{PORT}}\"]) to have it started and stopped"
             ),
         )
-        .into_response());
+        .into_response()
+        .into());
     }
     Ok(b)
 }
@@ -182,7 +185,7 @@ fn backend_view(state: &AppState, name: &str) -> Response {
 pub async fn start_backend(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     let backend = match managed_backend(&state, &name) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match state.managed.ensure(&state, &backend, async || {}).await {
         Ok(_) => backend_view(&state, &name),
@@ -194,7 +197,7 @@ pub async fn start_backend(State(state): State<AppState>, Path(name): Path<Strin
 /// the next request starts it again).
 pub async fn stop_backend(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     if let Err(r) = managed_backend(&state, &name) {
-        return r;
+        return *r;
     }
     state.managed.stop(&state, &name).await;
     backend_view(&state, &name)

@@ -521,7 +521,7 @@ impl Supervisor {
                 (phase == Phase::Running).then(|| (managed(&b).map_or(0, |m| m.priority), used, b))
             })
             .collect();
-        idle.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        idle.sort_by_key(|e| (e.0, e.1));
         if pressure == Pressure::Critical {
             // Keep the most recently used.
             if let Some(latest) = idle
