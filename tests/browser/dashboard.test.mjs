@@ -120,6 +120,8 @@ describe('dashboard', () => {
       `the proxy translated no tool call for ${id} (GET /admin/api/requests/${id}: output.tool_calls=${JSON.stringify(rec.output?.tool_calls)}, `
       + `trace kinds=${JSON.stringify([...new Set((rec.trace || []).map((s) => s.kind))])}, raw text=${JSON.stringify((rec.raw_text ?? rec.output?.content ?? '').slice(-120))})`);
     await row.locator('[data-tool="get_weather"]').waitFor({ timeout: 5000 });
+    // The demo backend writes its calls as text: the header says blockops translates them.
+    await page.waitForFunction(() => document.querySelector('#backend-tool-text')?.textContent === 'raw text', null, WAIT);
 
     // Keyboard: focus the row and press Enter.
     await row.focus();

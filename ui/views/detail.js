@@ -98,6 +98,11 @@ export class DetailView {
 
     const parts = [summaryBar(rec, rec.timings)];
     const notices = rec.notices || [];
+    if (rec.dropped_calls) {
+      parts.push(h('div', { class: 'callout callout-bad', role: 'note' },
+        h('span', { class: 'badge', dataset: { tone: 'warn' } }, 'call dropped'), ' ',
+        `The backend lost ${rec.dropped_calls === 1 ? 'a tool call' : `${rec.dropped_calls} tool calls`} in its own parser before blockops saw the model's text.`));
+    }
     if (notices.length) {
       parts.push(h('ul', { class: 'notices', 'aria-label': 'Notices' },
         notices.map((n) => h('li', { class: 'notice' }, h('span', { class: 'note-icon', 'aria-hidden': 'true' }, '!'), n))));

@@ -20,6 +20,19 @@ export function renderHeader(s, ageSecs) {
   const showKind = b.kind && b.kind !== 'unknown';
   kind.hidden = !showKind;
   setText(kind, showKind ? b.kind : '');
+  // Raw: the backend sends the model's text and blockops translates its calls; parsed: the
+  // backend's own parser made them (and may have dropped some). Learned from what it sent.
+  const tt = b.tool_text || {};
+  const mode = $('#backend-tool-text');
+  const showMode = tt.mode === 'raw' || tt.mode === 'parsed';
+  mode.hidden = !showMode;
+  setText(mode, showMode ? (tt.mode === 'raw' ? 'raw text' : 'parsed by backend') : '');
+  setAttr(mode, 'data-tone', tt.mode === 'parsed' && tt.dropped_calls ? 'warn' : '');
+  setAttr(mode, 'title', showMode
+    ? (tt.mode === 'raw'
+      ? `The backend sends the model's own text; blockops translates its tool calls (${tt.text_calls} found in text).`
+      : `The backend parses tool calls itself; blockops passes them through (${tt.structured_calls} structured, ${tt.dropped_calls} dropped by the backend). For mlx_lm.server, run scripts/mlx-raw-server.`)
+    : '');
   setText($('#model-name'), s.model_name || 'any');
   setAttr($('#model-name'), 'title', s.model_name ? s.model_name : 'clients choose the model');
   tickHeader(s, ageSecs);

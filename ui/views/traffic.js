@@ -130,7 +130,9 @@ function fillRow(tr, r) {
     h('td', { class: 'c-stream' }, r.stream
       ? h('span', { class: 'stream-yes', title: 'streaming', 'aria-label': 'streaming' }, 'SSE')
       : h('span', { class: 'stream-no', title: 'not streaming', 'aria-label': 'not streaming' }, 'JSON')),
-    h('td', { class: 'c-status' }, statusCell(r), notices.length
+    h('td', { class: 'c-status' }, statusCell(r), r.dropped_calls
+      ? h('span', { class: 'badge badge-dropped', dataset: { tone: 'warn' }, title: `the backend dropped ${r.dropped_calls} tool call(s)` }, 'call dropped')
+      : null, notices.length
       ? h('span', { class: 'note-icon status-note', title: notices.join('\n'), 'aria-hidden': 'true' }, '!')
       : null),
     h('td', { class: 'c-dur num' }, fmtMs(r.duration_ms)),

@@ -130,28 +130,7 @@ pub fn build_state(settings: Settings) -> AppState {
         settings.log_file.clone(),
         settings.log_max_mb.saturating_mul(1 << 20),
     );
-    let snapshot = Snapshot {
-        version: env!("CARGO_PKG_VERSION"),
-        model_name: settings.model_name.clone(),
-        listen_url: settings.listen_url(),
-        backend: crate::observe::BackendStatus {
-            url: settings.backend_url.clone(),
-            up: None,
-            kind: "unknown".into(),
-        },
-        tokens: crate::observe::Tokens {
-            warn_threshold: settings.token_warn_threshold,
-            hard_threshold: settings.token_hard_threshold,
-            ..Default::default()
-        },
-        memory: crate::observe::Memory {
-            warn_percent: settings.memory_warn_percent,
-            critical_percent: settings.memory_critical_percent,
-            pressure: "normal".into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let snapshot = Snapshot::starting(&settings);
     let hub = Hub::new(log, snapshot);
     // The first backend's gate is also `state.gate` (with one backend, the proxy's one gate).
     let first = settings

@@ -4,8 +4,32 @@ pub mod process;
 pub mod purge;
 pub mod tokenize;
 
+use crate::{config::Settings, observe::Hub};
 use serde::Serialize;
 use std::time::{Duration, Instant};
+
+/// Probes the backend of `settings` and records what was found in the hub's snapshot (the
+/// dashboard, the tray, `/metrics`, and the tokenizer's choice of endpoint read it there).
+pub async fn check(client: &reqwest::Client, hub: &Hub, settings: &Settings) -> Probe {
+    let probe = probe(
+        client,
+        &settings.backend_url,
+        settings.upstream_api_key.as_deref(),
+    )
+    .await;
+    hub.update(|s| {
+        if s.backend.url != settings.backend_url {
+            // Another backend: what the last one sent says nothing about this one.
+            s.backend.tool_text = Default::default();
+        }
+        s.backend.url = settings.backend_url.clone();
+        s.backend.up = Some(probe.reachable);
+        if probe.reachable {
+            s.backend.kind = probe.kind.as_str().to_owned();
+        }
+    });
+    probe
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -84,7 +108,16 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
     let body = read_models(response).await;
     if !status.is_success() {
         probe.error = Some(format!("{base}/v1/models answered {status}"));
+    } else if body == ModelsBody::Empty {
+        probe.error = Some(empty_models_message(base));
     }
+    // mlx_lm.server is Python's `http.server` (`Server: BaseHTTP/…`), the only backend of the
+    // ones named here that is; its model ids are paths or repo names, without `owned_by`.
+    let python_http = server.starts_with("basehttp/");
+    let body = match body {
+        ModelsBody::Json(v) => v,
+        ModelsBody::Empty | ModelsBody::Unreadable => serde_json::Value::Null,
+    };
     let data = body
         .get("data")
         .and_then(|d| d.as_array())
@@ -111,7 +144,8 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
         m.get("id")
             .and_then(|i| i.as_str())
             .is_some_and(|i| i.starts_with("mlx-community/"))
-    }) {
+    }) || python_http
+    {
         BackendKind::Mlx
     } else if status.is_success() {
         BackendKind::Generic
@@ -125,15 +159,64 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
 /// (or is hostile), and the probe must not buffer it.
 const MODELS_BODY_LIMIT: usize = 4 << 20;
 
-async fn read_models(mut response: reqwest::Response) -> serde_json::Value {
+/// What a backend answered to `GET /v1/models`.
+#[derive(Debug, PartialEq)]
+pub enum ModelsBody {
+    Json(serde_json::Value),
+    /// Nothing (or only whitespace): mlx_lm.server does this when the Hugging Face cache folder
+    /// does not exist (it fails scanning the cache after sending its headers).
+    Empty,
+    /// Too large, cut off, or not JSON.
+    Unreadable,
+}
+
+/// What to tell the user when `/v1/models` came back empty, and how to fix it.
+pub fn empty_models_message(base: &str) -> String {
+    format!(
+        "{base}/v1/models answered 200 with an empty body. mlx_lm.server does this when the \
+         Hugging Face cache folder does not exist: create it (mkdir -p ~/.cache/huggingface/hub) \
+         or point HF_HUB_CACHE at an existing folder, then restart the server"
+    )
+}
+
+/// Reads a `/v1/models` body, at most [`MODELS_BODY_LIMIT`] bytes.
+pub async fn read_models(mut response: reqwest::Response) -> ModelsBody {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) if body.len() + chunk.len() <= MODELS_BODY_LIMIT => {
                 body.extend_from_slice(&chunk)
             }
-            Ok(None) => return serde_json::from_slice(&body).unwrap_or_default(),
-            Ok(Some(_)) | Err(_) => return serde_json::Value::Null,
+            Ok(None) => return models_body(&body),
+            Ok(Some(_)) | Err(_) => return ModelsBody::Unreadable,
         }
+    }
+}
+
+/// Classifies a whole `/v1/models` body.
+pub fn models_body(body: &[u8]) -> ModelsBody {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return ModelsBody::Empty;
+    }
+    match serde_json::from_slice(body) {
+        Ok(v) => ModelsBody::Json(v),
+        Err(_) => ModelsBody::Unreadable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_models_body_is_told_apart_from_a_bad_one() {
+        assert_eq!(models_body(b""), ModelsBody::Empty);
+        assert_eq!(models_body(b" \n"), ModelsBody::Empty);
+        assert_eq!(models_body(b"{"), ModelsBody::Unreadable);
+        assert_eq!(
+            models_body(br#"{"data":[]}"#),
+            ModelsBody::Json(serde_json::json!({"data": []}))
+        );
+        assert!(empty_models_message("http://x").contains("HF_HUB_CACHE"));
     }
 }

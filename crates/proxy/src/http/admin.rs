@@ -93,17 +93,7 @@ pub async fn patch_config(State(state): State<AppState>, request: Request) -> Re
             let settings = state.settings.current();
             // Every backend's gate takes the new limits (its own, where it has them).
             state.backends.sync();
-            state.hub.update(|s| {
-                s.backend.url = settings.backend_url.clone();
-                s.model_name = settings.model_name.clone();
-                s.tokens.warn_threshold = settings.token_warn_threshold;
-                s.tokens.hard_threshold = settings.token_hard_threshold;
-                s.memory.warn_percent = settings.memory_warn_percent;
-                s.memory.critical_percent = settings.memory_critical_percent;
-                if keys.iter().any(|k| k == "backend_url") {
-                    s.backend.up = None;
-                }
-            });
+            state.hub.update(|s| s.apply_settings(&settings));
             state.hub.publish(ProxyEvent::SettingsChanged { keys });
             Json(settings.to_public_json()).into_response()
         }

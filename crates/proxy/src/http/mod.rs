@@ -13,14 +13,42 @@ mod ui;
 /// Public for the fuzz targets and property tests (crates/proxy/fuzz).
 pub use chat::parse_chat_body;
 
-use crate::{backend, error::ProxyError, pipeline::AppState};
+use crate::{
+    backend,
+    error::ProxyError,
+    pipeline::{AppState, FrontDoor, RequestCtx},
+};
 use axum::{
     Json, Router,
     extract::State,
     response::{IntoResponse, Redirect, Response},
     routing::{any, get, patch, post},
 };
+use axum::{extract::ConnectInfo, http::request::Parts};
+use bytes::Bytes;
 use serde_json::json;
+use std::net::SocketAddr;
+
+/// What every front door does first: the request's context (settings in force, client address,
+/// timing), its head, and its body read up to `BLOCKOPS_MAX_BODY_BYTES`.
+pub async fn receive(
+    state: &AppState,
+    request: axum::extract::Request,
+    door: FrontDoor,
+) -> (RequestCtx, Parts, Result<Bytes, ProxyError>) {
+    let settings = state.settings.current();
+    let client_addr = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let (parts, body) = request.into_parts();
+    let limit = settings.max_body_bytes;
+    let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr, door);
+    ctx.phases = timing::phases_of(&parts.extensions);
+    ctx.session_headers = session_headers(&parts.headers);
+    let bytes = chat::read_body(body, limit).await;
+    (ctx, parts, bytes)
+}
 
 /// The whole router. Middleware that guards it (auth, host checks) wraps this in `server`.
 pub fn router(state: AppState) -> Router {
@@ -112,19 +140,8 @@ async fn health(
 ) -> Response {
     let settings = state.settings.current();
     let wait = phases.map(|p| p.upstream());
-    let probe = backend::probe(
-        &state.client,
-        &settings.backend_url,
-        settings.upstream_api_key.as_deref(),
-    )
-    .await;
+    let probe = backend::check(&state.client, &state.hub, &settings).await;
     drop(wait);
-    state.hub.update(|s| {
-        s.backend.up = Some(probe.reachable);
-        if probe.reachable {
-            s.backend.kind = probe.kind.as_str().to_owned();
-        }
-    });
     if settings.api_key.is_some() {
         // With a key set, /health stays open but says nothing beyond up/down.
         return Json(json!({"status": "ok", "backend_up": probe.reachable})).into_response();

@@ -3,7 +3,8 @@
 //! filters headers and converts bodies.
 
 use crate::{
-    error::ProxyError,
+    backend,
+    error::{ProxyError, Source},
     pipeline::AppState,
     pipeline::{self, FrontDoor, RequestCtx, forward::Forward},
 };
@@ -81,6 +82,8 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
         .uri
         .path_and_query()
         .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned());
+    let lists_models = parts.method == axum::http::Method::GET
+        && parts.uri.path().trim_end_matches('/') == "/v1/models";
     let forward = Forward {
         method: parts.method.clone(),
         target,
@@ -89,9 +92,62 @@ pub async fn forward(State(state): State<AppState>, request: Request) -> Respons
         limit,
     };
     match pipeline::forward::forward(&state, ctx, forward).await {
+        Ok((response, exchange)) if lists_models && response.status().is_success() => {
+            relay_models(response, exchange, &settings.backend_url).await
+        }
         Ok((response, exchange)) => relay(response, exchange),
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /v1/models`, read whole (a model list is small) so that an empty answer can be named:
+/// mlx_lm.server sends 200 and no body when the Hugging Face cache folder is missing, which a
+/// client would otherwise report as a JSON parse error.
+async fn relay_models(
+    response: reqwest::Response,
+    mut exchange: pipeline::forward::Exchange,
+    backend: &str,
+) -> Response {
+    let mut headers = Vec::new();
+    for (name, value) in response.headers() {
+        if !is_hop_by_hop(name) {
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return ProxyError::new(
+                StatusCode::BAD_GATEWAY,
+                Source::Upstream,
+                "upstream_error",
+                format!("reading {backend}/v1/models failed: {e}"),
+            )
+            .into_response();
+        }
+    };
+    if backend::models_body(&body) == backend::ModelsBody::Empty {
+        let message = backend::empty_models_message(backend);
+        tracing::warn!("{message}");
+        exchange.failed(StatusCode::BAD_GATEWAY.as_u16());
+        return ProxyError::new(
+            StatusCode::BAD_GATEWAY,
+            Source::Upstream,
+            "upstream_empty_models",
+            message,
+        )
+        .into_response();
+    }
+    exchange.sent(body.len());
+    let mut builder = Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    builder
+        .body(Body::from(body))
+        .unwrap_or_else(|e| ProxyError::internal(e.to_string()).into_response())
 }
 
 /// The client's body as a stream for the backend, never buffered, bounded by the body limit.

@@ -100,6 +100,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DroppedLabel {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PurgeLabels {
     adapter: String,
     result: String,
@@ -130,6 +135,7 @@ struct Inner {
     purges: Family<PurgeLabels, Counter>,
     /// Per-request series carry `backend` (set while several backends are configured).
     label_backends: std::sync::atomic::AtomicBool,
+    dropped_calls: Family<DroppedLabel, Counter>,
 }
 
 impl Metrics {
@@ -148,6 +154,7 @@ impl Metrics {
         let overhead = Histogram::new(OVERHEAD_BUCKETS.to_vec());
         let notices = Family::<KindLabel, Counter>::default();
         let purges = Family::<PurgeLabels, Counter>::default();
+        let dropped_calls = Family::<DroppedLabel, Counter>::default();
         // Counter names get `_total` from the encoder.
         registry.register(
             "requests",
@@ -204,6 +211,11 @@ impl Metrics {
             "KV-cache purges, by adapter and result (purged, unsupported, failed)",
             purges.clone(),
         );
+        registry.register(
+            "backend_tool_calls_dropped",
+            "Tool calls the backend lost in its own parser (finish_reason tool_calls without a call, or a call whose arguments are not a JSON object), by backend",
+            dropped_calls.clone(),
+        );
         registry.register_collector(Box::new(SnapshotCollector { snapshot }));
         Metrics {
             inner: Arc::new(Inner {
@@ -221,6 +233,7 @@ impl Metrics {
                 notices,
                 purges,
                 label_backends: Default::default(),
+                dropped_calls,
             }),
         }
     }
@@ -233,6 +246,13 @@ impl Metrics {
                 m.tool_calls
                     .get_or_create(&FormatLabel {
                         format: format.clone(),
+                    })
+                    .inc();
+            }
+            ProxyEvent::ToolCallDropped { backend, .. } => {
+                m.dropped_calls
+                    .get_or_create(&DroppedLabel {
+                        backend: backend.clone(),
                     })
                     .inc();
             }
@@ -510,6 +530,7 @@ mod tests {
                 completion_tokens: Some(3),
                 tool_calls: vec![],
                 notices: vec![],
+                dropped_calls: 0,
             },
             client_addr: None,
             request: Value::Null,
@@ -621,7 +642,17 @@ mod tests {
                 duration_ms: 3,
             },
         });
+        for _ in 0..2 {
+            m.observe(&ProxyEvent::ToolCallDropped {
+                request_id: "r".into(),
+                backend: "default".into(),
+            });
+        }
         let text = m.render();
+        assert!(
+            text.contains("blockops_backend_tool_calls_dropped_total{backend=\"default\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("blockops_tool_calls_translated_total{format=\"hermes\"} 1\n"));
         assert!(text.contains("blockops_notices_total{kind=\"memory\"} 1\n"));
         assert!(text.contains("blockops_context_truncations_total 1\n"));

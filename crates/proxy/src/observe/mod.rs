@@ -60,6 +60,11 @@ pub enum ProxyEvent {
         name: String,
         format: String,
     },
+    /// A tool call the backend lost (`blockops_backend_tool_calls_dropped_total`).
+    ToolCallDropped {
+        request_id: String,
+        backend: String,
+    },
     Noticed {
         request_id: Option<String>,
         kind: NoticeKind,
@@ -105,6 +110,9 @@ pub enum NoticeKind {
     Purge,
     /// The backend went down or came back (not tied to a request).
     Backend,
+    /// The backend lost a tool call in its own parser (`finish_reason: "tool_calls"` without a
+    /// call, or a call whose arguments are not a JSON object).
+    DroppedCall,
 }
 
 impl NoticeKind {
@@ -115,6 +123,7 @@ impl NoticeKind {
             NoticeKind::Context => "context",
             NoticeKind::Purge => "purge",
             NoticeKind::Backend => "backend",
+            NoticeKind::DroppedCall => "dropped_call",
         }
     }
 }
@@ -149,6 +158,8 @@ pub struct RequestSummary {
     pub completion_tokens: Option<u64>,
     pub tool_calls: Vec<String>,
     pub notices: Vec<String>,
+    /// Tool calls the backend lost in its own parser (the dashboard's badge).
+    pub dropped_calls: u64,
 }
 
 /// One request in full: the traffic-log record and the dashboard's translation view.
@@ -203,11 +214,85 @@ pub struct Snapshot {
     pub requests: Vec<RequestSummary>,
 }
 
+impl Snapshot {
+    /// The snapshot of a server that has just started with `settings`.
+    pub fn starting(settings: &crate::config::Settings) -> Snapshot {
+        let mut s = Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            listen_url: settings.listen_url(),
+            backend: BackendStatus {
+                kind: "unknown".into(),
+                ..Default::default()
+            },
+            memory: Memory {
+                pressure: "normal".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.apply_settings(settings);
+        s
+    }
+
+    /// The settings the snapshot shows, brought up to date (at start and after every change).
+    pub fn apply_settings(&mut self, settings: &crate::config::Settings) {
+        if self.backend.url != settings.backend_url {
+            // A new backend is unknown until probed.
+            self.backend.up = None;
+            self.backend.url = settings.backend_url.clone();
+        }
+        self.model_name = settings.model_name.clone();
+        self.tokens.warn_threshold = settings.token_warn_threshold;
+        self.tokens.hard_threshold = settings.token_hard_threshold;
+        self.memory.warn_percent = settings.memory_warn_percent;
+        self.memory.critical_percent = settings.memory_critical_percent;
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct BackendStatus {
     pub url: String,
     pub up: Option<bool>,
     pub kind: String,
+    /// How the backend's tool calls arrive, from what it actually sent.
+    pub tool_text: ToolText,
+}
+
+/// Whether a backend sends the model's own text (blockops translates its calls) or parses calls
+/// itself (blockops passes them through), learned from the replies: calls found in text, calls
+/// received structured, and calls the backend lost. `mode` is `raw`, `parsed`, or `unknown`
+/// before any reply with a call; the latest reply with a call decides it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolText {
+    pub mode: &'static str,
+    pub text_calls: u64,
+    pub structured_calls: u64,
+    pub dropped_calls: u64,
+}
+
+impl Default for ToolText {
+    fn default() -> Self {
+        ToolText {
+            mode: "unknown",
+            text_calls: 0,
+            structured_calls: 0,
+            dropped_calls: 0,
+        }
+    }
+}
+
+impl ToolText {
+    /// Adds one reply's calls.
+    pub fn add(&mut self, text_calls: u64, structured_calls: u64, dropped_calls: u64) {
+        self.text_calls += text_calls;
+        self.structured_calls += structured_calls;
+        self.dropped_calls += dropped_calls;
+        if text_calls > 0 {
+            self.mode = "raw";
+        } else if structured_calls > 0 || dropped_calls > 0 {
+            self.mode = "parsed";
+        }
+    }
 }
 
 /// One backend as the dashboard, the tray and `GET /admin/api/backends` show it.

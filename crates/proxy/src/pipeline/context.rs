@@ -112,6 +112,7 @@ impl RequestCtx {
             completion_tokens: None,
             tool_calls: Vec::new(),
             notices: self.notices.iter().map(|n| n.text.clone()).collect(),
+            dropped_calls: 0,
         }
     }
 }

@@ -52,6 +52,11 @@ impl Exchange {
     pub fn sent(&mut self, n: usize) {
         self.bytes += n as u64;
     }
+
+    /// The proxy answered `status` instead of the backend's answer (which it could not use).
+    pub fn failed(&mut self, status: u16) {
+        self.status = status;
+    }
 }
 
 impl Drop for Exchange {

@@ -3,13 +3,14 @@
 
 use super::{
     Exchange,
-    reply::Event,
+    reply::{Event, Notice},
     sink::{Failure, Sink},
     sse::{SseDecoder, SseEvent},
     translate::{self, Translator},
     upstream::{Call, Deadlines, bad_stream},
 };
 use crate::{
+    config::NoticeMode,
     error::{ProxyError, Source, StatusCode},
     observe::{Hub, ProxyEvent},
     pipeline::admission::Gate,
@@ -75,6 +76,7 @@ pub async fn pump(
             if let Some(name) = &ex.reply_model {
                 show_model(&mut out, name);
             }
+            late_notices(ex, watchers.hub, &mut out);
             if out.iter().any(|e| !matches!(e, Event::Meta(_))) {
                 first_token(ex, watchers);
             }
@@ -98,6 +100,7 @@ pub async fn pump(
         }
     }
     translator(ex)?.finish(&mut out);
+    late_notices(ex, watchers.hub, &mut out);
     sink.send(out).await
 }
 
@@ -110,6 +113,33 @@ fn show_model(events: &mut [Event], name: &str) {
             *meta = std::sync::Arc::new(shown);
         }
     }
+}
+
+/// Notices the translator found mid-reply (a call the backend dropped): into the request's
+/// notices (the record's `notices`) and published at once; left in the reply only when the
+/// settings put notices in the content.
+fn late_notices(ex: &mut Exchange, hub: &Hub, out: &mut Vec<Event>) {
+    if !out.iter().any(|e| matches!(e, Event::Notice { .. })) {
+        return;
+    }
+    let in_content = ex.ctx.settings.notices == NoticeMode::Content;
+    let ctx = &mut ex.ctx;
+    out.retain(|e| {
+        let Event::Notice { kind, text } = e else {
+            return true;
+        };
+        tracing::warn!(request_id = %ctx.id, kind = kind.as_str(), "{text}");
+        hub.publish(ProxyEvent::Noticed {
+            request_id: Some(ctx.id.clone()),
+            kind: *kind,
+            text: text.clone(),
+        });
+        ctx.notices.push(Notice {
+            kind: *kind,
+            text: text.clone(),
+        });
+        in_content
+    });
 }
 
 fn translator(ex: &mut Exchange) -> Result<&mut Translator, Failure> {

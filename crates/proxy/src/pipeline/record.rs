@@ -1,6 +1,6 @@
 //! Record: one finished exchange becomes its traffic-log record, its metrics and its events.
 
-use super::{Exchange, reply::Fold};
+use super::{Exchange, reply::Fold, translate::CallEvidence};
 use crate::{
     error::ProxyError,
     observe::{Hub, ProxyEvent, RequestRecord, RequestState, Timings},
@@ -24,15 +24,41 @@ pub fn record(hub: &Hub, ex: Exchange, fold: &Fold, status: u16, error: Option<&
         .as_ref()
         .and_then(|t| t.raw_text(0).map(str::to_owned));
     let trace = translator.as_ref().map(|t| t.trace(0)).unwrap_or_default();
-    // Calls the engine found in text have a trace span each, in order; calls the backend sent
-    // already structured have none, and count as `structured`.
-    let mut spans = trace.iter().filter(|s| s.kind == "tool_call");
-    for call in &choice.tool_calls {
-        let format = spans.next().and_then(|s| s.format).unwrap_or("structured");
+    // Each call's format: the one the engine found it in (content or reasoning), or
+    // `structured` when the backend sent it parsed.
+    let formats = translator
+        .as_ref()
+        .map(|t| t.call_formats(0))
+        .unwrap_or_default();
+    for (i, call) in choice.tool_calls.iter().enumerate() {
+        let format = formats.get(i).copied().unwrap_or("structured");
         hub.publish(ProxyEvent::ToolCallTranslated {
             request_id: ctx.id.clone(),
             name: call.name.clone(),
             format: format.to_owned(),
+        });
+    }
+    let evidence = translator
+        .as_ref()
+        .map(|t| t.evidence())
+        .unwrap_or_default();
+    for _ in 0..evidence.dropped_calls {
+        hub.publish(ProxyEvent::ToolCallDropped {
+            request_id: ctx.id.clone(),
+            backend: if ctx.backend.is_empty() {
+                "default".to_owned()
+            } else {
+                ctx.backend.clone()
+            },
+        });
+    }
+    if evidence != CallEvidence::default() {
+        hub.update(|s| {
+            s.backend.tool_text.add(
+                evidence.text_calls,
+                evidence.structured_calls,
+                evidence.dropped_calls,
+            )
         });
     }
     let total_ms = ctx.elapsed_ms();
@@ -49,12 +75,18 @@ pub fn record(hub: &Hub, ex: Exchange, fold: &Fold, status: u16, error: Option<&
     summary.prompt_tokens = fold.usage.as_ref().and_then(|u| u.prompt_tokens);
     summary.completion_tokens = fold.usage.as_ref().and_then(|u| u.completion_tokens);
     summary.tool_calls = choice.tool_calls.iter().map(|c| c.name.clone()).collect();
+    summary.dropped_calls = evidence.dropped_calls;
     let lead: String = fold
-        .notices
+        .lead_notices()
         .iter()
         .map(|n| format!("⚠ {}\n\n", n.text))
         .collect();
-    let content = format!("{lead}{}", choice.content);
+    let late: String = fold
+        .late_notices()
+        .iter()
+        .map(|n| format!("\n\n⚠ {}", n.text))
+        .collect();
+    let content = format!("{lead}{}{late}", choice.content);
     let output = json!({
         "content": if content.is_empty() && !choice.tool_calls.is_empty() { Value::Null } else { content.clone().into() },
         "reasoning": choice.reasoning,

@@ -7,8 +7,9 @@
 //! A reply is a sequence of [`Event`]s. Per choice (index 0 unless the client asked for `n > 1`):
 //! any number of `Text`, `Reasoning`, `ToolCall` (a call's start: id, name, the first part of
 //! its arguments) and `ToolArgs` (more of one call's arguments), then one `Finish`. `Usage` comes
-//! at most once, after the finishes. A call's arguments are complete when the next `ToolCall`
-//! or the choice's `Finish` arrives.
+//! at most once, after the finishes. A call's `ToolArgs` follow its `ToolCall` with no text or
+//! reasoning of the same choice between them; its arguments are complete when the next
+//! `ToolCall` or the choice's `Finish` arrives.
 
 pub use crate::observe::NoticeKind;
 use serde::Serialize;
@@ -22,7 +23,9 @@ pub enum Event {
     /// first seen). Sent again whenever it grows; renderers that mirror the backend use it.
     Meta(Arc<Meta>),
     /// A line for the person reading the reply (memory, context, purge), shown before the
-    /// model's words when the settings put notices in the content.
+    /// model's words when the settings put notices in the content. One that comes after the
+    /// reply started (a call the backend dropped, found at its finish) is shown where it comes,
+    /// after the words so far.
     Notice {
         kind: NoticeKind,
         text: String,
@@ -188,7 +191,10 @@ pub fn push_capped(dst: &mut String, text: &str, limit: Option<usize>) {
 #[derive(Debug, Default, Clone)]
 pub struct Fold {
     pub meta: Arc<Meta>,
+    /// Every notice, in order; those from [`Fold::late_from`] on came after the reply started.
     pub notices: Vec<Notice>,
+    /// Where the notices that came after the reply started begin (`None`: all came before).
+    pub late_from: Option<usize>,
     pub choices: Vec<FoldedChoice>,
     pub usage: Option<Usage>,
     /// `Some` when the fold is only a record (the client got the stream): texts are bounded.
@@ -231,14 +237,29 @@ impl Fold {
         self.choices.get(index as usize)
     }
 
+    /// Notices that came before the reply started: they lead it.
+    pub fn lead_notices(&self) -> &[Notice] {
+        &self.notices[..self.late_from.unwrap_or(self.notices.len())]
+    }
+
+    /// Notices that came after the reply started: they follow the words so far.
+    pub fn late_notices(&self) -> &[Notice] {
+        &self.notices[self.late_from.unwrap_or(self.notices.len())..]
+    }
+
     pub fn push(&mut self, event: &Event) {
         let limit = self.text_limit;
         match event {
             Event::Meta(meta) => self.meta = meta.clone(),
-            Event::Notice { kind, text } => self.notices.push(Notice {
-                kind: *kind,
-                text: text.clone(),
-            }),
+            Event::Notice { kind, text } => {
+                if !self.choices.is_empty() && self.late_from.is_none() {
+                    self.late_from = Some(self.notices.len());
+                }
+                self.notices.push(Notice {
+                    kind: *kind,
+                    text: text.clone(),
+                });
+            }
             Event::Text { choice, text } => {
                 push_capped(&mut self.choice_mut(*choice).content, text, limit);
             }

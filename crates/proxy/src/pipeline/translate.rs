@@ -6,10 +6,19 @@
 //! the same events, re-indexed, with ids filled. Front doors render the events; none of this
 //! knows a client's wire format.
 //!
+//! The backend's separate reasoning field goes through an engine of its own, as the same text in
+//! content would: a backend whose own tool parser is off (`scripts/mlx-raw-server`) leaves a call
+//! written before `</think>` there, and it must still reach the client as a call.
+//!
+//! A backend that ends a choice with `finish_reason: "tool_calls"` but sent no call, or sends a
+//! structured call whose arguments are not a JSON object, lost a call in its own parser: that
+//! becomes a [`Event::Notice`] (kind `dropped_call`) just before the choice's `Finish`, and the
+//! client's `finish_reason` says what it actually got.
+//!
 //! Every streamed token passes through here, so no `serde_json::Value` tree is built per chunk:
 //! [`ChunkIn`] reads only the fields used, borrowed from the event's text.
 
-use super::reply::{Event, FinishReason, LOG_TEXT_LIMIT, Meta, Usage, push_capped};
+use super::reply::{Event, FinishReason, LOG_TEXT_LIMIT, Meta, NoticeKind, Usage, push_capped};
 use crate::config::ReasoningField;
 use serde::Deserialize;
 use serde_json::{Map, Value, json, value::RawValue};
@@ -205,11 +214,30 @@ struct ChoiceState {
     /// Output index for each engine call index and each upstream structured call index.
     engine_calls: BTreeMap<usize, u32>,
     upstream_calls: BTreeMap<u64, u32>,
+    /// The engine for the backend's reasoning field, open while reasoning streams; closed (its
+    /// held-back text flushed) when content starts, so the two stay in order.
+    reasoning: Option<Parser>,
+    /// Output index for each call of the reasoning engine.
+    reasoning_calls: BTreeMap<usize, u32>,
+    /// Reasoning engines started so far: each takes its own id seed.
+    reasoning_runs: u64,
+    /// How each output call came: the engine format it was written in, or `structured`.
+    formats: BTreeMap<u32, &'static str>,
+    /// Each structured call's arguments as received, checked at the finish (`None`: longer than
+    /// is kept, not judged).
+    upstream_args: BTreeMap<u32, Option<String>>,
+    /// Calls the backend lost in this choice.
+    dropped: u64,
     /// An upstream call whose start (with its name) has not been sent yet: some backends send
     /// the id first and the name in a later piece.
     pending: BTreeMap<u32, PendingCall>,
     next_call: u32,
     finished: bool,
+    /// A structured call has started and may still get arguments: text that arrives meanwhile
+    /// waits in `held` until the call is complete (the next call starts, or the choice ends),
+    /// so every front door sees a call's arguments together and nothing between them.
+    call_open: bool,
+    held: Vec<Event>,
 }
 
 #[derive(Debug, Default)]
@@ -218,6 +246,21 @@ struct PendingCall {
     name: String,
     arguments: String,
 }
+
+/// What the backend's tool calls looked like in one response: calls the engine found in text
+/// (the backend's text is raw), calls that arrived structured (the backend parsed them), and calls
+/// the backend lost.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CallEvidence {
+    pub text_calls: u64,
+    pub structured_calls: u64,
+    pub dropped_calls: u64,
+}
+
+/// The notice for a reply the backend ended with `finish_reason: "tool_calls"` and no call.
+pub const DROPPED_NO_CALL: &str = "Backend dropped a tool call: it ended the reply with \
+finish_reason \"tool_calls\" but sent no call (its own parser rejected the model's text). For \
+mlx_lm.server, run scripts/mlx-raw-server.";
 
 /// Translates one response.
 #[derive(Debug)]
@@ -250,6 +293,31 @@ impl Translator {
         self.choices.get(&choice).map(|c| c.raw.as_str())
     }
 
+    /// How each of a choice's calls came, in output order: the engine format it was written in,
+    /// or `structured` (the backend sent it parsed).
+    pub fn call_formats(&self, choice: u64) -> Vec<&'static str> {
+        self.choices
+            .get(&choice)
+            .map(|c| c.formats.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// What the backend's calls looked like across the response's choices.
+    pub fn evidence(&self) -> CallEvidence {
+        let mut e = CallEvidence::default();
+        for c in self.choices.values() {
+            for format in c.formats.values() {
+                if *format == STRUCTURED {
+                    e.structured_calls += 1;
+                } else {
+                    e.text_calls += 1;
+                }
+            }
+            e.dropped_calls += c.dropped;
+        }
+        e
+    }
+
     pub fn trace(&self, choice: u64) -> Vec<TraceSpan> {
         self.choices
             .get(&choice)
@@ -272,9 +340,17 @@ impl Translator {
             raw: String::new(),
             engine_calls: BTreeMap::new(),
             upstream_calls: BTreeMap::new(),
+            reasoning: None,
+            reasoning_calls: BTreeMap::new(),
+            reasoning_runs: 0,
+            formats: BTreeMap::new(),
+            upstream_args: BTreeMap::new(),
+            dropped: 0,
             pending: BTreeMap::new(),
             next_call: 0,
             finished: false,
+            call_open: false,
+            held: Vec::new(),
         })
     }
 
@@ -316,37 +392,44 @@ impl Translator {
             }
             let start = out.len();
             let as_text = self.spec.reasoning_field == ReasoningField::None;
-            let state = self.choice(index);
             if let Some(text) = delta
                 .reasoning_content
                 .and_then(str_of)
                 .or_else(|| delta.reasoning.and_then(str_of))
                 && !text.is_empty()
             {
-                let text = text.into_owned();
-                push(
-                    out,
-                    start,
-                    if as_text {
-                        Event::Text { choice: c, text }
-                    } else {
-                        Event::Reasoning { choice: c, text }
-                    },
-                );
+                self.reasoning_text(index, &text, out, start);
             }
             if let Some(text) = delta.content.and_then(str_of)
                 && !text.is_empty()
             {
+                self.close_reasoning(index, "stop", out, start);
+                let state = self.choice(index);
                 push_capped(&mut state.raw, &text, Some(LOG_TEXT_LIMIT));
                 for event in state.parser.feed(&text) {
                     engine_event(
                         c,
-                        state_calls(&mut state.engine_calls, &mut state.next_call),
+                        as_text,
+                        false,
+                        state_calls(
+                            &mut state.engine_calls,
+                            &mut state.next_call,
+                            &mut state.formats,
+                        ),
                         event,
                         out,
                         start,
                     );
                 }
+            }
+            let state = self.choice(index);
+            if state.call_open {
+                let text: Vec<Event> = out.drain(start..).collect();
+                let (held, rest): (Vec<Event>, Vec<Event>) = text
+                    .into_iter()
+                    .partition(|e| matches!(e, Event::Text { .. } | Event::Reasoning { .. }));
+                state.held.extend(held);
+                out.extend(rest);
             }
             if let Some(Value::Array(calls)) = delta.tool_calls.map(value_of) {
                 self.upstream_tool_calls(index, calls, out, start);
@@ -373,14 +456,22 @@ impl Translator {
     /// Flushes held-back text without finishing the choices: used before an error, so the
     /// client still receives every byte the model produced.
     pub fn flush_on_error(&mut self, out: &mut Vec<Event>) {
+        let as_text = self.spec.reasoning_field == ReasoningField::None;
         for index in self.open_choices() {
             let start = out.len();
+            self.close_reasoning(index, "error", out, start);
             let state = self.choice(index);
             state.finished = true;
             for event in state.parser.finish(Some("error")) {
                 engine_event(
                     index as u32,
-                    state_calls(&mut state.engine_calls, &mut state.next_call),
+                    as_text,
+                    false,
+                    state_calls(
+                        &mut state.engine_calls,
+                        &mut state.next_call,
+                        &mut state.formats,
+                    ),
                     event,
                     out,
                     start,
@@ -403,12 +494,20 @@ impl Translator {
     fn finish_choice(&mut self, index: u64, reason: Option<&str>, out: &mut Vec<Event>) {
         let start = out.len();
         let c = index as u32;
+        let as_text = self.spec.reasoning_field == ReasoningField::None;
+        self.close_reasoning(index, reason.unwrap_or("stop"), out, start);
         let state = self.choice(index);
         state.finished = true;
         for event in state.parser.finish(Some(reason.unwrap_or("stop"))) {
             engine_event(
                 c,
-                state_calls(&mut state.engine_calls, &mut state.next_call),
+                as_text,
+                false,
+                state_calls(
+                    &mut state.engine_calls,
+                    &mut state.next_call,
+                    &mut state.formats,
+                ),
                 event,
                 out,
                 start,
@@ -416,19 +515,125 @@ impl Translator {
         }
         self.flush_pending(index, out);
         let state = self.choice(index);
+        // Structured calls whose arguments no tool can take: the backend's parser mangled them.
+        // They are passed on as sent (the client's tool runner reports the error to the model,
+        // which can retry), and the loss is made visible.
+        for (call, args) in std::mem::take(&mut state.upstream_args) {
+            let Some(args) = args else { continue };
+            if arguments_are_an_object(&args) {
+                continue;
+            }
+            state.dropped += 1;
+            out.push(Event::Notice {
+                kind: NoticeKind::DroppedCall,
+                text: format!(
+                    "Backend dropped a tool call: its call #{} came with arguments that are not \
+                     a JSON object ({}), which no tool can take (its own parser mangled the \
+                     model's text). For mlx_lm.server, run scripts/mlx-raw-server.",
+                    call + 1,
+                    excerpt(&args)
+                ),
+            });
+        }
+        let backend_reason = FinishReason::parse(reason.unwrap_or("stop"));
         let reason = if state.next_call > 0 {
             FinishReason::ToolCalls
+        } else if backend_reason == FinishReason::ToolCalls {
+            // The backend claimed calls that never reached the client: its parser dropped them.
+            // Don't promise them; say so.
+            state.dropped += 1;
+            out.push(Event::Notice {
+                kind: NoticeKind::DroppedCall,
+                text: DROPPED_NO_CALL.to_owned(),
+            });
+            FinishReason::Stop
         } else {
-            match FinishReason::parse(reason.unwrap_or("stop")) {
-                // The backend claimed calls that never reached the client: don't promise them.
-                FinishReason::ToolCalls => FinishReason::Stop,
-                other => other,
-            }
+            backend_reason
         };
         out.push(Event::Finish { choice: c, reason });
     }
 
-    /// Upstream calls still waiting for their name are sent as they are.
+    /// Backend reasoning: through the reasoning engine when calls are parsed (its text stays
+    /// reasoning, its calls become calls), else as it came.
+    fn reasoning_text(&mut self, index: u64, text: &str, out: &mut Vec<Event>, start: usize) {
+        let c = index as u32;
+        let as_text = self.spec.reasoning_field == ReasoningField::None;
+        if !self.spec.options.parse_tools {
+            let text = text.to_owned();
+            let event = if as_text {
+                Event::Text { choice: c, text }
+            } else {
+                Event::Reasoning { choice: c, text }
+            };
+            return push(out, start, event);
+        }
+        let tools = self.spec.tools.clone();
+        let options = self.spec.options.clone();
+        let seed = self.id_seed;
+        let state = self.choice(index);
+        let parser = state.reasoning.get_or_insert_with(|| {
+            state.reasoning_runs += 1;
+            Parser::new(
+                tools,
+                Options {
+                    // The text is reasoning already: nothing in it is split out again.
+                    split_reasoning: false,
+                    prefill_think: false,
+                    // Apart from the content engine's seeds (`+10_000·choice`).
+                    id_seed: Some(
+                        seed.wrapping_add(10_000u64.wrapping_mul(index + 1))
+                            .wrapping_add(5_000)
+                            .wrapping_add(100u64.wrapping_mul(state.reasoning_runs)),
+                    ),
+                    ..options
+                },
+            )
+        });
+        for event in parser.feed(text) {
+            engine_event(
+                c,
+                as_text,
+                true,
+                state_calls(
+                    &mut state.reasoning_calls,
+                    &mut state.next_call,
+                    &mut state.formats,
+                ),
+                event,
+                out,
+                start,
+            );
+        }
+    }
+
+    /// Ends the reasoning engine of a choice, if one is open: its held-back text and calls go
+    /// out before whatever follows.
+    fn close_reasoning(&mut self, index: u64, reason: &str, out: &mut Vec<Event>, start: usize) {
+        let as_text = self.spec.reasoning_field == ReasoningField::None;
+        let state = self.choice(index);
+        let Some(mut parser) = state.reasoning.take() else {
+            return;
+        };
+        for event in parser.finish(Some(reason)) {
+            engine_event(
+                index as u32,
+                as_text,
+                true,
+                state_calls(
+                    &mut state.reasoning_calls,
+                    &mut state.next_call,
+                    &mut state.formats,
+                ),
+                event,
+                out,
+                start,
+            );
+        }
+        state.reasoning_calls.clear();
+    }
+
+    /// Upstream calls still waiting for their name are sent as they are, then any text held
+    /// while a call was open.
     fn flush_pending(&mut self, index: u64, out: &mut Vec<Event>) {
         let state = self.choice(index);
         for (call, p) in std::mem::take(&mut state.pending) {
@@ -440,6 +645,8 @@ impl Translator {
                 arguments: p.arguments,
             });
         }
+        state.call_open = false;
+        out.append(&mut state.held);
     }
 
     fn upstream_tool_calls(
@@ -477,6 +684,8 @@ impl Translator {
                     let i = state.next_call;
                     state.next_call += 1;
                     state.upstream_calls.insert(upstream_index, i);
+                    state.formats.insert(i, STRUCTURED);
+                    state.upstream_args.insert(i, Some(String::new()));
                     let id = obj
                         .get("id")
                         .and_then(Value::as_str)
@@ -495,11 +704,22 @@ impl Translator {
                     i
                 }
             };
+            if let Some(Some(kept)) = state.upstream_args.get_mut(&out_index) {
+                if kept.len() + arguments.len() > LOG_TEXT_LIMIT {
+                    // Too long to keep for the check: not judged.
+                    state.upstream_args.insert(out_index, None);
+                } else {
+                    kept.push_str(&arguments);
+                }
+            }
             if let Some(p) = state.pending.get_mut(&out_index) {
                 p.name.push_str(name);
                 p.arguments.push_str(&arguments);
                 if !p.name.is_empty() {
                     let p = state.pending.remove(&out_index).unwrap_or_default();
+                    // The call before this one is complete: text held meanwhile goes first.
+                    out.append(&mut state.held);
+                    state.call_open = true;
                     push(
                         out,
                         start,
@@ -527,39 +747,81 @@ impl Translator {
     }
 }
 
+/// The format recorded for calls the backend sent already parsed.
+const STRUCTURED: &str = "structured";
+
+/// Whether a structured call's arguments are something a tool can take: a JSON object, or
+/// nothing (a call without arguments; renderers send `{}`).
+fn arguments_are_an_object(args: &str) -> bool {
+    args.trim().is_empty() || serde_json::from_str::<Map<String, Value>>(args).is_ok()
+}
+
+/// The start of a text, for a notice.
+fn excerpt(text: &str) -> String {
+    const MAX: usize = 80;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// The engine's call numbering, borrowed apart from the parser.
 struct Calls<'a> {
     engine: &'a mut BTreeMap<usize, u32>,
     next: &'a mut u32,
+    formats: &'a mut BTreeMap<u32, &'static str>,
 }
 
-fn state_calls<'a>(engine: &'a mut BTreeMap<usize, u32>, next: &'a mut u32) -> Calls<'a> {
-    Calls { engine, next }
+fn state_calls<'a>(
+    engine: &'a mut BTreeMap<usize, u32>,
+    next: &'a mut u32,
+    formats: &'a mut BTreeMap<u32, &'static str>,
+) -> Calls<'a> {
+    Calls {
+        engine,
+        next,
+        formats,
+    }
 }
 
 /// One engine event as a core event, appended (merged into the last one where it continues it).
+/// `reasoning`: the engine reads the backend's reasoning field, so its text is reasoning (shown
+/// as text when `as_text`, the settings' `none`).
 fn engine_event(
     choice: u32,
+    as_text: bool,
+    reasoning: bool,
     calls: Calls<'_>,
     event: EventRef<'_>,
     out: &mut Vec<Event>,
     start: usize,
 ) {
     let event = match event {
-        EventRef::Content { text } if !text.is_empty() => Event::Text {
+        EventRef::Content { text } | EventRef::Reasoning { text } if text.is_empty() => {
+            return;
+        }
+        EventRef::Content { text } if !reasoning || as_text => Event::Text {
             choice,
             text: text.to_owned(),
         },
-        EventRef::Reasoning { text } if !text.is_empty() => Event::Reasoning {
+        EventRef::Content { text } | EventRef::Reasoning { text } => Event::Reasoning {
             choice,
             text: text.to_owned(),
         },
         EventRef::ToolCallStarted {
-            index, id, name, ..
+            index,
+            id,
+            name,
+            format,
         } => {
             let out_index = *calls.next;
             *calls.next += 1;
             calls.engine.insert(index, out_index);
+            calls.formats.insert(out_index, format);
             Event::ToolCall {
                 choice,
                 index: out_index,
@@ -899,6 +1161,117 @@ mod tests {
     }
 
     #[test]
+    fn a_call_the_backend_dropped_is_a_notice_before_the_finish() {
+        let mut t = Translator::new(spec(true), 7);
+        let mut out = translate(&mut t, &upstream("Let me check.", None));
+        out.extend(translate(&mut t, &upstream("", Some("tool_calls"))));
+        out.retain(|e| !matches!(e, Event::Meta(_)));
+        let [
+            Event::Text { .. },
+            Event::Notice { kind, text },
+            Event::Finish { reason, .. },
+        ] = out.as_slice()
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(*kind, NoticeKind::DroppedCall);
+        assert_eq!(text, DROPPED_NO_CALL);
+        assert_eq!(*reason, FinishReason::Stop);
+        assert_eq!(t.evidence().dropped_calls, 1);
+        // A stream that simply ends, or stops, lost nothing.
+        let mut t = Translator::new(spec(true), 7);
+        let mut out = translate(&mut t, &upstream("Hi", Some("stop")));
+        t.finish(&mut out);
+        assert!(!out.iter().any(|e| matches!(e, Event::Notice { .. })));
+        assert_eq!(t.evidence(), CallEvidence::default());
+    }
+
+    #[test]
+    fn structured_arguments_that_are_not_an_object_count_as_dropped() {
+        for (args, dropped) in [
+            (json!("{\"city\": \"Paris\"}"), 0),
+            (json!({"city": "Paris"}), 0),
+            (json!(""), 0),
+            (json!("\"Paris\""), 1),
+            (json!("[1]"), 1),
+            (json!("{\"city\": "), 1),
+        ] {
+            let mut t = Translator::new(spec(true), 7);
+            let chunk = json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":"get_weather","arguments":args}}]},"finish_reason":"tool_calls"}]});
+            let out = translate(&mut t, &chunk.to_string());
+            let e = t.evidence();
+            assert_eq!(
+                (e.structured_calls, e.dropped_calls),
+                (1, dropped),
+                "{args}"
+            );
+            // The call itself is passed on either way.
+            assert!(matches!(
+                out.last(),
+                Some(Event::Finish {
+                    reason: FinishReason::ToolCalls,
+                    ..
+                })
+            ));
+            assert_eq!(
+                out.iter()
+                    .filter(|e| matches!(e, Event::Notice { .. }))
+                    .count() as u64,
+                dropped
+            );
+        }
+    }
+
+    /// A backend with its parser off sends a call written before `</think>` in its reasoning
+    /// field: it becomes a call; the reasoning around it stays reasoning, in order.
+    #[test]
+    fn a_call_in_backend_reasoning_becomes_a_call() {
+        let mut t = Translator::new(spec(true), 7);
+        let reasoning =
+            |text: &str| json!({"choices":[{"index":0,"delta":{"reasoning":text}}]}).to_string();
+        let mut f = Fold::default();
+        let mut events = Vec::new();
+        for piece in [
+            "Checking. <tool_",
+            "call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>",
+            " then",
+        ] {
+            events.extend(translate(&mut t, &reasoning(piece)));
+        }
+        events.extend(translate(&mut t, &upstream("Done.", Some("stop"))));
+        for e in &events {
+            f.push(e);
+        }
+        let c = f.choice(0).unwrap();
+        assert_eq!(c.reasoning.as_deref(), Some("Checking. then"));
+        assert_eq!(c.content, "Done.");
+        assert_eq!(c.tool_calls.len(), 1, "{events:?}");
+        assert_eq!(c.tool_calls[0].arguments, "{\"city\":\"Paris\"}");
+        assert_eq!(c.finish, Some(FinishReason::ToolCalls));
+        assert_eq!(t.call_formats(0), vec!["hermes"]);
+        assert_eq!(t.evidence().text_calls, 1);
+        // Held-back reasoning came out before the content that followed it.
+        let first_text = events.iter().position(|e| matches!(e, Event::Text { .. }));
+        let last_reasoning = events
+            .iter()
+            .rposition(|e| matches!(e, Event::Reasoning { .. }));
+        assert!(last_reasoning < first_text, "{events:?}");
+    }
+
+    /// Without tools there is nothing to parse: reasoning passes as it came.
+    #[test]
+    fn reasoning_without_tools_passes_as_it_came() {
+        let mut t = Translator::new(spec(false), 7);
+        let chunk = json!({"choices":[{"index":0,"delta":{"reasoning_content":"<tool_call>x"}}]});
+        let out = translate(&mut t, &chunk.to_string());
+        assert!(
+            out.iter()
+                .any(|e| matches!(e, Event::Reasoning { text, .. } if text == "<tool_call>x")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn held_back_text_is_flushed_before_an_error() {
         let mut t = Translator::new(spec(true), 7);
         let out = translate(&mut t, &upstream("Hello <tool_", None));
@@ -908,5 +1281,43 @@ mod tests {
         assert!(text_of(&tail).ends_with("<tool_"), "{tail:?}");
         assert_eq!(text_of(&out) + &text_of(&tail), "Hello <tool_");
         assert!(!tail.iter().any(|e| matches!(e, Event::Finish { .. })));
+    }
+
+    /// Text a backend sends in the middle of a structured call waits until the call is whole,
+    /// so no front door has to reopen a call it closed for the text.
+    #[test]
+    fn text_inside_a_structured_call_waits_for_the_call() {
+        let mut t = Translator::new(spec(true), 7);
+        let chunk = |delta: Value, finish: Option<&str>| {
+            json!({"choices":[{"index":0,"delta":delta,"finish_reason":finish}]}).to_string()
+        };
+        let mut all = Vec::new();
+        for (delta, finish) in [
+            (json!({"content":"Checking. "}), None),
+            (
+                json!({"tool_calls":[{"index":0,"id":"c1","function":{"name":"get_weather","arguments":"{\"city\":"}}]}),
+                None,
+            ),
+            (json!({"content":"(thinking)"}), None),
+            (
+                json!({"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]}),
+                None,
+            ),
+            (json!({}), Some("tool_calls")),
+        ] {
+            all.extend(translate(&mut t, &chunk(delta, finish)));
+        }
+        let kinds: Vec<&str> = all
+            .iter()
+            .map(|e| match e {
+                Event::Text { .. } => "text",
+                Event::ToolCall { .. } => "call",
+                Event::ToolArgs { .. } => "args",
+                Event::Finish { .. } => "finish",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["text", "call", "args", "text", "finish"], "{all:?}");
+        assert_eq!(text_of(&all), "Checking. (thinking)");
     }
 }

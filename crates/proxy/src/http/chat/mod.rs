@@ -7,32 +7,25 @@ use crate::{
     error::ProxyError,
     http::stream::sse_response,
     pipeline::AppState,
-    pipeline::{self, ChatRequest, FrontDoor, Reply, RequestCtx},
+    pipeline::{self, ChatRequest, FrontDoor, Reply},
 };
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, header},
     response::{IntoResponse, Response},
 };
 use render::{ChatStyle, ChunkWriter};
 use serde_json::{Map, Value};
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 pub async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
-    let settings = state.settings.current();
-    let client_addr = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let (parts, body) = request.into_parts();
-    let bytes = match read_body(body, settings.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
-    let body = match parse_chat_body(&parts.headers, &bytes) {
+    let (ctx, parts, bytes) = super::receive(&state, request, FrontDoor::Chat).await;
+    let request_id = ctx.id.clone();
+    let body = match bytes.and_then(|b| parse_chat_body(&parts.headers, &b)) {
         Ok(body) => body,
-        Err(e) => return e.into_response(),
+        Err(e) => return with_request_id(e.into_response(), &request_id),
     };
+    let settings = &ctx.settings;
     let style = ChatStyle {
         reasoning_field: settings.reasoning_field,
         include_usage: body
@@ -42,10 +35,6 @@ pub async fn chat_completions(State(state): State<AppState>, request: Request) -
             .unwrap_or(false),
     };
     let heartbeat = Duration::from_secs_f64(settings.heartbeat_interval_secs);
-    let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr, FrontDoor::Chat);
-    ctx.phases = super::timing::phases_of(&parts.extensions);
-    ctx.session_headers = super::session_headers(&parts.headers);
-    let request_id = ctx.id.clone();
     let response = match pipeline::serve(state, ctx, ChatRequest::chat(body)).await {
         Ok(Reply::Stream(frames)) => sse_response(frames, heartbeat, ChunkWriter::new(style)),
         Ok(Reply::Whole(fold)) => axum::Json(render::completion(&fold, style)).into_response(),

@@ -30,7 +30,8 @@ pub struct ChatStyle {
 #[derive(Debug)]
 pub struct ChunkWriter {
     style: ChatStyle,
-    /// `"id":…,"created":…` (no braces) from the latest [`Meta`].
+    /// `"id":…,"created":…,` (no braces, a trailing comma) from the latest [`Meta`]; empty
+    /// before the backend said who it is.
     template: String,
     /// Choices that have sent their first delta (which carries `role`).
     started: Vec<bool>,
@@ -71,6 +72,20 @@ impl ChunkWriter {
         for event in events {
             match event {
                 Event::Meta(meta) => self.template = template_json(meta),
+                // Before the reply starts a notice leads choice 0's first delta; one found later
+                // (a call the backend dropped) is a content delta of its own where it comes.
+                Event::Notice { text, .. } if self.started.first() == Some(&true) => {
+                    let late = format!("\n\n⚠ {text}");
+                    self.delta(
+                        out,
+                        0,
+                        Delta {
+                            content: Some(&late),
+                            ..Delta::default()
+                        },
+                        None,
+                    );
+                }
                 Event::Notice { text, .. } => {
                     self.notices.push_str("⚠ ");
                     self.notices.push_str(text);
@@ -216,21 +231,22 @@ impl ChunkWriter {
         body: impl FnOnce(&mut bytes::buf::Writer<&mut BytesMut>, &str) -> std::io::Result<()>,
     ) {
         out.extend_from_slice(b"data: ");
-        let prefix = if self.template.is_empty() {
-            String::new()
-        } else {
-            format!("{},", self.template)
-        };
         // Writing into memory cannot fail.
-        let _ = body(&mut out.writer(), &prefix);
+        let _ = body(&mut out.writer(), &self.template);
         out.extend_from_slice(b"\n\n");
     }
 }
 
-/// The fixed fields of every chunk, as JSON without braces, in the order OpenAI writes them.
+/// The fixed fields of every chunk, as JSON without braces and with a trailing comma, in the
+/// order OpenAI writes them; empty when there are none.
 fn template_json(meta: &Meta) -> String {
     let whole = Value::Object(meta_fields(meta)).to_string();
-    whole[1..whole.len() - 1].to_owned()
+    let fields = &whole[1..whole.len() - 1];
+    if fields.is_empty() {
+        String::new()
+    } else {
+        format!("{fields},")
+    }
 }
 
 fn meta_fields(meta: &Meta) -> Map<String, Value> {
@@ -279,9 +295,15 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
     let mut c = meta_fields(&fold.meta);
     c.insert("object".into(), "chat.completion".into());
     let lead: String = fold
-        .notices
+        .lead_notices()
         .iter()
         .map(|n| format!("⚠ {}\n\n", n.text))
+        .collect();
+    // Notices found after the reply started follow its words, as a stream shows them.
+    let late: String = fold
+        .late_notices()
+        .iter()
+        .map(|n| format!("\n\n⚠ {}", n.text))
         .collect();
     let choices: Vec<Value> = fold
         .choices
@@ -298,6 +320,9 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
                 text.push_str(&r);
             }
             text.push_str(&f.content);
+            if index == 0 {
+                text.push_str(&late);
+            }
             let content = if text.is_empty() && !f.tool_calls.is_empty() {
                 Value::Null
             } else {
@@ -332,4 +357,185 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
         c.insert("usage".into(), u.raw.clone());
     }
     Value::Object(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::reply::{FinishReason, NoticeKind, Usage};
+    use std::sync::Arc;
+
+    fn style(include_usage: bool) -> ChatStyle {
+        ChatStyle {
+            reasoning_field: ReasoningField::ReasoningContent,
+            include_usage,
+        }
+    }
+
+    fn meta() -> Event {
+        Event::Meta(Arc::new(Meta {
+            id: Some(json!("x")),
+            created: Some(json!(1)),
+            model: Some(json!("m")),
+            system_fingerprint: None,
+        }))
+    }
+
+    fn text(t: &str) -> Event {
+        Event::Text {
+            choice: 0,
+            text: t.into(),
+        }
+    }
+
+    fn written(w: &mut ChunkWriter, events: &[Event]) -> String {
+        let mut out = BytesMut::new();
+        w.write(events, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn chunks_are_written_in_openais_field_order_with_role_first() {
+        let mut w = ChunkWriter::new(style(false));
+        assert_eq!(
+            written(&mut w, &[meta(), text("Hello")]),
+            "data: {\"id\":\"x\",\"created\":1,\"model\":\"m\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+        );
+        let finish = Event::Finish {
+            choice: 0,
+            reason: FinishReason::Stop,
+        };
+        let rest = written(&mut w, &[text(" world"), finish]);
+        assert!(
+            rest.contains("\"delta\":{\"content\":\" world\"}"),
+            "{rest}"
+        );
+        assert!(
+            rest.contains("\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\""),
+            "{rest}"
+        );
+    }
+
+    #[test]
+    fn notices_lead_the_first_delta() {
+        let mut w = ChunkWriter::new(style(false));
+        let notice = Event::Notice {
+            kind: NoticeKind::Memory,
+            text: "Memory pressure: 91% used".into(),
+        };
+        let out = written(&mut w, &[notice, text("Hi")]);
+        assert!(
+            out.contains("\"content\":\"⚠ Memory pressure: 91% used\\n\\nHi\""),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn usage_is_sent_only_when_asked_and_logprobs_never_lost() {
+        let usage = Event::Usage(Usage::from_value(json!({"total_tokens": 5})));
+        assert_eq!(
+            written(
+                &mut ChunkWriter::new(style(false)),
+                std::slice::from_ref(&usage)
+            ),
+            ""
+        );
+        let sent = written(&mut ChunkWriter::new(style(true)), &[usage]);
+        assert!(
+            sent.contains("\"choices\":[],\"usage\":{\"total_tokens\":5}"),
+            "{sent}"
+        );
+        // Log probabilities with no text to ride on still go out, on a chunk of their own.
+        let lp = Event::Logprobs {
+            choice: 0,
+            value: json!({"content": []}),
+        };
+        let out = written(&mut ChunkWriter::new(style(false)), &[lp]);
+        assert!(out.contains("\"logprobs\":{\"content\":[]}"), "{out}");
+    }
+
+    #[test]
+    fn the_fold_is_one_completion() {
+        let mut fold = Fold::default();
+        for e in [
+            meta(),
+            Event::Reasoning {
+                choice: 0,
+                text: "hmm".into(),
+            },
+            Event::ToolCall {
+                choice: 0,
+                index: 0,
+                id: "call_1".into(),
+                name: "f".into(),
+                arguments: String::new(),
+            },
+            Event::Finish {
+                choice: 0,
+                reason: FinishReason::ToolCalls,
+            },
+        ] {
+            fold.push(&e);
+        }
+        let c = completion(&fold, style(false));
+        assert_eq!(c["object"], "chat.completion");
+        assert_eq!(c["id"], "x");
+        let m = &c["choices"][0]["message"];
+        assert_eq!(m["content"], Value::Null);
+        assert_eq!(m["reasoning_content"], "hmm");
+        assert_eq!(m["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    fn contents(out: &BytesMut) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// A notice found after the reply started (a call the backend dropped) reaches the client
+    /// as text after the words so far, streaming and not; one from before leads the reply.
+    #[test]
+    fn a_late_notice_follows_the_words() {
+        let style = ChatStyle {
+            reasoning_field: ReasoningField::ReasoningContent,
+            include_usage: false,
+        };
+        let notice = |text: &str| Event::Notice {
+            kind: NoticeKind::DroppedCall,
+            text: text.into(),
+        };
+        let events = [
+            notice("early"),
+            Event::Text {
+                choice: 0,
+                text: "Hi".into(),
+            },
+            notice("late"),
+            Event::Finish {
+                choice: 0,
+                reason: FinishReason::Stop,
+            },
+        ];
+        let mut w = ChunkWriter::new(style);
+        let mut out = BytesMut::new();
+        w.write(&events, &mut out);
+        assert_eq!(contents(&out), vec!["⚠ early\n\nHi", "\n\n⚠ late"]);
+        let mut fold = Fold::default();
+        for e in &events {
+            fold.push(e);
+        }
+        let c = completion(&fold, style);
+        assert_eq!(
+            c["choices"][0]["message"]["content"],
+            "⚠ early\n\nHi\n\n⚠ late"
+        );
+    }
 }

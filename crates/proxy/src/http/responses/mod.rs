@@ -12,45 +12,22 @@ mod request;
 use crate::pipeline::conversations::Conversation;
 use crate::{
     error::ProxyError,
-    http::{
-        chat::{read_body, with_request_id},
-        stream::sse_response,
-        timing,
-    },
+    http::{chat::with_request_id, stream::sse_response},
     pipeline::AppState,
     pipeline::{self, ChatRequest, FrontDoor, Reply, RequestCtx},
 };
 use axum::{
     Json,
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     response::{IntoResponse, Response},
 };
 use render::{Head, Keep, ResponsesEncoder, whole_response};
 use serde_json::{Map, Value};
-use std::{
-    net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub async fn create(State(state): State<AppState>, request: Request) -> Response {
-    let settings = state.settings.current();
-    let client_addr = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let (parts, body) = request.into_parts();
-    let body = match read_body(body, settings.max_body_bytes).await {
-        Ok(bytes) => parse_object(&bytes),
-        Err(e) => Err(e),
-    };
-    let mut ctx = RequestCtx::new(
-        settings,
-        parts.uri.path(),
-        client_addr,
-        FrontDoor::Responses,
-    );
-    ctx.phases = timing::phases_of(&parts.extensions);
-    ctx.session_headers = super::session_headers(&parts.headers);
+    let (mut ctx, _parts, bytes) = super::receive(&state, request, FrontDoor::Responses).await;
+    let body = bytes.and_then(|b| parse_object(&b));
     // Codex names its conversation in the body; the chat body the core gets does not carry it.
     if let Ok(b) = &body
         && let Some(key) = b.get("prompt_cache_key").and_then(Value::as_str)
