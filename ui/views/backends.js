@@ -9,7 +9,8 @@ import { $, h, setText } from '../util.js';
 function stateCell(b) {
   const p = b.process;
   if (p && p.state !== 'running') {
-    const shown = { starting: 'loading', stopping: 'unloading', stopped: 'not loaded', failed: 'failed' }[p.state] || p.state;
+    let shown = { starting: 'loading', stopping: 'unloading', stopped: 'not loaded', failed: 'failed' }[p.state] || p.state;
+    if (p.waiting) shown += ` (${p.waiting} waiting)`;
     const up = p.state === 'failed' ? 'false' : 'unknown';
     return h('span', { class: 'backend-state', dataset: { up, process: p.state } },
       h('span', { class: 'health', dataset: { up }, 'aria-hidden': 'true' }),
@@ -80,7 +81,7 @@ export class BackendsView {
     const list = backends || [];
     // Snapshots arrive often; rebuild only when something shown changed (keeps focus on buttons).
     const key = JSON.stringify(list.map((b) => [b.name, b.url, b.up, b.kind, b.models, b.slots, b.queue?.depth, b.queue?.max, b.probe_ms, b.last_error,
-      b.process && [b.process.state, b.process.pid, b.process.rss_bytes, (b.process.output || []).slice(-1)[0]]]));
+      b.process && [b.process.state, b.process.waiting, b.process.pid, b.process.rss_bytes, (b.process.output || []).slice(-1)[0]]]));
     if (key === this.key) return;
     this.key = key;
     const up = list.filter((b) => b.up === true).length;

@@ -230,6 +230,26 @@ async fn a_request_starts_its_backend_and_the_requests_that_follow_wait_for_it()
 }
 
 #[tokio::test]
+async fn requests_waiting_for_a_start_are_bounded_like_the_queue() {
+    if python().is_none() {
+        return;
+    }
+    let r = rig(
+        |s| vec![fake("eps", s, &["--delay", "1"], json!({"max_queue": 0}))],
+        |s| s.max_concurrent = 1,
+    )
+    .await;
+    let (a, b) = tokio::join!(r.chat("eps", "one", false), async {
+        r.wait_state(0, "starting").await;
+        r.chat("eps", "two", false).await
+    });
+    assert_eq!(a, (200, "eps".into()));
+    assert_eq!(b.0, 429, "{b:?}");
+    assert!(b.1.contains("is loading"), "{b:?}");
+    r.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_idle_backend_stops_after_its_ttl() {
     if python().is_none() {
         return;

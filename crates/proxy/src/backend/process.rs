@@ -492,11 +492,20 @@ mod tests {
         assert!(record.exists());
         let pid = p.pid();
         let out = p.output().clone();
+        // Stop only once it has written (else the signal may come first).
+        let wrote = tokio::time::timeout(Duration::from_secs(10), async {
+            while out.tail(10).len() < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(wrote.is_ok(), "{:?}", out.tail(10));
         assert!(!p.stop(Duration::from_secs(5)).await, "SIGTERM is enough");
         assert!(!record.exists());
         assert!(process_info(pid).is_none(), "the child is gone");
         let lines = out.tail(10);
         assert!(lines.contains(&"hello".to_owned()), "{lines:?}");
+        assert!(lines.contains(&"oops".to_owned()), "stderr too: {lines:?}");
     }
 
     #[tokio::test]

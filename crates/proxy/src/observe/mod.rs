@@ -336,6 +336,8 @@ pub struct ProcessView {
     pub ttl_secs: f64,
     /// Another member of its group waits for its requests to finish.
     pub swapping_out: bool,
+    /// Requests waiting for it to start.
+    pub waiting: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

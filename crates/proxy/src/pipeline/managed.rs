@@ -83,6 +83,8 @@ struct Unit {
     /// A swap waits for this one's requests until then; after it, requests wait for the swap.
     swap_due: Option<Instant>,
     rss: Option<u64>,
+    /// Requests waiting for its start (bounded by its `max_queue`).
+    waiting: usize,
 }
 
 impl Default for Unit {
@@ -96,7 +98,21 @@ impl Default for Unit {
             failure: None,
             swap_due: None,
             rss: None,
+            waiting: 0,
         }
+    }
+}
+
+/// A request waiting for a start: counted while it lives.
+struct Waiting<'a> {
+    supervisor: &'a Supervisor,
+    name: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.supervisor
+            .with(self.name, |u| u.waiting = u.waiting.saturating_sub(1));
     }
 }
 
@@ -184,6 +200,26 @@ impl Supervisor {
         if ready {
             return Ok(Duration::ZERO);
         }
+        // Requests waiting for a start are bounded like the slots and queue they wait for.
+        let max_queue = backend.settings.max_queue;
+        let bound = max_queue + backend.settings.max_concurrent;
+        let admitted = self.with(&name, |u| {
+            if u.waiting >= bound {
+                return false;
+            }
+            u.waiting += 1;
+            true
+        });
+        if !admitted {
+            state.hub.update(|s| s.rejections.queue_full += 1);
+            let mut e = super::queue_full(max_queue, backend.settings.max_concurrent);
+            e.message = format!("backend {name:?} is loading: {}", e.message);
+            return Err(e);
+        }
+        let _waiting = Waiting {
+            supervisor: self,
+            name: &name,
+        };
         let began = Instant::now();
         self.publish(state, &name, Some(m));
         on_wait().await;
@@ -642,6 +678,7 @@ impl Supervisor {
             priority: m.priority,
             ttl_secs: m.ttl_secs,
             swapping_out: u.swap_due.is_some(),
+            waiting: u.waiting,
         })
     }
 
