@@ -29,6 +29,10 @@ use std::{
 };
 use tokio::time::Instant;
 
+/// How a notice of a backend unloaded for memory begins (the tray turns those into native
+/// notifications).
+pub const UNLOADED_FOR_MEMORY: &str = "Unloaded backend ";
+
 /// How often a starting server's ready path is asked.
 const READY_POLL: Duration = Duration::from_millis(200);
 /// How long one readiness probe may take.
@@ -467,7 +471,7 @@ impl Supervisor {
                 format!("Stopped backend {name:?} so that {other:?} (same group) can run{how}")
             }
             StopReason::Memory(figure) => {
-                format!("Unloaded backend {name:?} for memory: {figure}{how}")
+                format!("{UNLOADED_FOR_MEMORY}{name:?} for memory: {figure}{how}")
             }
             StopReason::Asked => format!("Stopped backend {name:?}{how}"),
             StopReason::Restart => format!(
