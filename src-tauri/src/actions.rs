@@ -152,6 +152,7 @@ pub(crate) mod fake {
         async fn purge_cache(&self) -> PurgeOutcome {
             self.record("purge_cache");
             PurgeOutcome {
+                backend: None,
                 adapter: "generic".into(),
                 status: "purged".into(),
                 message: "ok".into(),
@@ -195,6 +196,7 @@ mod tests {
                 &["purge_cache"],
                 Effect::Notify(Alert::Purged {
                     outcome: PurgeOutcome {
+                        backend: None,
                         adapter: "generic".into(),
                         status: "purged".into(),
                         message: "ok".into(),
@@ -244,6 +246,7 @@ mod tests {
     #[test]
     fn purge_texts() {
         let mut outcome = PurgeOutcome {
+            backend: None,
             adapter: "vllm".into(),
             status: "purged".into(),
             message: String::new(),
