@@ -185,9 +185,12 @@ impl Process {
         if let Some(mut child) = self.child.take() {
             if matches!(child.try_wait(), Ok(None)) {
                 signal_group(self.pid, Signal::Term);
+                // Without process groups (not Unix) there is no SIGTERM to wait on.
+                let grace = if cfg!(unix) { grace } else { Duration::ZERO };
                 if tokio::time::timeout(grace, child.wait()).await.is_err() {
                     killed = true;
                     signal_group(self.pid, Signal::Kill);
+                    let _ = child.start_kill();
                     let _ = child.wait().await;
                 }
             }
@@ -214,6 +217,8 @@ impl Drop for Process {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal_group(self.pid, Signal::Kill);
+            // The child itself where there are no process groups (not Unix).
+            let _ = child.start_kill();
             let _ = child.try_wait();
         }
         for r in &self.readers {
