@@ -150,6 +150,29 @@ describe('dashboard', () => {
     assert.match(args, /\n {2}"city"/, 'arguments are pretty-printed');
   });
 
+  test('each row names the front door that served it: an Anthropic Messages request shows "Messages"', async () => {
+    const res = await fetch(`${proxy.base}/v1/messages?beta=true`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
+      body: JSON.stringify({ model: 'demo', max_tokens: 256, messages: [{ role: 'user', content: 'Hello from the Messages door' }] }),
+      signal: AbortSignal.timeout(60000),
+    });
+    assert.equal(res.status, 200, await res.clone().text());
+    const id = res.headers.get('request-id');
+    assert.ok(id, 'the reply names its request');
+    assert.equal((await res.json()).type, 'message');
+    const row = page.locator(`#traffic-body tr[data-request-id="${id}"]`);
+    await row.locator('.chip-door').waitFor(WAIT);
+    assert.equal(await row.locator('.chip-door').textContent(), 'Messages');
+    assert.match(await row.locator('.chip-door').getAttribute('title'), /Anthropic Messages/);
+    // The earlier tests' chat completions say Chat.
+    await page.locator('#traffic-body .chip-door[data-door="chat"]', { hasText: 'Chat' }).first().waitFor(WAIT);
+    await row.click();
+    await page.waitForSelector(`#detail[data-request-id="${id}"][data-state="loaded"]`, WAIT);
+    const door = page.locator('#detail .summary-bar div', { hasText: 'Front door' }).locator('dd');
+    assert.equal(await door.textContent(), 'Messages');
+  });
+
   test('the settings form is built from the server\'s schema', async () => {
     phase = 'schema';
     const schema = await getJson(proxy.base, '/admin/api/config/schema');

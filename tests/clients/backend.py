@@ -9,11 +9,17 @@ the clients' content checks catch it.
 
   python3 backend.py --port 0      prints "listening on 127.0.0.1:PORT" first, then serves
 
-GET /_state answers {"purges": N, "chats": N, "in_flight": {model: N}, "agents": {model: run}} for
-the checkers.
+GET /_state answers {"purges": N, "chats": N, "in_flight": {model: N}, "agents": {model: run},
+"billing_headers": N} for the checkers (`billing_headers`: requests whose body held Claude Code's
+x-anthropic-billing-header, which the proxy must remove).
 
 Agent scenarios (`agent_scenarios` in scenarios.json, used by agents/check.py) are chosen by a
 model name `NAME.TAG` and play a model that runs the agent's shell tool once: see agent_reply.
+
+A scenario may also give `tool_calls` (sent as structured `tool_calls` deltas after the script),
+`after_tool_script` (the reply once the last message is a tool result; `{result}` is replaced by
+its text) and `no_tools_script` (the reply to a request without tools, e.g. an agent's title
+request).
 """
 
 import argparse
@@ -33,7 +39,7 @@ SCENARIOS = {s["name"]: s for s in SUITE["scenarios"]}
 AGENT_SCENARIOS = {s["name"]: s for s in SUITE.get("agent_scenarios", [])}
 
 LOCK = threading.Lock()
-STATE = {"purges": 0, "chats": 0, "in_flight": {}, "agents": {}}
+STATE = {"purges": 0, "chats": 0, "in_flight": {}, "agents": {}, "billing_headers": 0}
 
 
 def pieces(text, size=3):
@@ -54,6 +60,13 @@ def last_user_text(messages):
 def reply_text(scenario, body):
     """The model's text for this request, or a loud wrong text when the proxy forwarded badly."""
     messages = body.get("messages") or []
+    if "no_tools_script" in scenario and not body.get("tools"):
+        return scenario["no_tools_script"]
+    if "after_tool_script" in scenario and messages and messages[-1].get("role") == "tool":
+        content = messages[-1].get("content")
+        if isinstance(content, list):
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return scenario["after_tool_script"].replace("{result}", str(content))
     prefix = scenario.get("reject_user_prefix")
     if prefix and last_user_text(messages).lstrip().startswith(prefix):
         return "BACKEND SAW THE RESET COMMAND"
@@ -286,8 +299,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if b"x-anthropic-billing-header" in raw:
+            with LOCK:
+                STATE["billing_headers"] += 1
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            body = json.loads(raw or b"{}")
         except ValueError:
             self.send_json(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}})
             return
@@ -341,26 +358,20 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
             return
-        if call is not None:
+        calls = [call] if call is not None else []
+        if not calls and (body.get("messages") or [{}])[-1].get("role") != "tool":
+            # A scenario's own structured calls (after a tool result the model answers in text).
+            calls = [{"id": "call_struct%d" % i, "name": c["name"], "arguments": json.dumps(c["arguments"])}
+                     for i, c in enumerate(scenario.get("tool_calls") or [])]
+        for i, c in enumerate(calls):
             # Structured tool_calls deltas, as a server with its own tool parser streams them.
-            self.write_chunk(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
-                                                    "function": {"name": call["name"], "arguments": ""}}]}))
-            for p in pieces(call["arguments"], 8):
-                self.write_chunk(chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}))
-        n = len(pieces(text))
-        self.write_chunk(chunk({}, "tool_calls" if call is not None else "stop", {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n}))
-
-        finish = "stop"
-        for i, call in enumerate(scenario.get("tool_calls") or []):
-            # The backend's own structured calls: id and name first, then the arguments in pieces.
-            start = {"index": i, "id": "call_backend%d" % i, "type": "function",
-                     "function": {"name": call["name"], "arguments": ""}}
-            self.write_chunk(chunk({"tool_calls": [start]}))
-            for p in pieces(json.dumps(call["arguments"]), 7):
+            self.write_chunk(chunk({"tool_calls": [{"index": i, "id": c["id"], "type": "function",
+                                                    "function": {"name": c["name"], "arguments": ""}}]}))
+            for p in pieces(c["arguments"], 8):
                 self.write_chunk(chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]}))
-            finish = "tool_calls"
-        self.write_chunk(chunk({}, finish, {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n,
-                                            "prompt_tokens_details": {"cached_tokens": 8}}))
+        n = len(pieces(text))
+        self.write_chunk(chunk({}, "tool_calls" if calls else "stop", {"prompt_tokens": 20, "completion_tokens": n, "total_tokens": 20 + n,
+                                                                   "prompt_tokens_details": {"cached_tokens": 8}}))
         # Leave the in-flight count before the last frame: once the proxy has seen [DONE] it may
         # admit the next request, and that one must not find this one still counted.
         self.leave(scenario["name"])

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Client conformance suite, as .ci/run calls it: real SDKs (OpenAI Python and Node, LangChain,
-# the Vercel AI SDK) against blockops-proxy in front of a scripted fake backend, then the coding
-# agents Qwen Code and opencode (agents/check.py: headless, in a network namespace with only
-# loopback, with a proxy and backend of their own). Installs the pinned clients itself (a venv in
-# ~/.cache/blockops, npm ci in node/, npm install of the pinned agents in agents/), builds the
-# proxy unless BLOCKOPS_BIN names one, runs every client on every scenario of scenarios.json and
-# every agent on every agent scenario, and ends with "clients: N passed, M failed" (exit 1 when
-# any failed). The agents need root (for `unshare -n`); BLOCKOPS_AGENTS=0 leaves them out.
+# the Vercel AI SDK, Anthropic Python and Node on the Messages front door) against blockops-proxy
+# in front of a scripted fake backend, then the coding agents Qwen Code and opencode
+# (agents/check.py) and Claude Code (claude_code.sh): headless, in a network namespace with only
+# loopback, with a proxy and backend of their own. Installs the pinned clients itself (a venv in
+# ~/.cache/blockops, npm ci in node/ and claude-code/, npm install of the pinned agents in
+# agents/), builds the proxy unless BLOCKOPS_BIN names one, runs every client on every scenario
+# of scenarios.json and every agent on every agent scenario, and ends with "clients: N passed, M
+# failed" (exit 1 when any failed). The agents need root (for `unshare -n`); BLOCKOPS_AGENTS=0
+# leaves them out.
 # The Responses front door: responses/check.py (the OpenAI SDK's responses API, the OpenAI Agents
 # SDK) and responses/codex.sh (Codex CLI headless, in its own loopback-only namespace).
 #   bash tests/clients/run.sh [--only scenario,scenario]
@@ -100,6 +102,11 @@ ARGS=(--proxy "$PROXY" --backend "$BACKEND")
 [ -n "$ONLY" ] && ARGS+=(--only "$ONLY")
 "$VENV/bin/python" python/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/python.log"
 (cd node && node check.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/node.log"
+(cd python && "$VENV/bin/python" check_anthropic.py "${ARGS[@]}") 2>&1 | tee "$WORK/anthropic-python.log"
+(cd node && node check_anthropic.mjs "${ARGS[@]}") 2>&1 | tee "$WORK/anthropic-node.log"
+if [ "$AGENTS" != 0 ] && { [ -z "$ONLY" ] || [[ ",$ONLY," == *",claude-code,"* ]]; }; then
+  BLOCKOPS_BIN="$BLOCKOPS_BIN" bash claude_code.sh 2>&1 | tee "$WORK/claude-code.log"
+fi
 # The Responses front door: the OpenAI SDK's responses API and the Agents SDK, then Codex itself
 # (in its own loopback-only network namespace, with its own proxy and backend).
 "$VENV/bin/python" responses/check.py "${ARGS[@]}" 2>&1 | tee "$WORK/responses.log"
@@ -146,7 +153,8 @@ if [ "$AGENTS" != 0 ]; then
 fi
 
 touch "$WORK/routing.log"
-LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/responses.log" "$WORK/routing.log" "$WORK/agents.log")
+LOGS=("$WORK/python.log" "$WORK/node.log" "$WORK/anthropic-python.log" "$WORK/anthropic-node.log" "$WORK/responses.log" "$WORK/routing.log" "$WORK/agents.log")
+[ -f "$WORK/claude-code.log" ] && LOGS+=("$WORK/claude-code.log")
 [ -f "$WORK/codex.log" ] && LOGS+=("$WORK/codex.log")
 passed=$(cat "${LOGS[@]}" | grep -c '^PASS ')
 failed=$(cat "${LOGS[@]}" | grep -c '^FAIL ')

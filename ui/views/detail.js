@@ -5,6 +5,7 @@ import { getRequest, ApiError } from '../api.js';
 import {
   $, h, setText, fmtMs, fmtInt, fmtClock, prettyJson, sliceByBytes, mergeSpans,
 } from '../util.js';
+import { frontDoor } from './traffic.js';
 
 const KIND_LABEL = {
   content: 'content',
@@ -218,6 +219,7 @@ function summaryBar(r, timings) {
   const chips = [
     ['Time', fmtClock(r.time)],
     ['Model', r.model || '–'],
+    ['Front door', frontDoor(r)?.label ?? '–'],
     ['Backend', r.backend || '–'],
     ['Mode', r.stream ? 'stream' : 'JSON'],
     ['Status', r.status ?? r.state],

@@ -102,6 +102,27 @@ export class TrafficTable {
   }
 }
 
+/** Which front door served a request: its short label and what it means (records carry `front_door`). */
+const FRONT_DOORS = {
+  chat: ['Chat', 'OpenAI Chat Completions (/v1/chat/completions)'],
+  messages: ['Messages', 'Anthropic Messages (/v1/messages): Claude Code, Anthropic SDKs'],
+  responses: ['Responses', 'OpenAI Responses (/v1/responses): Codex, Agents SDK'],
+  passthrough: ['Pass', 'forwarded untranslated (completions, embeddings, …)'],
+};
+
+export function frontDoor(r) {
+  const door = r.front_door;
+  if (!door) return null;
+  const [label, about] = FRONT_DOORS[door] || [door, door];
+  return { door, label, about };
+}
+
+function doorChip(r) {
+  const d = frontDoor(r);
+  if (!d) return null;
+  return h('span', { class: 'chip chip-door', dataset: { door: d.door }, title: `front door: ${d.about}` }, d.label);
+}
+
 function statusCell(r) {
   if (r.state === 'queued') return h('span', { class: 'badge', dataset: { tone: 'muted' } }, 'queued');
   if (r.state === 'running' && r.status == null) {
@@ -127,7 +148,7 @@ function fillRow(tr, r) {
     h('td', { class: 'c-time num', title: r.time }, fmtClock(r.time)),
     h('td', { class: 'c-model ellipsis', title: r.model }, r.model || '–'),
     h('td', { class: 'c-backend ellipsis mono', title: r.backend || '' }, r.backend || '–'),
-    h('td', { class: 'c-stream' }, r.stream
+    h('td', { class: 'c-stream' }, doorChip(r), r.stream
       ? h('span', { class: 'stream-yes', title: 'streaming', 'aria-label': 'streaming' }, 'SSE')
       : h('span', { class: 'stream-no', title: 'not streaming', 'aria-label': 'not streaming' }, 'JSON')),
     h('td', { class: 'c-status' }, statusCell(r), r.dropped_calls

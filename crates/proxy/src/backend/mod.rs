@@ -112,7 +112,8 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
         probe.error = Some(empty_models_message(base));
     }
     // mlx_lm.server is Python's `http.server` (`Server: BaseHTTP/…`), the only backend of the
-    // ones named here that is; its model ids are paths or repo names, without `owned_by`.
+    // ones named here that is; its model entries carry no `owned_by` (any Python server that
+    // names an owner is someone else's, and may well purge: it is probed as generic).
     let python_http = server.starts_with("basehttp/");
     let body = match body {
         ModelsBody::Json(v) => v,
@@ -144,7 +145,7 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
         m.get("id")
             .and_then(|i| i.as_str())
             .is_some_and(|i| i.starts_with("mlx-community/"))
-    }) || python_http
+    }) || (python_http && owned_by.is_empty())
     {
         BackendKind::Mlx
     } else if status.is_success() {

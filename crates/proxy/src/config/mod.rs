@@ -294,6 +294,22 @@ pub const KEYS: &[Key] = &[
         "reasoning_content | reasoning | both | none",
     )
     .shown("Behaviour", "Reasoning field"),
+    key(
+        "responses_store_max",
+        "RESPONSES_STORE_MAX",
+        "100",
+        int(0, 100_000, ""),
+        "recent /v1/responses replies kept for previous_response_id (0 = none)",
+    )
+    .shown("Behaviour", "Responses kept"),
+    key(
+        "responses_store_ttl_secs",
+        "RESPONSES_STORE_TTL_SECS",
+        "3600",
+        secs(1.0, 2_592_000.0),
+        "how long a kept /v1/responses reply can be continued (seconds)",
+    )
+    .shown("Behaviour", "Responses kept for"),
     fixed(
         "connect_timeout_secs",
         "CONNECT_TIMEOUT_SECS",
@@ -342,22 +358,6 @@ pub const KEYS: &[Key] = &[
         "largest request body accepted (bytes); larger gets 413",
     )
     .shown("Server", "Max body size"),
-    key(
-        "responses_store_max",
-        "RESPONSES_STORE_MAX",
-        "100",
-        int(0, 100_000, ""),
-        "recent /v1/responses replies kept for previous_response_id (0 = none)",
-    )
-    .shown("Behaviour", "Responses kept"),
-    key(
-        "responses_store_ttl_secs",
-        "RESPONSES_STORE_TTL_SECS",
-        "3600",
-        secs(1.0, 2_592_000.0),
-        "how long a kept /v1/responses reply can be continued (seconds)",
-    )
-    .shown("Behaviour", "Responses kept for"),
     secret(
         "api_key",
         "BLOCKOPS_API_KEY",
@@ -996,6 +996,27 @@ pub fn persist(path: &Path, updates: &BTreeMap<String, toml::Value>) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dashboard lays the live settings out group by group, in table order; a live row
+    /// placed away from its group would put the form and the schema in different orders.
+    #[test]
+    fn each_group_of_live_settings_is_one_run_of_rows() {
+        let mut seen: Vec<&str> = Vec::new();
+        for k in KEYS
+            .iter()
+            .filter(|k| k.live && !k.secret && !k.group.is_empty())
+        {
+            if seen.last() != Some(&k.group) {
+                assert!(
+                    !seen.contains(&k.group),
+                    "{} is in group {:?}, away from the other rows of that group: move it next to them in KEYS",
+                    k.name,
+                    k.group
+                );
+                seen.push(k.group);
+            }
+        }
+    }
 
     #[test]
     fn defaults_match_the_documented_values() {

@@ -14,7 +14,8 @@
 //!    content types for `curl -d`, so without this check any web page could run prompts through a
 //!    "simple" cross-origin POST.
 //! 4. **API key**: with `BLOCKOPS_API_KEY` set, everything except `/health` and the dashboard's
-//!    static files needs `Authorization: Bearer <key>`, compared in constant time.
+//!    static files needs `Authorization: Bearer <key>` (or Anthropic's `x-api-key: <key>`),
+//!    compared in constant time.
 //!
 //! Protection is deny-by-default: the open paths are listed, everything else is protected, so a
 //! route added later (or an odd spelling of a path) is never open by accident.
@@ -63,16 +64,25 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         }
         Verdict::Preflight(origin, requested_headers) => preflight(origin, requested_headers),
         Verdict::Refuse(error) => {
+            // The Messages door answers in Anthropic's error shape, refusals included.
+            let messages = crate::http::messages::is_messages_path(request.uri().path());
+            let render = |e: ProxyError| {
+                if messages {
+                    crate::http::messages::error::response(&e)
+                } else {
+                    e.into_response()
+                }
+            };
             if error.status == StatusCode::UNAUTHORIZED {
                 state.hub.update(|s| s.rejections.unauthorized += 1);
-                let mut response = error.into_response();
+                let mut response = render(error);
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"blockops\""),
                 );
                 return response;
             }
-            error.into_response()
+            render(error)
         }
     }
 }
@@ -149,21 +159,24 @@ pub fn check(
 
     // 4. API key.
     if let Some(key) = settings.api_key.as_deref() {
+        // Anthropic clients send the key as `x-api-key` (Claude Code's ANTHROPIC_API_KEY);
+        // either header satisfies BLOCKOPS_API_KEY.
         let given = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| bearer(v.as_bytes()));
+            .and_then(|v| bearer(v.as_bytes()))
+            .or_else(|| headers.get("x-api-key").map(HeaderValue::as_bytes));
         match given {
             Some(token) if constant_time_eq(token, key.as_bytes()) => {}
             Some(_) => {
                 return Verdict::Refuse(unauthorized(
                     "invalid_api_key",
-                    "the API key is wrong: send the proxy's key (BLOCKOPS_API_KEY) as `Authorization: Bearer <key>`",
+                    "the API key is wrong: send the proxy's key (BLOCKOPS_API_KEY) as `Authorization: Bearer <key>` or `x-api-key: <key>`",
                 ));
             }
             None => {
                 return Verdict::Refuse(unauthorized(
                     "missing_api_key",
-                    "this proxy requires an API key: send `Authorization: Bearer <key>` with the value of BLOCKOPS_API_KEY",
+                    "this proxy requires an API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`) with the value of BLOCKOPS_API_KEY",
                 ));
             }
         }
@@ -497,6 +510,26 @@ mod tests {
             ));
         }
         // Without a key, nothing asks for one.
+        // Anthropic clients send the key as `x-api-key`.
+        let messages = "/v1/messages";
+        assert!(matches!(
+            verdict(
+                &s,
+                Method::POST,
+                messages,
+                &[host, ("x-api-key", "sk-local-123")]
+            ),
+            Verdict::Pass { cors: None }
+        ));
+        assert_eq!(
+            refused_code(verdict(
+                &s,
+                Method::POST,
+                messages,
+                &[host, ("x-api-key", "sk-local-1")]
+            )),
+            Some("invalid_api_key")
+        );
         s.api_key = None;
         assert!(matches!(
             verdict(&s, Method::POST, "/v1/chat/completions", &[host]),

@@ -4,6 +4,7 @@ mod admin;
 mod chat;
 mod error;
 pub mod guard;
+pub mod messages;
 mod passthrough;
 pub mod responses;
 pub mod stream;
@@ -54,6 +55,7 @@ pub async fn receive(
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .merge(messages::routes())
         .route("/v1/models", get(models))
         .route("/v1/responses", post(responses::create))
         .route("/v1/{*path}", any(passthrough::forward))

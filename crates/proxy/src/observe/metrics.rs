@@ -133,6 +133,7 @@ struct Inner {
     overhead: Histogram,
     notices: Family<KindLabel, Counter>,
     purges: Family<PurgeLabels, Counter>,
+    billing_headers: Counter,
     /// Per-request series carry `backend` (set while several backends are configured).
     label_backends: std::sync::atomic::AtomicBool,
     dropped_calls: Family<DroppedLabel, Counter>,
@@ -154,6 +155,7 @@ impl Metrics {
         let overhead = Histogram::new(OVERHEAD_BUCKETS.to_vec());
         let notices = Family::<KindLabel, Counter>::default();
         let purges = Family::<PurgeLabels, Counter>::default();
+        let billing_headers = Counter::default();
         let dropped_calls = Family::<DroppedLabel, Counter>::default();
         // Counter names get `_total` from the encoder.
         registry.register(
@@ -212,6 +214,11 @@ impl Metrics {
             purges.clone(),
         );
         registry.register(
+            "billing_headers_removed",
+            "Claude Code billing-header system texts removed before forwarding (they would defeat the backend's prefix cache)",
+            billing_headers.clone(),
+        );
+        registry.register(
             "backend_tool_calls_dropped",
             "Tool calls the backend lost in its own parser (finish_reason tool_calls without a call, or a call whose arguments are not a JSON object), by backend",
             dropped_calls.clone(),
@@ -232,6 +239,7 @@ impl Metrics {
                 overhead,
                 notices,
                 purges,
+                billing_headers,
                 label_backends: Default::default(),
                 dropped_calls,
             }),
@@ -325,6 +333,13 @@ impl Metrics {
         m.queue_time
             .get_or_create(&label)
             .observe(record.timings.queue_ms as f64 / 1000.0);
+    }
+
+    /// Counts Claude Code billing headers removed from a Messages request.
+    pub fn billing_headers_removed(&self, n: u64) {
+        if n > 0 {
+            self.inner.billing_headers.inc_by(n);
+        }
     }
 
     /// Records the proxy's own time for one chat completion.
@@ -656,6 +671,13 @@ mod tests {
         assert!(text.contains("blockops_tool_calls_translated_total{format=\"hermes\"} 1\n"));
         assert!(text.contains("blockops_notices_total{kind=\"memory\"} 1\n"));
         assert!(text.contains("blockops_context_truncations_total 1\n"));
+        assert!(text.contains("blockops_billing_headers_removed_total 0\n"));
+        m.billing_headers_removed(0);
+        m.billing_headers_removed(2);
+        assert!(
+            m.render()
+                .contains("blockops_billing_headers_removed_total 2\n")
+        );
         assert!(
             text.contains("blockops_cache_purges_total{adapter=\"vllm\",result=\"purged\"} 1\n")
         );
