@@ -89,4 +89,6 @@ export const getSchema = () => api('config/schema');
 export const patchConfig = (patch) => api('config', { method: 'PATCH', body: patch });
 export const getRequest = (id, opts) => api(`requests/${encodeURIComponent(id)}`, opts);
 export const testBackend = (url) => api('backend/test', { method: 'POST', body: { url } });
+/** Loads (`start`) or unloads (`stop`) a backend blockops runs itself. */
+export const backendProcess = (name, action) => api(`backends/${encodeURIComponent(name)}/${action}`, { method: 'POST' });
 export const purgeCache = (backend) => api('cache/purge', { method: 'POST', body: backend ? { backend } : {} });

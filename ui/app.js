@@ -9,7 +9,7 @@ import { DetailView } from './views/detail.js';
 import { SettingsView } from './views/settings.js';
 import { ActivityLog } from './views/activity.js';
 import { BackendsView } from './views/backends.js';
-import { purgeCache, ApiError } from './api.js';
+import { purgeCache, backendProcess, ApiError } from './api.js';
 
 const state = {
   snapshot: null,
@@ -147,6 +147,19 @@ function main() {
     try {
       const r = await purgeCache(name);
       toast(`${name}: ${r.message}`, r.status === 'purged' ? 'good' : 'warn');
+    } catch (e) {
+      toast(`${name}: ${e instanceof ApiError ? e.message : String(e)}`, 'bad');
+    } finally {
+      button.removeAttribute('aria-busy');
+      button.disabled = false;
+    }
+  }, async (name, action, button) => {
+    // Load answers once the model server is ready (or failed); unload once it is gone.
+    button.setAttribute('aria-busy', 'true');
+    button.disabled = true;
+    try {
+      await backendProcess(name, action);
+      toast(`${name}: ${action === 'start' ? 'loaded' : 'unloaded'}`, 'good');
     } catch (e) {
       toast(`${name}: ${e instanceof ApiError ? e.message : String(e)}`, 'bad');
     } finally {

@@ -12,15 +12,17 @@ use std::future::Future;
 pub enum TrayAction {
     OpenDashboard,
     PurgeCache,
+    UnloadAll,
     CopyApiUrl,
     ToggleStartAtLogin,
     Quit,
 }
 
 impl TrayAction {
-    pub const ALL: [TrayAction; 5] = [
+    pub const ALL: [TrayAction; 6] = [
         TrayAction::OpenDashboard,
         TrayAction::PurgeCache,
+        TrayAction::UnloadAll,
         TrayAction::CopyApiUrl,
         TrayAction::ToggleStartAtLogin,
         TrayAction::Quit,
@@ -30,6 +32,7 @@ impl TrayAction {
         match self {
             TrayAction::OpenDashboard => "open-dashboard",
             TrayAction::PurgeCache => "purge-cache",
+            TrayAction::UnloadAll => "unload-all",
             TrayAction::CopyApiUrl => "copy-api-url",
             TrayAction::ToggleStartAtLogin => "start-at-login",
             TrayAction::Quit => "quit",
@@ -40,6 +43,7 @@ impl TrayAction {
         match self {
             TrayAction::OpenDashboard => "Open Dashboard",
             TrayAction::PurgeCache => "Purge KV Cache",
+            TrayAction::UnloadAll => "Unload All Models",
             TrayAction::CopyApiUrl => "Copy API URL",
             TrayAction::ToggleStartAtLogin => "Start at Login",
             TrayAction::Quit => "Quit",
@@ -58,6 +62,8 @@ pub trait ProxyControl: Send + Sync {
     /// The dashboard, e.g. `http://127.0.0.1:8080/ui/`.
     fn dashboard_url(&self) -> String;
     fn purge_cache(&self) -> impl Future<Output = PurgeOutcome> + Send;
+    /// Stops every model server blockops runs (managed backends); how many were running.
+    fn unload_all(&self) -> impl Future<Output = usize> + Send;
     /// Graceful: stop accepting, finish in-flight requests (bounded), flush the traffic log.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }
@@ -93,10 +99,17 @@ pub async fn perform<P: ProxyControl>(action: TrayAction, proxy: Option<&P>) -> 
         (TrayAction::PurgeCache, Some(p)) => Effect::Notify(Alert::Purged {
             outcome: p.purge_cache().await,
         }),
+        (TrayAction::UnloadAll, Some(p)) => Effect::Notify(Alert::UnloadedAll {
+            count: p.unload_all().await,
+        }),
         (TrayAction::CopyApiUrl, Some(p)) => Effect::CopyToClipboard { text: p.api_url() },
-        (TrayAction::OpenDashboard | TrayAction::PurgeCache | TrayAction::CopyApiUrl, None) => {
-            Effect::ShowStartupError
-        }
+        (
+            TrayAction::OpenDashboard
+            | TrayAction::PurgeCache
+            | TrayAction::UnloadAll
+            | TrayAction::CopyApiUrl,
+            None,
+        ) => Effect::ShowStartupError,
         (TrayAction::ToggleStartAtLogin, _) => Effect::ToggleStartAtLogin,
         (TrayAction::Quit, proxy) => {
             if let Some(p) = proxy {
@@ -146,6 +159,10 @@ pub(crate) mod fake {
                 duration_ms: 3,
             }
         }
+        async fn unload_all(&self) -> usize {
+            self.record("unload_all");
+            2
+        }
         async fn shutdown(&self) {
             self.record("shutdown");
         }
@@ -166,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_action_calls_the_right_proxy_function() {
-        let cases: [(TrayAction, &[&str], Effect); 5] = [
+        let cases: [(TrayAction, &[&str], Effect); 6] = [
             (
                 TrayAction::OpenDashboard,
                 &["dashboard_url"],
@@ -186,6 +203,11 @@ mod tests {
                         duration_ms: 3,
                     },
                 }),
+            ),
+            (
+                TrayAction::UnloadAll,
+                &["unload_all"],
+                Effect::Notify(Alert::UnloadedAll { count: 2 }),
             ),
             (
                 TrayAction::CopyApiUrl,

@@ -7,7 +7,7 @@
 //!   answers again after having been down.
 
 use crate::tray_state::sampled;
-use blockops_proxy::observe::{PurgeOutcome, Snapshot};
+use blockops_proxy::observe::{NoticeKind, ProxyEvent, PurgeOutcome, Snapshot};
 
 /// Percentage points memory must fall below a threshold before that threshold can fire again.
 pub const REARM_MARGIN: f64 = 3.0;
@@ -15,12 +15,46 @@ pub const REARM_MARGIN: f64 = 3.0;
 /// One notification, with text that names its cause.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Alert {
-    MemoryWarning { used_percent: f64 },
-    MemoryCritical { used_percent: f64 },
-    BackendUnreachable { url: String },
-    BackendBack { url: String },
-    StartFailed { reason: String },
-    Purged { outcome: PurgeOutcome },
+    MemoryWarning {
+        used_percent: f64,
+    },
+    MemoryCritical {
+        used_percent: f64,
+    },
+    BackendUnreachable {
+        url: String,
+    },
+    BackendBack {
+        url: String,
+    },
+    StartFailed {
+        reason: String,
+    },
+    Purged {
+        outcome: PurgeOutcome,
+    },
+    /// A model server blockops runs was stopped for memory: the notice names it and the figure.
+    UnloadedForMemory {
+        text: String,
+    },
+    /// The menu's "Unload All Models".
+    UnloadedAll {
+        count: usize,
+    },
+}
+
+/// The notification an event deserves, when it is a model unloaded for memory.
+pub fn unload_alert(event: &ProxyEvent) -> Option<Alert> {
+    match event {
+        ProxyEvent::Noticed {
+            kind: NoticeKind::Memory,
+            text,
+            ..
+        } if text.starts_with(blockops_proxy::pipeline::managed::UNLOADED_FOR_MEMORY) => {
+            Some(Alert::UnloadedForMemory { text: text.clone() })
+        }
+        _ => None,
+    }
 }
 
 impl Alert {
@@ -33,6 +67,8 @@ impl Alert {
             Alert::BackendBack { .. } => "blockops: backend is back",
             Alert::StartFailed { .. } => "blockops could not start",
             Alert::Purged { .. } => "blockops: KV cache",
+            Alert::UnloadedForMemory { .. } => "blockops: model unloaded for memory",
+            Alert::UnloadedAll { .. } => "blockops: models unloaded",
         }
     }
 
@@ -52,6 +88,10 @@ impl Alert {
                 "purged" => format!("KV cache purged ({} ms)", outcome.duration_ms),
                 _ => format!("KV cache not purged: {}", outcome.message),
             },
+            Alert::UnloadedForMemory { text } => text.clone(),
+            Alert::UnloadedAll { count: 0 } => "No model server was running".to_owned(),
+            Alert::UnloadedAll { count: 1 } => "Unloaded 1 model server".to_owned(),
+            Alert::UnloadedAll { count } => format!("Unloaded {count} model servers"),
         }
     }
 }
@@ -302,5 +342,32 @@ mod tests {
             vec![Alert::MemoryWarning { used_percent: 42.0 }]
         );
         assert_eq!(alerts.observe(&s), vec![]);
+    }
+
+    #[test]
+    fn a_model_unloaded_for_memory_is_a_notification_naming_it_and_the_figure() {
+        let text = "Unloaded backend \"coder\" for memory: memory 91% used (pressure warning), it used 17.2 GiB".to_owned();
+        let event = ProxyEvent::Noticed {
+            request_id: None,
+            kind: NoticeKind::Memory,
+            text: text.clone(),
+        };
+        let alert = unload_alert(&event).expect("an alert");
+        assert_eq!(alert.body(), text);
+        assert!(alert.title().contains("unloaded"));
+        let other = ProxyEvent::Noticed {
+            request_id: None,
+            kind: NoticeKind::Memory,
+            text: "Memory pressure: 91% used".into(),
+        };
+        assert_eq!(unload_alert(&other), None);
+        assert_eq!(
+            Alert::UnloadedAll { count: 0 }.body(),
+            "No model server was running"
+        );
+        assert_eq!(
+            Alert::UnloadedAll { count: 2 }.body(),
+            "Unloaded 2 model servers"
+        );
     }
 }

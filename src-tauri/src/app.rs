@@ -177,8 +177,34 @@ fn setup<R: Runtime>(app: &AppHandle<R>) {
     }
 }
 
-/// Follows the proxy's snapshot: the tray's icon and status line, and the notifications.
+/// Follows the proxy's snapshot: the tray's icon and status line, and the notifications; and
+/// its events, for the models unloaded for memory.
 async fn watch_proxy<R: Runtime>(app: AppHandle<R>, proxy: Arc<Proxy>) {
+    let unloads = watch_unloads(app.clone(), proxy.handle().hub().subscribe());
+    let snapshots = watch_snapshots(app, proxy);
+    tokio::join!(unloads, snapshots);
+}
+
+/// A native notification for each model server unloaded for memory.
+async fn watch_unloads<R: Runtime>(
+    app: AppHandle<R>,
+    mut events: tokio::sync::broadcast::Receiver<blockops_proxy::observe::ProxyEvent>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                if let Some(alert) = crate::alerts::unload_alert(&event) {
+                    app.state::<Shared>().desktop.notify(alert);
+                }
+            }
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn watch_snapshots<R: Runtime>(app: AppHandle<R>, proxy: Arc<Proxy>) {
     let mut snapshots = proxy.handle().snapshot();
     let mut alerts = Alerts::default();
     loop {
@@ -331,6 +357,7 @@ fn build_tray<R: Runtime>(app: &AppHandle<R>, shared: &Shared) -> tauri::Result<
             &PredefinedMenuItem::separator(app)?,
             &item(TrayAction::OpenDashboard)?,
             &item(TrayAction::PurgeCache)?,
+            &item(TrayAction::UnloadAll)?,
             &item(TrayAction::CopyApiUrl)?,
             &PredefinedMenuItem::separator(app)?,
             &start_at_login,

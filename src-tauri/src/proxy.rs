@@ -66,6 +66,10 @@ impl ProxyControl for Proxy {
         self.handle.purge_cache().await
     }
 
+    async fn unload_all(&self) -> usize {
+        self.handle.unload_all().await
+    }
+
     async fn shutdown(&self) {
         self.handle.shutdown().await;
         let demo = self.demo.lock().map(|mut d| d.take()).unwrap_or_default();

@@ -178,6 +178,11 @@ fn each_tray_action_reaches_the_proxy_and_has_its_effect() {
         "a purge reports its outcome: {alerts:?}"
     );
 
+    // No managed backend runs: "Unload All Models" says so.
+    f.click(TrayAction::UnloadAll);
+    let alerts = f.desktop.alerts.lock().unwrap().clone();
+    assert_eq!(alerts.last(), Some(&Alert::UnloadedAll { count: 0 }));
+
     assert!(!f.autostart.exists());
     f.click(TrayAction::ToggleStartAtLogin);
     let entry = std::fs::read_to_string(&f.autostart).unwrap();

@@ -222,6 +222,14 @@ export function renderMemory(s) {
   placeMark($('#memory-mark-warn'), m.warn_percent, 100);
   placeMark($('#memory-mark-crit'), m.critical_percent, 100);
   renderChart(m);
+  // The model servers blockops runs (managed backends): their RSS beside the gauge.
+  const procs = (s.backends || []).map((b) => b.process).filter((p) => p && p.rss_bytes != null);
+  const models = $('#memory-models');
+  if (models) {
+    models.hidden = procs.length === 0;
+    const total = procs.reduce((sum, p) => sum + p.rss_bytes, 0);
+    setText($('#memory-models-rss'), `${(total / (1 << 30)).toFixed(1)} GiB (${procs.length})`);
+  }
 }
 
 const SVGNS = 'http://www.w3.org/2000/svg';

@@ -1,5 +1,5 @@
 //! Background tasks owned by the server: started with it, stopped and awaited at shutdown.
-//! The backend's health, and memory pressure (`sample_memory`).
+//! The backend's health, memory pressure (`sample_memory`), managed backends (`supervise`).
 
 use crate::{backend, observe::ProxyEvent, pipeline::AppState};
 use std::time::Duration;
@@ -7,6 +7,9 @@ use tokio::{sync::watch, task::JoinSet};
 
 /// How often the backend is probed for the health shown in the dashboard and tray.
 const BACKEND_PROBE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often managed backends are looked at (ttl, crashes).
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Background {
@@ -23,7 +26,8 @@ impl Background {
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Background {
     let mut tasks = JoinSet::new();
     tasks.spawn(backend_monitor(state.clone(), stop.clone()));
-    tasks.spawn(sample_memory(state, stop));
+    tasks.spawn(sample_memory(state.clone(), stop.clone()));
+    tasks.spawn(supervise(state, stop));
     Background { tasks }
 }
 
@@ -32,7 +36,13 @@ async fn backend_monitor(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut last: Option<bool> = None;
     loop {
         let settings = state.settings.current();
-        let list = state.backends.list();
+        // A managed backend that is not running starts on demand: not probed, not "down".
+        let list: Vec<_> = state
+            .backends
+            .list()
+            .into_iter()
+            .filter(|b| state.managed.usable(b))
+            .collect();
         let probes = futures_util::future::join_all(list.iter().map(|b| {
             backend::probe(
                 &state.client,
@@ -99,6 +109,19 @@ fn notice(state: &AppState, text: String) {
         kind: crate::observe::NoticeKind::Backend,
         text,
     });
+}
+
+/// The managed backends, once a second: ttl stops, crashes noticed, RSS read every few seconds.
+async fn supervise(state: AppState, mut stop: watch::Receiver<bool>) {
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(SUPERVISE_EVERY) => {}
+        }
+        state.managed.tick(&state, ticks.is_multiple_of(5)).await;
+        ticks = ticks.wrapping_add(1);
+    }
 }
 
 /// A memory sample every `MEMORY_POLL_SECS` (read anew each time: it is live).

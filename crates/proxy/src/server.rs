@@ -109,9 +109,11 @@ pub fn start_on(listener: TcpListener, mut settings: Settings) -> ServerHandle {
         }
     });
     let background = crate::background::spawn(state.clone(), stop_tx.subscribe());
+    let managed_state = state.clone();
     let finished = tokio::spawn(async move {
         let _ = server.await;
         background.stop().await;
+        managed_state.managed.shutdown(&managed_state).await;
     });
     ServerHandle {
         addr,
@@ -143,6 +145,8 @@ pub fn build_state(settings: Settings) -> AppState {
         hub.clone(),
     );
     let client = upstream::client(&settings);
+    // The children's records live beside the log (`~/.blockops/run/` by default).
+    let run_dir = settings.log_file.parent().map(|d| d.join("run"));
     let live = LiveSettings::new(settings);
     let backends = Backends::new(live.clone(), hub.clone(), gate.clone());
     let state = AppState {
@@ -151,6 +155,7 @@ pub fn build_state(settings: Settings) -> AppState {
         hub,
         gate,
         backends,
+        managed: crate::pipeline::managed::Supervisor::new(run_dir),
         memory: MemoryMonitor::new(Box::new(SystemSampler::default())),
         calibration: Default::default(),
         purge_adapter: Default::default(),
@@ -158,6 +163,7 @@ pub fn build_state(settings: Settings) -> AppState {
         tasks: Tasks::default(),
         stopping: Arc::new(watch::channel(false).0),
     };
+    state.managed.publish_all(&state);
     // The first request already sees a real sample, not an empty one.
     state
         .memory
@@ -229,9 +235,33 @@ impl ServerHandle {
         done.ok()?.into_iter().next()
     }
 
+    /// Starts a managed backend ("load"); returns once it is ready, or why it could not start.
+    pub async fn start_backend(&self, name: &str) -> Result<(), String> {
+        let Some(b) = self.state.backends.get(name) else {
+            return Err(format!("no backend named {name:?}"));
+        };
+        self.state
+            .managed
+            .ensure(&self.state, &b, async || {})
+            .await
+            .map(|_| ())
+            .map_err(|e| e.message)
+    }
+
+    /// Stops a managed backend ("unload"); `false` when it was not running.
+    pub async fn stop_backend(&self, name: &str) -> bool {
+        self.state.managed.stop(&self.state, name).await == Some(true)
+    }
+
+    /// Stops every managed backend that runs (the tray's "Unload all"); how many were.
+    pub async fn unload_all(&self) -> usize {
+        self.state.managed.stop_all(&self.state).await
+    }
+
     /// Every backend as the dashboard shows it: state, kind, models, slots, queue, last error.
     pub fn backends(&self) -> Vec<crate::observe::BackendView> {
         self.state.backends.sync();
+        self.state.managed.publish_all(&self.state);
         self.state.hub.snapshot().borrow().backends.clone()
     }
 

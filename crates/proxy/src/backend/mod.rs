@@ -1,5 +1,6 @@
 //! What kind of server the backend is, and whether it answers.
 
+pub mod process;
 pub mod purge;
 pub mod tokenize;
 

@@ -32,6 +32,108 @@ pub const OVERRIDES: &[&str] = &[
 
 const FIELDS: &[&str] = &["name", "url", "kind", "models", "fallbacks"];
 
+/// The fields of a backend whose process blockops runs (`cmd` makes it managed).
+pub const MANAGED_FIELDS: &[&str] = &[
+    "cmd",
+    "env",
+    "cwd",
+    "ready_path",
+    "start_timeout_secs",
+    "ttl_secs",
+    "group",
+    "priority",
+    "stop_grace_secs",
+    "swap_max_wait_secs",
+];
+
+/// What stands for the loopback port blockops picks, in `cmd` (and `url`).
+pub const PORT_VAR: &str = "${PORT}";
+
+/// How a managed backend's process is run: started on demand, stopped when idle, swapped out
+/// for another member of its group, evicted under memory pressure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Managed {
+    /// argv, `${PORT}` replaced by [`Managed::port`].
+    pub cmd: Vec<String>,
+    /// Added to blockops' own environment (`${PORT}` replaced too).
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<String>,
+    /// The path whose 200 means ready; `None`: the kind's own health path.
+    pub ready_path: Option<String>,
+    pub start_timeout_secs: f64,
+    /// Idle this long, it stops; 0: never.
+    pub ttl_secs: f64,
+    /// At most one member of a group runs at a time.
+    pub group: Option<String>,
+    /// Higher is kept longer under memory pressure.
+    pub priority: i64,
+    /// SIGTERM, then SIGKILL after this long.
+    pub stop_grace_secs: f64,
+    /// How long requests for a running member may hold off a swap (and go first).
+    pub swap_max_wait_secs: f64,
+    /// The loopback port `${PORT}` stands for (when `cmd` or `url` uses it).
+    pub port: Option<u16>,
+    /// `url` was not given: it is `http://127.0.0.1:${PORT}` (kept out of the file).
+    pub url_from_port: bool,
+}
+
+impl Default for Managed {
+    fn default() -> Managed {
+        Managed {
+            cmd: Vec::new(),
+            env: BTreeMap::new(),
+            cwd: None,
+            ready_path: None,
+            start_timeout_secs: 120.0,
+            ttl_secs: 0.0,
+            group: None,
+            priority: 0,
+            stop_grace_secs: 10.0,
+            swap_max_wait_secs: 5.0,
+            port: None,
+            url_from_port: false,
+        }
+    }
+}
+
+impl Managed {
+    /// `text` with `${PORT}` replaced.
+    pub fn expand(&self, text: &str) -> String {
+        match self.port {
+            Some(p) => text.replace(PORT_VAR, &p.to_string()),
+            None => text.to_owned(),
+        }
+    }
+
+    /// The path readiness is probed on: `ready_path`, else the kind's health path.
+    pub fn ready_path_for(&self, kind: &str) -> String {
+        if let Some(p) = &self.ready_path {
+            return p.clone();
+        }
+        match kind {
+            "mlx" | "llamacpp" | "vllm" => "/health".into(),
+            "ollama" => "/api/version".into(),
+            _ => "/v1/models".into(),
+        }
+    }
+}
+
+/// A free loopback port for the backend `name`, the same one for as long as this process runs
+/// (a config read again, or changed through the admin API, keeps the running process's port).
+fn port_for(name: &str) -> Result<u16, String> {
+    static PORTS: std::sync::Mutex<BTreeMap<String, u16>> = std::sync::Mutex::new(BTreeMap::new());
+    let mut ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = ports.get(name) {
+        return Ok(*p);
+    }
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port for ${{PORT}}: {e}"))?;
+    ports.insert(name.to_owned(), port);
+    Ok(port)
+}
+
 /// One `[[backends]]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
@@ -44,6 +146,8 @@ pub struct BackendConfig {
     pub fallbacks: Vec<String>,
     /// Its own values of [`OVERRIDES`] keys, in their text form (already checked).
     pub overrides: BTreeMap<String, String>,
+    /// Set when blockops runs its process (`cmd`).
+    pub managed: Option<Managed>,
 }
 
 /// One `[[aliases]]` table: a requested name matching `pattern` is served as `model`.
@@ -63,6 +167,7 @@ impl BackendConfig {
             models: vec!["*".into()],
             fallbacks: Vec::new(),
             overrides: BTreeMap::new(),
+            managed: None,
         }
     }
 
@@ -99,14 +204,35 @@ impl BackendConfig {
         let mut backend = BackendConfig::implicit("");
         backend.name = name;
         backend.models.clear();
+        let mut managed = Managed::default();
         for (key, v) in table {
-            backend.set_field(key, v, &at)?;
+            if MANAGED_FIELDS.contains(&key.as_str()) {
+                managed_field(&mut managed, key, v, &at)?;
+            } else {
+                backend.set_field(key, v, &at)?;
+            }
+        }
+        let managed_keys: Vec<&str> = table
+            .keys()
+            .map(String::as_str)
+            .filter(|k| MANAGED_FIELDS.contains(k) && *k != "cmd")
+            .collect();
+        if managed.cmd.is_empty() {
+            if let Some(k) = managed_keys.first() {
+                return Err(field_error(
+                    &at,
+                    k,
+                    "only applies to a backend blockops starts: add cmd = [\"program\", \"arg\", …]",
+                ));
+            }
+        } else {
+            backend.manage(managed, &at, table.get("url"))?;
         }
         if backend.url.is_empty() {
             return Err(field_error(
                 &at,
                 "url",
-                "missing: set url = \"http://host:port\"",
+                "missing: set url = \"http://host:port\" (or give a cmd that uses ${PORT})",
             ));
         }
         if backend.models.is_empty() {
@@ -166,8 +292,9 @@ impl BackendConfig {
             }
             _ => {
                 return Err(fail(format!(
-                    "unknown field: expected one of {}, {}",
+                    "unknown field: expected one of {}, {}, {}",
                     FIELDS.join(", "),
+                    MANAGED_FIELDS.join(", "),
                     OVERRIDES.join(", ")
                 )));
             }
@@ -192,8 +319,180 @@ impl BackendConfig {
                 .unwrap_or_else(|_| json!(v));
             out.insert(k.clone(), value);
         }
+        if let Some(m) = &self.managed {
+            if m.url_from_port {
+                out.remove("url");
+            }
+            out.insert("cmd".into(), json!(m.cmd));
+            if !m.env.is_empty() {
+                out.insert("env".into(), json!(m.env));
+            }
+            if let Some(c) = &m.cwd {
+                out.insert("cwd".into(), json!(c));
+            }
+            if let Some(p) = &m.ready_path {
+                out.insert("ready_path".into(), json!(p));
+            }
+            let d = Managed::default();
+            let mut secs = |k: &str, v: f64, default: f64| {
+                if v != default {
+                    out.insert(k.into(), number(v));
+                }
+            };
+            secs(
+                "start_timeout_secs",
+                m.start_timeout_secs,
+                d.start_timeout_secs,
+            );
+            secs("ttl_secs", m.ttl_secs, d.ttl_secs);
+            secs("stop_grace_secs", m.stop_grace_secs, d.stop_grace_secs);
+            secs(
+                "swap_max_wait_secs",
+                m.swap_max_wait_secs,
+                d.swap_max_wait_secs,
+            );
+            if let Some(g) = &m.group {
+                out.insert("group".into(), json!(g));
+            }
+            if m.priority != 0 {
+                out.insert("priority".into(), json!(m.priority));
+            }
+        }
         Value::Object(out)
     }
+}
+
+impl BackendConfig {
+    /// Makes it managed: picks the port when `cmd` or `url` uses `${PORT}`, and fills `url`.
+    fn manage(&mut self, mut m: Managed, at: &str, url: Option<&Value>) -> Result<(), ConfigError> {
+        let url_text = url.and_then(Value::as_str);
+        let uses_port = m.cmd.iter().any(|a| a.contains(PORT_VAR))
+            || m.env.values().any(|v| v.contains(PORT_VAR))
+            || url_text.is_some_and(|u| u.contains(PORT_VAR));
+        if uses_port {
+            m.port = Some(port_for(&self.name).map_err(|e| field_error(at, "cmd", &e))?);
+        }
+        match url_text {
+            None if m.port.is_some() => {
+                self.url = format!("http://127.0.0.1:{}", m.port.unwrap_or_default());
+                m.url_from_port = true;
+            }
+            None => {
+                return Err(field_error(
+                    at,
+                    "url",
+                    "missing: a managed backend needs a url, or ${PORT} in its cmd (e.g. \"--port\", \"${PORT}\") to have one picked",
+                ));
+            }
+            Some(u) if u.contains(PORT_VAR) => {
+                self.url =
+                    normalize_backend_url(&m.expand(u)).map_err(|e| field_error(at, "url", &e))?;
+            }
+            Some(_) => {}
+        }
+        self.managed = Some(m);
+        Ok(())
+    }
+}
+
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && (0.0..1e15).contains(&v) {
+        json!(v as u64)
+    } else {
+        json!(v)
+    }
+}
+
+/// Reads one of [`MANAGED_FIELDS`] into `m`.
+fn managed_field(m: &mut Managed, key: &str, v: &Value, at: &str) -> Result<(), ConfigError> {
+    let fail = |msg: String| field_error(at, key, &msg);
+    let text = |example: &str| -> Result<String, ConfigError> {
+        match v.as_str() {
+            Some(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            _ => Err(fail(format!(
+                "invalid value {v}: expected a non-empty string, e.g. {key} = {example:?}"
+            ))),
+        }
+    };
+    let secs = |min: f64, max: f64| -> Result<f64, ConfigError> {
+        match v.as_f64() {
+            Some(n) if n.is_finite() && (min..=max).contains(&n) => Ok(n),
+            _ => Err(fail(format!(
+                "invalid value {v}: expected a number of seconds from {min} to {max}"
+            ))),
+        }
+    };
+    match key {
+        "cmd" => {
+            let list = v
+                .as_array()
+                .and_then(|a| a.iter().map(|i| i.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>())
+                .filter(|l| l.first().is_some_and(|p| !p.trim().is_empty()))
+                .ok_or_else(|| {
+                    fail(format!(
+                        "invalid value {v}: expected the program and its arguments as an array of strings, e.g. cmd = [\"mlx_lm.server\", \"--model\", \"mlx-community/Qwen3-4B-4bit\", \"--port\", \"${{PORT}}\"]"
+                    ))
+                })?;
+            m.cmd = list;
+        }
+        "env" => {
+            let table = v.as_object().ok_or_else(|| {
+                fail(format!(
+                    "invalid value {v}: expected a table of strings, e.g. env = {{ HF_HOME = \"/data/hf\" }}"
+                ))
+            })?;
+            for (k, val) in table {
+                let text = match val {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    other => {
+                        return Err(fail(format!(
+                            "invalid value {other} for {k}: expected a string"
+                        )));
+                    }
+                };
+                if k.is_empty() || k.contains('=') || k.contains('\0') || text.contains('\0') {
+                    return Err(fail(format!(
+                        "invalid variable {k:?}: a name without '=' and a value without NUL bytes"
+                    )));
+                }
+                m.env.insert(k.clone(), text);
+            }
+        }
+        "cwd" => m.cwd = Some(text("/Users/me/models")?),
+        "ready_path" => {
+            let p = text("/health")?;
+            if !p.starts_with('/') {
+                return Err(fail(format!(
+                    "invalid value {p:?}: expected a path starting with '/', e.g. \"/health\""
+                )));
+            }
+            m.ready_path = Some(p);
+        }
+        "group" => {
+            let g = text("big-models")?;
+            if !valid_name(&g) {
+                return Err(fail(format!(
+                    "invalid value {g:?}: expected letters, digits, '.', '_' or '-'"
+                )));
+            }
+            m.group = Some(g);
+        }
+        "priority" => {
+            m.priority = v.as_i64().filter(|p| p.abs() <= 1_000_000).ok_or_else(|| {
+                fail(format!(
+                    "invalid value {v}: expected a whole number (higher is kept longer), e.g. priority = 10"
+                ))
+            })?;
+        }
+        "start_timeout_secs" => m.start_timeout_secs = secs(1.0, 3600.0)?,
+        "ttl_secs" => m.ttl_secs = secs(0.0, 30.0 * 86_400.0)?,
+        "stop_grace_secs" => m.stop_grace_secs = secs(0.0, 600.0)?,
+        "swap_max_wait_secs" => m.swap_max_wait_secs = secs(0.0, 3600.0)?,
+        _ => {}
+    }
+    Ok(())
 }
 
 impl Alias {
@@ -491,11 +790,90 @@ mod tests {
         assert_eq!(s.effective_backends()[0].url, s.backend_url);
         s.backends = vec![BackendConfig {
             fallbacks: vec!["nope".into()],
-            ..gpu
+            ..gpu.clone()
         }];
         let e = s.validate_backends().unwrap_err();
         assert_eq!(e.key, "backend \"gpu\": fallbacks");
         assert!(e.message.contains("\"nope\""), "{e}");
+    }
+
+    #[test]
+    fn a_managed_backend_gets_a_port_and_its_url_from_cmd() {
+        let b = backend(json!({"name": "m1", "models": ["q"], "kind": "mlx",
+            "cmd": ["mlx_lm.server", "--port", "${PORT}"], "ttl_secs": 300, "group": "big",
+            "priority": 5, "env": {"HF_HOME": "/tmp/hf"}}))
+        .unwrap();
+        let m = b.managed.clone().unwrap();
+        let port = m.port.unwrap();
+        assert_eq!(b.url, format!("http://127.0.0.1:{port}"));
+        assert!(m.url_from_port);
+        assert_eq!(m.expand("${PORT}"), port.to_string());
+        assert_eq!(m.ready_path_for("mlx"), "/health");
+        assert_eq!(m.ready_path_for("ollama"), "/api/version");
+        assert_eq!(m.ready_path_for("auto"), "/v1/models");
+        assert_eq!(
+            (m.ttl_secs, m.priority, m.stop_grace_secs),
+            (300.0, 5, 10.0)
+        );
+        let json = b.to_json();
+        assert!(
+            json.get("url").is_none(),
+            "a picked url stays out of the file: {json}"
+        );
+        let again = backend(json).unwrap();
+        assert_eq!(again, b, "round trip keeps the port");
+    }
+
+    #[test]
+    fn bad_managed_fields_say_what_to_write() {
+        let cases = [
+            (
+                json!({"name": "m", "models": ["*"], "cmd": "mlx_lm.server"}),
+                "backend \"m\": cmd",
+            ),
+            (
+                json!({"name": "m", "models": ["*"], "cmd": []}),
+                "backend \"m\": cmd",
+            ),
+            (
+                json!({"name": "m", "models": ["*"], "cmd": ["x"]}),
+                "backend \"m\": url",
+            ),
+            (
+                json!({"name": "m", "url": "http://h", "models": ["*"], "ttl_secs": 5}),
+                "backend \"m\": ttl_secs",
+            ),
+            (
+                json!({"name": "m", "models": ["*"], "cmd": ["x", "${PORT}"], "ttl_secs": -1}),
+                "backend \"m\": ttl_secs",
+            ),
+            (
+                json!({"name": "m", "models": ["*"], "cmd": ["x", "${PORT}"], "ready_path": "health"}),
+                "backend \"m\": ready_path",
+            ),
+            (
+                json!({"name": "m", "models": ["*"], "cmd": ["x", "${PORT}"], "priority": 1.5}),
+                "backend \"m\": priority",
+            ),
+            (
+                json!({"name": "m", "models": ["*"], "cmd": ["x", "${PORT}"], "env": {"A": [1]}}),
+                "backend \"m\": env",
+            ),
+            (
+                json!({"name": "m", "models": ["*"], "cmd": ["x", "${PORT}"], "group": "a b"}),
+                "backend \"m\": group",
+            ),
+        ];
+        for (v, key) in cases {
+            let e = backend(v.clone()).unwrap_err();
+            assert_eq!(e.key, key, "{v} → {e}");
+            assert!(
+                e.message.contains("expected")
+                    || e.message.contains("missing")
+                    || e.message.contains("cmd ="),
+                "{e}"
+            );
+        }
     }
 
     #[test]

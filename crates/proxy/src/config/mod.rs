@@ -9,8 +9,8 @@ mod live;
 mod schema;
 
 pub use backends::{
-    Alias, BackendConfig, DEFAULT_BACKEND, KINDS, OVERRIDES, aliases_toml, backends_toml,
-    parse_tables,
+    Alias, BackendConfig, DEFAULT_BACKEND, KINDS, MANAGED_FIELDS, Managed, OVERRIDES, PORT_VAR,
+    aliases_toml, backends_toml, parse_tables,
 };
 
 pub use live::{LiveSettings, PatchError};

@@ -121,8 +121,76 @@ fn config_error(e: crate::config::PatchError) -> Response {
 /// `GET /admin/api/backends`: every backend with its state, slots and queue.
 pub async fn backends(State(state): State<AppState>) -> Response {
     state.backends.sync();
+    state.managed.publish_all(&state);
     let list = state.hub.current_snapshot().backends;
     Json(list).into_response()
+}
+
+/// A managed backend by name, or the answer saying why not.
+fn managed_backend(
+    state: &AppState,
+    name: &str,
+) -> Result<std::sync::Arc<crate::pipeline::route::Backend>, Box<Response>> {
+    let Some(b) = state.backends.get(name) else {
+        let names: Vec<String> = state
+            .backends
+            .list()
+            .iter()
+            .map(|b| b.name().to_owned())
+            .collect();
+        return Err(Box::new(
+            ProxyError::not_found(format!(
+                "no backend named {name:?}: expected one of {}",
+                names.join(", ")
+            ))
+            .into_response(),
+        ));
+    };
+    if b.config.managed.is_none() {
+        return Err(ProxyError::client(
+            "not_managed",
+            format!(
+                "backend {name:?} is not started by blockops: give its [[backends]] table a cmd (e.g. cmd = [\"llama-server\", \"-m\", \"model.gguf\", \"--port\", \"${{PORT}}\"]) to have it started and stopped"
+            ),
+        )
+        .into_response()
+        .into());
+    }
+    Ok(b)
+}
+
+fn backend_view(state: &AppState, name: &str) -> Response {
+    state.managed.publish_all(state);
+    let view = state
+        .hub
+        .current_snapshot()
+        .backends
+        .into_iter()
+        .find(|b| b.name == name);
+    Json(view).into_response()
+}
+
+/// `POST /admin/api/backends/{name}/start`: starts a managed backend; answers once it is ready
+/// (its view) or has failed (503 with the process's last output line).
+pub async fn start_backend(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let backend = match managed_backend(&state, &name) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match state.managed.ensure(&state, &backend, async || {}).await {
+        Ok(_) => backend_view(&state, &name),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /admin/api/backends/{name}/stop`: stops a managed backend (requests in flight are cut;
+/// the next request starts it again).
+pub async fn stop_backend(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    if let Err(r) = managed_backend(&state, &name) {
+        return *r;
+    }
+    state.managed.stop(&state, &name).await;
+    backend_view(&state, &name)
 }
 
 /// `PUT /admin/api/backends/{name}`: adds the backend or replaces it whole. Requests in flight

@@ -77,6 +77,11 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(admin::put_backend).delete(admin::delete_backend),
         )
         .route(
+            "/admin/api/backends/{name}/start",
+            post(admin::start_backend),
+        )
+        .route("/admin/api/backends/{name}/stop", post(admin::stop_backend))
+        .route(
             "/admin/api/aliases",
             get(admin::aliases).merge(axum::routing::put(admin::put_aliases)),
         )

@@ -312,6 +312,32 @@ pub struct BackendView {
     pub probe_ms: Option<u64>,
     /// Its own settings where they differ from the global ones.
     pub overrides: serde_json::Map<String, Value>,
+    /// A backend blockops runs itself: its process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessView>,
+}
+
+/// A managed backend's process, as `GET /admin/api/backends` and the dashboard show it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ProcessView {
+    /// `stopped`, `starting`, `running`, `stopping` or `failed`.
+    pub state: String,
+    pub pid: Option<u32>,
+    /// Resident memory of the process and everything it started.
+    pub rss_bytes: Option<u64>,
+    /// RFC 3339.
+    pub last_used: Option<String>,
+    /// Its last lines of stdout and stderr, oldest first.
+    pub output: Vec<String>,
+    /// Why the last start failed (or the process ended by itself).
+    pub error: Option<String>,
+    pub group: Option<String>,
+    pub priority: i64,
+    pub ttl_secs: f64,
+    /// Another member of its group waits for its requests to finish.
+    pub swapping_out: bool,
+    /// Requests waiting for it to start.
+    pub waiting: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

@@ -151,6 +151,8 @@ async fn send(
     state.hub.routed(&ctx.id, &ctx.backend);
     ctx.settings = backend.settings.clone();
     let settings = ctx.settings.clone();
+    // A managed backend starts first (its load time is not the request's).
+    let loading = state.managed.ensure(state, &backend, async || {}).await?;
     if gated {
         if let Some(refusal) = state.memory.refusal(&state.hub, &settings) {
             return Err(refusal);
@@ -172,7 +174,7 @@ async fn send(
     if let Some(key) = &settings.upstream_api_key {
         upstream = upstream.bearer_auth(key);
     }
-    let deadlines = Deadlines::new(&settings, ctx.received);
+    let deadlines = Deadlines::new(&settings, ctx.received + loading);
     let sent = {
         let _wait = ctx.phases.upstream();
         deadlines.within(false, upstream.send()).await

@@ -33,6 +33,7 @@ pub mod context;
 pub mod conversations;
 pub mod forward;
 pub mod ids;
+pub mod managed;
 pub mod models;
 pub mod phases;
 pub mod pump;
@@ -244,6 +245,12 @@ async fn drive(
 
 /// The lifecycle: each line is one stage.
 async fn run(state: &AppState, ex: &mut Exchange, sink: &mut Sink) -> Result<(), Failure> {
+    if state.memory.latest().pressure_under(&ex.ctx.settings)
+        == crate::observe::memory::Pressure::Critical
+    {
+        // Idle model servers go before any request is refused for memory.
+        state.managed.relieve(state, None).await;
+    }
     if let Some(refusal) = state.memory.refusal(&state.hub, &ex.ctx.settings) {
         return Err(refusal.into());
     }
@@ -344,10 +351,15 @@ async fn open(
     let payload = upstream_payload(&mut ex.body)?;
     for (i, backend) in route.chain.iter().enumerate() {
         use_backend(state, ex, backend);
-        let slot = admission::admit(&backend.gate, &state.hub, &ex.ctx, async |depth| {
-            let _ = sink.queued(depth).await;
-        })
-        .await?;
+        let (slot, loading) = match admit_managed(state, ex, sink, backend).await {
+            Ok(admitted) => admitted,
+            Err(e) if e.code == "backend_start_failed" && route.chain.get(i + 1).is_some() => {
+                let next = route.chain[i + 1].name().to_owned();
+                fell_back(state, ex, backend.name(), &next, &e);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if i == 0 {
             ex.ctx.queue_ms = ex.ctx.elapsed_ms();
             state.hub.publish(ProxyEvent::Admitted {
@@ -359,7 +371,8 @@ async fn open(
         let settings = backend.settings.clone();
         let phases = ex.ctx.phases.clone();
         let call = call_to(state, &settings, &phases);
-        let deadlines = Deadlines::new(&settings, ex.ctx.received);
+        // A managed backend's load time counts against its start timeout, not the request's.
+        let deadlines = Deadlines::new(&settings, ex.ctx.received + loading);
         match call.send(call.post_json(payload.clone()), &deadlines).await {
             Ok(response) => {
                 return Ok(Opened {
@@ -382,6 +395,45 @@ async fn open(
         }
     }
     Err(ProxyError::internal("a route without a backend").into())
+}
+
+/// Admission to `backend`, its process started first when blockops runs it (the request waits,
+/// with heartbeats, while it loads). A managed backend stopped between the start and the slot
+/// (a swap, ttl) is started again; returns the slot and how long loading took.
+async fn admit_managed(
+    state: &AppState,
+    ex: &mut Exchange,
+    sink: &mut Sink,
+    backend: &std::sync::Arc<route::Backend>,
+) -> Result<(admission::Slot, std::time::Duration), ProxyError> {
+    let mut loading = std::time::Duration::ZERO;
+    let mut told = false;
+    // Bounded: each round is a start that succeeded and a stop between it and the slot.
+    for _ in 0..4 {
+        loading += state
+            .managed
+            .ensure(state, backend, async || {
+                if !told {
+                    told = true;
+                    let _ = sink.queued(backend.gate.queued()).await;
+                }
+            })
+            .await?;
+        let slot = admission::admit(&backend.gate, &state.hub, &ex.ctx, async |depth| {
+            if !told {
+                let _ = sink.queued(depth).await;
+            }
+        })
+        .await?;
+        if state.managed.usable(backend) {
+            return Ok((slot, loading));
+        }
+        drop(slot);
+    }
+    Err(managed::start_failed(
+        backend.name(),
+        "it was stopped again each time it had started (its group is busy swapping); retry shortly",
+    ))
 }
 
 /// Says (log, events, the request's notices) that `from` failed and `to` takes over.

@@ -91,7 +91,16 @@ pub async fn purge_backend(
     } else {
         purge::choose(&state.client, &state.purge_adapter, &settings).await
     };
+    let unsupported = match &chosen {
+        Ok(purge::Adapter::Mlx) => true,
+        Err(n) => n.status == "unsupported",
+        Ok(_) => false,
+    };
     let (adapter, status, message) = match chosen {
+        _ if unsupported && backend.config.managed.is_some() => {
+            let (status, message) = restart(state, backend).await;
+            ("restart".to_owned(), status, message)
+        }
         Err(n) => (n.adapter.to_owned(), n.status, n.message),
         Ok(purge::Adapter::Mlx) => (
             "mlx".to_owned(),
@@ -135,6 +144,36 @@ pub async fn purge_backend(
         outcome: outcome.clone(),
     });
     outcome
+}
+
+/// A managed backend whose server cannot purge (stock `mlx_lm.server`): its process is restarted
+/// once its in-flight requests finish, which frees the cache and its memory. New requests wait
+/// (queued, with heartbeats) for the restart.
+async fn restart(state: &AppState, backend: &Backend) -> (&'static str, String) {
+    let name = backend.name().to_owned();
+    let hold = backend.gate.hold_all().await;
+    let was_running = state.managed.restart_for_purge(state, &name).await == Some(true);
+    if !was_running {
+        return (
+            "purged",
+            "its process is not running: nothing is cached".to_owned(),
+        );
+    }
+    let started = match state.backends.get(&name) {
+        Some(b) => state.managed.ensure(state, &b, async || {}).await,
+        None => Ok(std::time::Duration::ZERO),
+    };
+    drop(hold);
+    match started {
+        Ok(_) => (
+            "purged",
+            "restarted its process (this server has no cache-purge endpoint): the cache and its memory are freed".to_owned(),
+        ),
+        Err(e) => (
+            "failed",
+            format!("stopped its process to free the cache, but it did not start again: {}", e.message),
+        ),
+    }
 }
 
 /// Holds every slot of the backend, then calls it.

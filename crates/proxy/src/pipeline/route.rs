@@ -353,6 +353,7 @@ impl Backends {
                 if let Some(old) = snap.backends.iter().find(|v| v.name == name) {
                     view.slots = old.slots.clone();
                     view.queue = old.queue.clone();
+                    view.process = old.process.clone();
                 }
                 ordered.push(view);
             }
@@ -487,6 +488,25 @@ impl Backends {
         (before != Some(probe.reachable)).then_some(before)
     }
 
+    /// Sets what is known of a managed backend's health: up when its process is ready,
+    /// `None` when it is stopped (it starts on demand: not "down"), down when it failed.
+    pub fn mark(&self, name: &str, up: Option<bool>, error: Option<&str>) {
+        let Some(backend) = self.get(name) else {
+            return;
+        };
+        {
+            let mut h = backend.health.lock().unwrap_or_else(|e| e.into_inner());
+            h.up = up;
+            h.last_error = error.map(str::to_owned);
+        }
+        self.hub.update(|snap| {
+            if let Some(v) = snap.backends.iter_mut().find(|v| v.name == name) {
+                v.up = up;
+                v.last_error = error.map(str::to_owned);
+            }
+        });
+    }
+
     /// A request found the backend unreachable: shown as down until a probe says otherwise.
     pub fn failed(&self, name: &str, error: &str) {
         let Some(backend) = self.get(name) else {
@@ -528,8 +548,11 @@ fn describe(b: &Backend) -> crate::observe::BackendView {
     let health = b.health();
     let overrides = match b.config.to_json() {
         Value::Object(mut map) => {
-            for k in ["name", "url", "kind", "models", "fallbacks"] {
-                map.remove(k);
+            for k in ["name", "url", "kind", "models", "fallbacks"]
+                .iter()
+                .chain(crate::config::MANAGED_FIELDS)
+            {
+                map.remove(*k);
             }
             map
         }
@@ -562,6 +585,7 @@ mod tests {
             models: models.iter().map(|m| m.to_string()).collect(),
             fallbacks: fallbacks.iter().map(|m| m.to_string()).collect(),
             overrides: Default::default(),
+            managed: None,
         }
     }
 

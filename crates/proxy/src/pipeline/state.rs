@@ -25,6 +25,8 @@ pub struct AppState {
     pub gate: Gate,
     /// Every backend: its settings, gate and health; routing.
     pub backends: Backends,
+    /// The processes of the backends blockops runs itself.
+    pub managed: super::managed::Supervisor,
     /// The latest memory sample and where samples come from.
     pub memory: MemoryMonitor,
     /// Bytes per token learned from the backend's `usage.prompt_tokens`, per backend and model.
