@@ -441,7 +441,7 @@ fn rss_bytes() -> Option<u64> {
 }
 
 /// The proxy's memory while relaying a 100 MB stream must not grow with the reply's size (the
-/// copy kept for the log is bounded by `transform::LOG_TEXT_LIMIT`).
+/// copy kept for the log is bounded by `reply::LOG_TEXT_LIMIT`).
 #[tokio::test]
 async fn a_100_mb_reply_streams_through_whole_in_bounded_memory() {
     let growth = stream_100_mb().await;

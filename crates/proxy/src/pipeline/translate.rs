@@ -456,29 +456,35 @@ impl Translator {
     /// Flushes held-back text without finishing the choices: used before an error, so the
     /// client still receives every byte the model produced.
     pub fn flush_on_error(&mut self, out: &mut Vec<Event>) {
-        let as_text = self.spec.reasoning_field == ReasoningField::None;
         for index in self.open_choices() {
             let start = out.len();
-            self.close_reasoning(index, "error", out, start);
-            let state = self.choice(index);
-            state.finished = true;
-            for event in state.parser.finish(Some("error")) {
-                engine_event(
-                    index as u32,
-                    as_text,
-                    false,
-                    state_calls(
-                        &mut state.engine_calls,
-                        &mut state.next_call,
-                        &mut state.formats,
-                    ),
-                    event,
-                    out,
-                    start,
-                );
-            }
-            self.flush_pending(index, out);
+            self.end_parser(index, "error", out, start);
         }
+    }
+
+    /// Ends a choice's parsers with `reason`: held-back reasoning and text, any call the end
+    /// completes, and structured calls still waiting for their name.
+    fn end_parser(&mut self, index: u64, reason: &str, out: &mut Vec<Event>, start: usize) {
+        let as_text = self.spec.reasoning_field == ReasoningField::None;
+        self.close_reasoning(index, reason, out, start);
+        let state = self.choice(index);
+        state.finished = true;
+        for event in state.parser.finish(Some(reason)) {
+            engine_event(
+                index as u32,
+                as_text,
+                false,
+                state_calls(
+                    &mut state.engine_calls,
+                    &mut state.next_call,
+                    &mut state.formats,
+                ),
+                event,
+                out,
+                start,
+            );
+        }
+        self.flush_pending(index, out);
     }
 
     fn open_choices(&self) -> Vec<u64> {
@@ -494,26 +500,7 @@ impl Translator {
     fn finish_choice(&mut self, index: u64, reason: Option<&str>, out: &mut Vec<Event>) {
         let start = out.len();
         let c = index as u32;
-        let as_text = self.spec.reasoning_field == ReasoningField::None;
-        self.close_reasoning(index, reason.unwrap_or("stop"), out, start);
-        let state = self.choice(index);
-        state.finished = true;
-        for event in state.parser.finish(Some(reason.unwrap_or("stop"))) {
-            engine_event(
-                c,
-                as_text,
-                false,
-                state_calls(
-                    &mut state.engine_calls,
-                    &mut state.next_call,
-                    &mut state.formats,
-                ),
-                event,
-                out,
-                start,
-            );
-        }
-        self.flush_pending(index, out);
+        self.end_parser(index, reason.unwrap_or("stop"), out, start);
         let state = self.choice(index);
         // Structured calls whose arguments no tool can take: the backend's parser mangled them.
         // They are passed on as sent (the client's tool runner reports the error to the model,
