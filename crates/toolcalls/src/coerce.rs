@@ -17,117 +17,167 @@ pub fn coerce_text(raw: &str, schema: Option<&Value>) -> Value {
     let Some(schema) = schema else {
         return Value::String(raw.to_owned());
     };
-    let types = allowed_types(schema);
-    if types.is_empty() || types.iter().any(|t| t == "string") {
+    let types = Types::of(schema);
+    if types.is_empty() || types.has(Type::String) {
         // A declared string (or an unknown type) stays exactly what the model wrote, except a
         // bare `null` where null is also allowed.
-        if types.iter().any(|t| t == "null") && raw.trim() == "null" {
+        if types.has(Type::Null) && raw.trim() == "null" {
             return Value::Null;
         }
         return Value::String(raw.to_owned());
     }
     let text = raw.trim();
-    for t in &types {
-        if let Some(v) = convert(text, t) {
-            return v;
-        }
-    }
-    Value::String(raw.to_owned())
+    types
+        .iter()
+        .find_map(|t| convert(text, t))
+        .unwrap_or_else(|| Value::String(raw.to_owned()))
 }
 
 /// Fixes JSON-format arguments only where the schema demands it (`"5"` for an integer).
-pub fn coerce_json_arguments(args: Map<String, Value>, parameters: &Value) -> Map<String, Value> {
-    args.into_iter()
-        .map(|(k, v)| {
-            let fixed = match (&v, property_schema(parameters, &k)) {
-                (Value::String(s), Some(schema)) => {
-                    let types = allowed_types(schema);
-                    if types.is_empty() || types.iter().any(|t| t == "string") {
-                        v
-                    } else {
-                        types.iter().find_map(|t| convert(s.trim(), t)).unwrap_or(v)
-                    }
-                }
-                _ => v,
-            };
-            (k, fixed)
-        })
-        .collect()
+pub fn coerce_json_arguments(
+    mut args: Map<String, Value>,
+    parameters: &Value,
+) -> Map<String, Value> {
+    // In place: most values need nothing, and rebuilding the map would hash every key again.
+    for (k, v) in &mut args {
+        let (Value::String(s), Some(schema)) = (&*v, property_schema(parameters, k)) else {
+            continue;
+        };
+        let types = Types::of(schema);
+        if types.is_empty() || types.has(Type::String) {
+            continue;
+        }
+        if let Some(fixed) = types.iter().find_map(|t| convert(s.trim(), t)) {
+            *v = fixed;
+        }
+    }
+    args
 }
 
-/// A type name as JSON Schema spells it. Tool definitions in the wild use Python's and
-/// C's names (`int`, `float`, `dict`, `str`, …) and capitals; they mean the same types.
-/// (Compared without lowercasing a copy: this runs for every typed value.)
-fn json_schema_type(name: &str) -> String {
-    const ALIASES: &[(&str, &str)] = &[
-        ("int", "integer"),
-        ("long", "integer"),
-        ("float", "number"),
-        ("double", "number"),
-        ("bool", "boolean"),
-        ("dict", "object"),
-        ("list", "array"),
-        ("str", "string"),
-    ];
-    let name = name.trim();
-    if let Some((_, canonical)) = ALIASES.iter().find(|(a, _)| name.eq_ignore_ascii_case(a)) {
-        return (*canonical).to_owned();
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        name.to_ascii_lowercase()
-    } else {
-        name.to_owned()
+/// A JSON Schema type (`Other`: a name no conversion knows).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Type {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Null,
+    Array,
+    Object,
+    Other,
+}
+
+impl Type {
+    /// A type name as JSON Schema spells it or as tool definitions in the wild do: Python's
+    /// and C's names (`int`, `float`, `dict`, `str`, …), in any case, mean the same types.
+    fn named(name: &str) -> Type {
+        const NAMES: &[(&str, Type)] = &[
+            ("string", Type::String),
+            ("integer", Type::Integer),
+            ("number", Type::Number),
+            ("boolean", Type::Boolean),
+            ("null", Type::Null),
+            ("array", Type::Array),
+            ("object", Type::Object),
+            ("int", Type::Integer),
+            ("long", Type::Integer),
+            ("float", Type::Number),
+            ("double", Type::Number),
+            ("bool", Type::Boolean),
+            ("dict", Type::Object),
+            ("list", Type::Array),
+            ("str", Type::String),
+        ];
+        let name = name.trim();
+        NAMES
+            .iter()
+            .find(|(n, _)| name.eq_ignore_ascii_case(n))
+            .map_or(Type::Other, |&(_, t)| t)
     }
 }
 
 /// The types a schema allows, in order: `type` (string or list), then `anyOf`/`oneOf` members.
-fn allowed_types(schema: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    match schema.get("type") {
-        Some(Value::String(t)) => out.push(json_schema_type(t)),
-        Some(Value::Array(ts)) => {
-            out.extend(ts.iter().filter_map(|t| t.as_str().map(json_schema_type)))
+/// Kept on the stack (this runs for every typed value); a schema naming more than eight types
+/// keeps its first eight.
+struct Types {
+    list: [Type; 8],
+    len: usize,
+}
+
+impl Types {
+    fn of(schema: &Value) -> Types {
+        let mut types = Types {
+            list: [Type::Other; 8],
+            len: 0,
+        };
+        types.collect(schema);
+        if types.is_empty() && schema.get("enum").is_some() {
+            types.push(Type::String);
         }
-        _ => {}
+        types
     }
-    for key in ["anyOf", "oneOf"] {
-        if let Some(Value::Array(options)) = schema.get(key) {
-            for o in options {
-                out.extend(allowed_types(o));
+
+    fn collect(&mut self, schema: &Value) {
+        match schema.get("type") {
+            Some(Value::String(t)) => self.push(Type::named(t)),
+            Some(Value::Array(ts)) => ts
+                .iter()
+                .filter_map(Value::as_str)
+                .for_each(|t| self.push(Type::named(t))),
+            _ => {}
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(Value::Array(options)) = schema.get(key) {
+                options.iter().for_each(|o| self.collect(o));
             }
         }
     }
-    if out.is_empty() && schema.get("enum").is_some() {
-        out.push("string".into());
+
+    fn push(&mut self, t: Type) {
+        if let Some(slot) = self.list.get_mut(self.len) {
+            *slot = t;
+            self.len += 1;
+        }
     }
-    out
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn has(&self, t: Type) -> bool {
+        self.iter().any(|x| x == t)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Type> + '_ {
+        self.list[..self.len].iter().copied()
+    }
 }
 
-fn convert(text: &str, ty: &str) -> Option<Value> {
+fn convert(text: &str, ty: Type) -> Option<Value> {
     match ty {
-        "integer" => {
+        Type::Integer => {
             if let Ok(i) = text.parse::<i64>() {
                 return Some(Value::from(i));
             }
             let f = text.parse::<f64>().ok()?;
             (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then(|| Value::from(f as i64))
         }
-        "number" => {
+        Type::Number => {
             if let Ok(i) = text.parse::<i64>() {
                 return Some(Value::from(i));
             }
             let f = text.parse::<f64>().ok()?;
             Number::from_f64(f).map(Value::Number)
         }
-        "boolean" => match text {
+        Type::Boolean => match text {
             "true" | "True" | "TRUE" => Some(Value::Bool(true)),
             "false" | "False" | "FALSE" => Some(Value::Bool(false)),
             _ => None,
         },
-        "null" => matches!(text, "null" | "None").then_some(Value::Null),
-        "array" => structured(text).filter(Value::is_array),
-        "object" => structured(text).filter(Value::is_object),
-        _ => None,
+        Type::Null => matches!(text, "null" | "None").then_some(Value::Null),
+        Type::Array => structured(text).filter(Value::is_array),
+        Type::Object => structured(text).filter(Value::is_object),
+        Type::String | Type::Other => None,
     }
 }
 

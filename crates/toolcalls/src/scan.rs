@@ -17,6 +17,7 @@ use crate::events::{Emitted, EmittedCall, TextKind};
 use crate::formats::{self, Call, Ctx, Format, JsonMemo, Scan, WholeMessage};
 use crate::{Options, ToolSpec, TraceSpan};
 use memchr::{memchr3, memmem};
+use std::sync::{Arc, OnceLock};
 
 /// Every format's span ends with one of these bytes (the last byte of a closing tag, of a JSON
 /// value or list, of a Python call, or a line end). Formats must keep it so (see `formats/`).
@@ -87,31 +88,12 @@ struct Waiting {
 pub struct Scanner {
     tools: Vec<ToolSpec>,
     options: Options,
-    formats: Vec<&'static dyn Format>,
-    whole: Vec<&'static dyn WholeMessage>,
-    /// Markers that can start anywhere / only at a line start, as (text, marker).
-    markers: Vec<(&'static str, Marker, Place)>,
-    /// The markers beginning with each byte: `markers[start..end]`.
-    by_first: [(u16, u16); 256],
-    longest_marker: usize,
-    /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
-    opens_marker: [bool; 256],
-    /// Bytes that stop the no-marker fast path anywhere: the first byte of a marker valid
-    /// anywhere (not only at a line start), and the backtick (code).
-    stops_plain: [bool; 256],
+    /// The dialects this request reads and their markers, shared by every parser with the
+    /// same options (built once: a request should not pay for sorting and indexing them).
+    dialects: Arc<Dialects>,
     waiting: Option<Waiting>,
     /// How far that span's unfinished JSON value was scanned.
     json_memo: JsonMemo,
-    /// Line-start markers searched for by memmem (`TOOL_CALL:`).
-    line_finders: Vec<memmem::Finder<'static>>,
-    /// Line-start markers holding a byte the candidate search stops at, and its index
-    /// (`functools[` and its `[`).
-    anchored: Vec<(&'static [u8], usize)>,
-    /// Markers valid only as the reply's first bytes (Functionary's `all` line).
-    reply_markers: Vec<&'static [u8]>,
-    /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
-    /// which the byte search for marker starts would not find.
-    other_finder: Option<memmem::Finder<'static>>,
     /// Text that arrived but is not classified yet is `buf[head..]`.
     buf: String,
     head: usize,
@@ -126,6 +108,32 @@ pub struct Scanner {
     finished: bool,
     /// `finish` was told the reply ended normally (`stop`), not cut off (see [`Ctx`]).
     ends_normally: bool,
+}
+
+/// The dialects a parser reads, and their markers indexed for the scan.
+struct Dialects {
+    formats: Vec<&'static dyn Format>,
+    whole: Vec<&'static dyn WholeMessage>,
+    /// Markers that can start anywhere / only at a line start, as (text, marker).
+    markers: Vec<(&'static str, Marker, Place)>,
+    /// The markers beginning with each byte: `markers[start..end]`.
+    by_first: [(u16, u16); 256],
+    longest_marker: usize,
+    /// Bytes that begin some marker: most text is ruled out by one lookup per byte.
+    opens_marker: [bool; 256],
+    /// Bytes that stop the no-marker fast path anywhere: the first byte of a marker valid
+    /// anywhere (not only at a line start), and the backtick (code).
+    stops_plain: [bool; 256],
+    /// Line-start markers searched for by memmem (`TOOL_CALL:`).
+    line_finders: Vec<memmem::Finder<'static>>,
+    /// Line-start markers holding a byte the candidate search stops at, and its index
+    /// (`functools[` and its `[`).
+    anchored: Vec<(&'static [u8], usize)>,
+    /// Markers valid only as the reply's first bytes (Functionary's `all` line).
+    reply_markers: Vec<&'static [u8]>,
+    /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
+    /// which the byte search for marker starts would not find.
+    other_finder: Option<memmem::Finder<'static>>,
 }
 
 /// The classifying side: turns consumed text into events and trace spans.
@@ -163,22 +171,36 @@ fn enabled(options: &Options, name: &str) -> bool {
     }
 }
 
-impl Scanner {
-    pub fn new(tools: Vec<ToolSpec>, options: Options) -> Scanner {
-        let parse = options.parse_tools && !tools.is_empty();
+impl Dialects {
+    /// The dialects for these options: shared when only the defaults choose them.
+    fn for_options(parse: bool, options: &Options) -> Arc<Dialects> {
+        if options.formats.is_some() {
+            return Arc::new(Dialects::build(parse, options));
+        }
+        static SHARED: [OnceLock<Arc<Dialects>>; 4] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
+        let slot = &SHARED[usize::from(parse) * 2 + usize::from(options.split_reasoning)];
+        Arc::clone(slot.get_or_init(|| Arc::new(Dialects::build(parse, options))))
+    }
+
+    fn build(parse: bool, options: &Options) -> Dialects {
         // Without tools, only the dialects that also mark reasoning run (a harmony answer must
         // not show its channel headers); any call they find names no declared tool.
         let formats: Vec<&'static dyn Format> = formats::ALL
             .iter()
             .copied()
             .filter(|f| parse || f.marks_reasoning() && options.split_reasoning)
-            .filter(|f| f.names().iter().any(|n| enabled(&options, n)))
+            .filter(|f| f.names().iter().any(|n| enabled(options, n)))
             .collect();
         let whole: Vec<&'static dyn WholeMessage> = if parse {
             formats::WHOLE
                 .iter()
                 .copied()
-                .filter(|w| enabled(&options, w.name()))
+                .filter(|w| enabled(options, w.name()))
                 .collect()
         } else {
             Vec::new()
@@ -241,13 +263,7 @@ impl Scanner {
             .iter()
             .find(|(t, _, place)| *place == Place::Anywhere && !t.starts_with(['<', '[']))
             .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
-        let id_seed = options.id_seed.unwrap_or_else(crate::ids::next_seed);
-        let mode = if options.prefill_think && options.split_reasoning {
-            Mode::Reasoning
-        } else {
-            Mode::Content
-        };
-        Scanner {
+        Dialects {
             formats,
             whole,
             markers,
@@ -255,12 +271,28 @@ impl Scanner {
             longest_marker,
             opens_marker,
             stops_plain,
-            waiting: None,
-            json_memo: JsonMemo::default(),
             line_finders,
             anchored,
             reply_markers,
             other_finder,
+        }
+    }
+}
+
+impl Scanner {
+    pub fn new(tools: Vec<ToolSpec>, options: Options) -> Scanner {
+        let parse = options.parse_tools && !tools.is_empty();
+        let dialects = Dialects::for_options(parse, &options);
+        let id_seed = options.id_seed.unwrap_or_else(crate::ids::next_seed);
+        let mode = if options.prefill_think && options.split_reasoning {
+            Mode::Reasoning
+        } else {
+            Mode::Content
+        };
+        Scanner {
+            dialects,
+            waiting: None,
+            json_memo: JsonMemo::default(),
             buf: String::new(),
             head: 0,
             cur: 0,
@@ -344,7 +376,9 @@ impl Scanner {
             Mode::Content => {
                 !self.fence
                     && !self.inline_code
-                    && (self.out.content_seen || self.out.calls > 0 || self.whole.is_empty())
+                    && (self.out.content_seen
+                        || self.out.calls > 0
+                        || self.dialects.whole.is_empty())
             }
         };
         if !ready {
@@ -352,8 +386,8 @@ impl Scanner {
         }
         let mut at_line_start = self.line_start;
         for &b in text.as_bytes() {
-            if self.stops_plain[usize::from(b)]
-                || at_line_start && self.opens_marker[usize::from(b)]
+            if self.dialects.stops_plain[usize::from(b)]
+                || at_line_start && self.dialects.opens_marker[usize::from(b)]
             {
                 return false;
             }
@@ -503,10 +537,11 @@ impl Scanner {
             a.map_or(bytes.len(), |x| (x + f.needle().len()).min(bytes.len()))
         };
         let d = self
+            .dialects
             .other_finder
             .as_ref()
             .and_then(|f| f.find(&bytes[from..window(f)]).map(|i| from + i));
-        let b = self.line_finders.iter().find_map(|f| {
+        let b = self.dialects.line_finders.iter().find_map(|f| {
             let end = window(f);
             let mut at = from;
             while let Some(i) = f.find(&bytes[at..end]) {
@@ -519,7 +554,7 @@ impl Scanner {
         });
         // A line-start marker that contains the byte found at `a`, starting at a line start.
         let e = a.and_then(|x| {
-            self.anchored.iter().find_map(|(t, k)| {
+            self.dialects.anchored.iter().find_map(|(t, k)| {
                 let start = x.checked_sub(*k).filter(|s| *s >= from)?;
                 (bytes[start..].starts_with(t) && self.at_line_start(src, start)).then_some(start)
             })
@@ -529,7 +564,8 @@ impl Scanner {
         // A marker valid only where the reply begins, when the text read begins it.
         let r = (from == 0 && !bytes.is_empty() && self.at_reply_start(0))
             .then(|| {
-                self.reply_markers
+                self.dialects
+                    .reply_markers
                     .iter()
                     .any(|t| bytes.iter().zip(t.iter()).all(|(a, b)| a == b))
             })
@@ -540,11 +576,14 @@ impl Scanner {
 
     fn partial_line_marker(&self, src: &str, from: usize) -> Option<usize> {
         let bytes = self.pending(src).as_bytes();
-        let start = bytes.len().saturating_sub(self.longest_marker).max(from);
+        let start = bytes
+            .len()
+            .saturating_sub(self.dialects.longest_marker)
+            .max(from);
         (start..bytes.len()).find(|&p| {
-            self.opens_marker[usize::from(bytes[p])]
+            self.dialects.opens_marker[usize::from(bytes[p])]
                 && self.at_line_start(src, p)
-                && self.markers.iter().any(|(t, _, place)| {
+                && self.dialects.markers.iter().any(|(t, _, place)| {
                     *place == Place::LineStart
                         && t.as_bytes().starts_with(&bytes[p..])
                         && bytes.len() - p < t.len()
@@ -554,8 +593,8 @@ impl Scanner {
 
     /// The markers that begin with `first`.
     fn starting_with(&self, first: Option<&u8>) -> &[(&'static str, Marker, Place)] {
-        let (lo, hi) = first.map_or((0, 0), |b| self.by_first[usize::from(*b)]);
-        &self.markers[usize::from(lo)..usize::from(hi)]
+        let (lo, hi) = first.map_or((0, 0), |b| self.dialects.by_first[usize::from(*b)]);
+        &self.dialects.markers[usize::from(lo)..usize::from(hi)]
     }
 
     /// Is `pos` (in the pending text) the first byte of the reply?
@@ -585,7 +624,7 @@ impl Scanner {
             .marker_at(src, lead, at_end)
             .map(|m| m.is_some())
             .unwrap_or(true);
-        if is_marker || !self.whole.iter().any(|w| w.may_start_with(c)) {
+        if is_marker || !self.dialects.whole.iter().any(|w| w.may_start_with(c)) {
             return None;
         }
         if !at_end {
@@ -603,13 +642,15 @@ impl Scanner {
                 repairs: Default::default(),
             };
             let found = self
+                .dialects
                 .whole
                 .iter()
                 .find_map(|w| w.parse(pending, &ctx).ok().map(|calls| (w.name(), calls)));
             // Shaped like calls but not valid ones (an undeclared name): the message stays
             // content, whole and unscanned, and the trace says why.
             let invalid = found.is_none().then(|| {
-                self.whole
+                self.dialects
+                    .whole
                     .iter()
                     .find(|w| w.looks_like_calls(pending))
                     .and_then(|w| w.parse(pending, &ctx).err())
@@ -638,7 +679,7 @@ impl Scanner {
     fn step_content(&mut self, src: &str, at_end: bool) -> bool {
         if !self.out.content_seen
             && self.out.calls == 0
-            && !self.whole.is_empty()
+            && !self.dialects.whole.is_empty()
             && !self.fence
             && let Some(progressed) = self.step_whole_message(src, at_end)
         {
@@ -719,6 +760,7 @@ impl Scanner {
         }
         let bytes = self.pending(src).as_bytes();
         let max = self
+            .dialects
             .longest_marker
             .saturating_sub(1)
             .min(bytes.len() - from);
@@ -728,7 +770,9 @@ impl Scanner {
             let b = usize::from(tail[0]);
             // A byte that opens only line- or reply-start markers (` `, `a`, `f`, `T`) can wait
             // only at a line start: checked first, as trailing spaces are everywhere.
-            if !self.opens_marker[b] || !self.stops_plain[b] && !self.at_line_start(src, p) {
+            if !self.dialects.opens_marker[b]
+                || !self.dialects.stops_plain[b] && !self.at_line_start(src, p)
+            {
                 continue;
             }
             if self
@@ -770,7 +814,7 @@ impl Scanner {
                 true
             }
             Marker::Opener(fi, oi) => {
-                let format = self.formats[fi];
+                let format = self.dialects.formats[fi];
                 let opener = &format.openers()[oi];
                 let pending = self.pending(src);
                 let (scan, repairs) = {

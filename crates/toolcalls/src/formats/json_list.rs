@@ -178,7 +178,7 @@ impl JsonList {
                     return Err("a call must be an object with one key, the tool's name".into());
                 };
                 calls.push(
-                    ctx.call_from_json(&serde_json::json!({"name": name, "arguments": args}))?,
+                    ctx.call_from_json(serde_json::json!({"name": name, "arguments": args}))?,
                 );
             }
         }

@@ -207,14 +207,23 @@ impl Ctx<'_> {
 
     /// Builds a call from an object like `{"name": …, "arguments": {…}}` (also `args`,
     /// `parameters`, `input`, Command R's `tool_name`, and the nested `{"function": {…}}` form).
-    pub fn call_from_json(&self, value: &Value) -> Result<Call, String> {
-        let obj = value
-            .as_object()
-            .ok_or("a tool call must be a JSON object")?;
-        let inner = obj
-            .get("function")
-            .and_then(Value::as_object)
-            .unwrap_or(obj);
+    pub fn call_from_json(&self, value: Value) -> Result<Call, String> {
+        let Value::Object(mut obj) = value else {
+            return Err("a tool call must be a JSON object".into());
+        };
+        let id = match obj.get("id") {
+            Some(Value::String(id)) => Some(id.clone()),
+            _ => None,
+        };
+        // Owned all the way: the arguments are moved out, not copied (this runs for every call).
+        let mut inner = match obj.swap_remove("function") {
+            Some(Value::Object(function)) => function,
+            Some(other) => {
+                obj.insert("function".into(), other);
+                obj
+            }
+            None => obj,
+        };
         let name = ["name", "tool_name"]
             .iter()
             .find_map(|k| inner.get(*k))
@@ -225,9 +234,8 @@ impl Ctx<'_> {
         let tool = self.tool(&name)?;
         let raw = ["arguments", "args", "parameters", "input"]
             .iter()
-            .find_map(|k| inner.get(*k));
+            .find_map(|k| inner.swap_remove(*k));
         let arguments = arguments_object(raw)?;
-        let id = obj.get("id").and_then(Value::as_str).map(str::to_owned);
         Ok(Call {
             name,
             arguments: coerce::coerce_json_arguments(arguments, &tool.parameters),
@@ -251,7 +259,7 @@ impl Ctx<'_> {
             self.parse_json(args)
                 .ok_or_else(|| "the arguments are not valid JSON".to_owned())?
         };
-        let call = self.call_from_json(&serde_json::json!({"name": name, "arguments": value}))?;
+        let call = self.call_from_json(serde_json::json!({"name": name, "arguments": value}))?;
         Ok(Call { id, ..call })
     }
 
@@ -260,9 +268,9 @@ impl Ctx<'_> {
         let value = self
             .parse_json(text)
             .ok_or_else(|| "the call is not valid JSON".to_owned())?;
-        match &value {
+        match value {
             Value::Array(items) if !items.is_empty() => {
-                items.iter().map(|v| self.call_from_json(v)).collect()
+                items.into_iter().map(|v| self.call_from_json(v)).collect()
             }
             Value::Array(_) => Err("an empty list of calls".into()),
             v => Ok(vec![self.call_from_json(v)?]),
@@ -293,12 +301,12 @@ impl Ctx<'_> {
 }
 
 /// `arguments` as an object: absent → `{}`, a JSON string holding an object → that object.
-pub fn arguments_object(raw: Option<&Value>) -> Result<Map<String, Value>, String> {
+pub fn arguments_object(raw: Option<Value>) -> Result<Map<String, Value>, String> {
     match raw {
         None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(Value::Object(m)) => Ok(m),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(Map::new()),
-        Some(Value::String(s)) => match json::parse_lenient(s) {
+        Some(Value::String(s)) => match json::parse_lenient(&s) {
             Some(Value::Object(m)) => Ok(m),
             _ => Err("\"arguments\" is a string that does not hold a JSON object".into()),
         },
