@@ -290,3 +290,56 @@ fn every_format_has_cases() {
         );
     }
 }
+
+/// `blockops-proxy parse` (one JSON line per input) gives each case's expected content, reasoning
+/// and calls, whole and fed one character at a time: the command is the engine, not a copy.
+/// Cases it cannot express (PARSER_FORMATS, reasoning off, parallel off) are left out.
+#[test]
+fn the_parse_command_gives_the_corpus_results() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let cases: Vec<Case> = load(&dir)
+        .into_iter()
+        .filter(|c| c.formats.is_none() && !c.no_reasoning && c.parallel)
+        .collect();
+    assert!(cases.len() >= MIN_CASES / 2, "only {} cases", cases.len());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let tools: Vec<Value> = support::cases::tools_for(case)
+            .into_iter()
+            .map(|t| serde_json::json!({"type": "function", "function": {"name": t.name, "parameters": t.parameters}}))
+            .collect();
+        let line = serde_json::json!({
+            "text": case.input,
+            "tools": tools,
+            "finish_reason": case.finish.as_deref().unwrap_or("stop"),
+            "prefill_think": case.prefill_think,
+        })
+        .to_string();
+        let want_calls: Vec<Value> = case
+            .calls
+            .iter()
+            .map(|(format, name, args)| serde_json::json!([format, name, args]))
+            .collect();
+        for chunk_size in [None, Some(1)] {
+            let out = toolcalls::parse_cli_line(&line, chunk_size);
+            let calls: Vec<Value> = out["tool_calls"]
+                .as_array()
+                .map(|cs| {
+                    cs.iter()
+                        .map(|c| serde_json::json!([c["format"], c["name"], c["arguments"]]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if out["content"] != case.content
+                || out["reasoning"].as_str() != case.reasoning.as_deref()
+                || calls != want_calls
+            {
+                failures.push(format!(
+                    "{} (chunk size {chunk_size:?}): got {out}",
+                    case.name
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -36,6 +36,8 @@ const PIECES: &[&str] = &[
     "<tool_call>\n<function=search>\n<parameter=query>\n<tool_call>\n<function=search>\n</function>\n</tool_call>\n</parameter>\n</function>\n</tool_call>",
     "<parameter=query>\nx\n<parameter=query>",
     "</parameter>\n<parameter=x>\n",
+    "<tool_call>\n<function=search>\n<parameter=query>\ny\n</parameter>\n</tool_call>",
+    "</parameter>\n</tool_call>",
     "<tool_call>{\"name\": \"search\", \"arguments\": {\"query\": \"r\"}</tool_call>",
     "<tool_call>{\"name\": \"get_time\", \"arguments\": {},}",
     "functools[{\"name\": \"get_time\", \"arguments\": {}}]",

@@ -291,6 +291,12 @@ struct Search<'s, 'c, 'b> {
     /// Tags opened on their own line inside a value are a quoted block: its closing tags are
     /// text. Off only for the last resort at the end of the reply (an unmatched quoted tag).
     quoted_depth: bool,
+    /// The block's closing tag right after a value also ends the function: the reading for a
+    /// model that left out `</function>`, tried only at the end of the reply when no reading
+    /// with it exists (literal markup inside a value still wins while one does).
+    function_close_optional: bool,
+    /// The accepted reading is one that left out `</function>` (a repair, for the trace).
+    function_close_added: bool,
     /// The first complete reading, used when none has every required parameter.
     first: Option<Reading<'b>>,
     /// Why the first broken reading broke, for the trace.
@@ -299,7 +305,23 @@ struct Search<'s, 'c, 'b> {
     budget: usize,
 }
 
-impl<'b> Search<'_, '_, 'b> {
+impl<'s, 'c, 'b> Search<'s, 'c, 'b> {
+    fn without_function_close(self) -> Self {
+        Search {
+            function_close_optional: true,
+            budget: SEARCH_BUDGET,
+            ..self
+        }
+    }
+
+    fn without_quoted_blocks(self) -> Self {
+        Search {
+            quoted_depth: false,
+            budget: SEARCH_BUDGET,
+            ..self
+        }
+    }
+
     fn fail(&mut self, reason: String) -> Outcome {
         self.failure.get_or_insert(reason);
         Outcome::Exhausted
@@ -411,26 +433,35 @@ impl Functions {
         let mut search = Search {
             ctx,
             quoted_depth: true,
+            function_close_optional: false,
+            function_close_added: false,
             first: None,
             failure: None,
             budget: SEARCH_BUDGET,
         };
         let mut stack = Vec::new();
         let mut outcome = self.function_at(body, 0, &mut stack, &mut search);
-        if matches!(outcome, Outcome::Exhausted) && search.first.is_none() && ctx.at_end {
-            // A tag quoted on its own line that the value never closes hid every end: at the
-            // end of the reply, read once more without quoted blocks.
+        // At the end of the reply, when no reading was found, the last resorts in turn: a
+        // missing `</function>`, then also a tag quoted on its own line that the value never
+        // closes (it hid every end). A later pass's reason for failing is the more telling.
+        for last_resort in [
+            Search::without_function_close,
+            Search::without_quoted_blocks,
+        ] {
+            if !(matches!(outcome, Outcome::Exhausted) && search.first.is_none() && ctx.at_end) {
+                break;
+            }
             let failure = search.failure.take();
-            search = Search {
-                quoted_depth: false,
-                budget: SEARCH_BUDGET,
-                ..search
-            };
+            search = last_resort(search);
             stack.clear();
             outcome = self.function_at(body, 0, &mut stack, &mut search);
-            if search.failure.is_none() {
-                search.failure = failure;
-            }
+            search.failure = search.failure.or(failure);
+        }
+        if search.function_close_added && matches!(outcome, Outcome::Accept(_)) {
+            ctx.repaired(format!(
+                "added the missing {} before {}",
+                self.function_close, self.close
+            ));
         }
         let reading = match outcome {
             Outcome::Accept(len) => Reading {
@@ -594,6 +625,18 @@ impl Functions {
                 preview(r2, &[self.close, self.function])
             ));
         }
+        if s.function_close_optional && r.starts_with(self.close) {
+            // A repair: made only for a call that has everything its schema requires.
+            if !functions.iter().all(|f| s.has_required(f)) {
+                return s.fail(format!(
+                    "{} is missing and the call lacks a required parameter",
+                    self.function_close
+                ));
+            }
+            // With every required parameter, the reading is accepted.
+            s.function_close_added = true;
+            return s.complete(pos + ws + self.close.len(), functions, None);
+        }
         if r.is_empty() || self.parameter.starts_with(r) || self.function_close.starts_with(r) {
             return if s.ctx.at_end {
                 s.complete(body.len(), functions, Some(self.function_close))
@@ -732,6 +775,9 @@ impl Functions {
                 };
             }
             return Verdict::No;
+        }
+        if s.function_close_optional && t.starts_with(self.close) {
+            return Verdict::Yes;
         }
         if t.is_empty() || self.parameter.starts_with(t) || self.function_close.starts_with(t) {
             return if at_end {
