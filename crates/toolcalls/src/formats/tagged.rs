@@ -9,7 +9,7 @@
 //! structure follows (see `xml.rs`); a `</tool_call>` inside a JSON string is just text, and one
 //! that arrives with the JSON's brackets still open gets the missing closers (noted).
 
-use super::xml::{Body, Functions, close_tag, settle, structural_end};
+use super::xml::{Body, Functions, close_tag, settle};
 use super::{Ctx, Format, Opener, Scan};
 use crate::json::End;
 
@@ -143,12 +143,7 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Body {
                 + "</arg_key>".len()
                 + vws
                 + "<arg_value>".len();
-            match structural_end(
-                value_text,
-                "</arg_value>",
-                &["<arg_key>", CLOSE],
-                ctx.at_end,
-            ) {
+            match glm_value_end(value_text, &name, &key, &pairs, ctx) {
                 None => return Body::Await(NEEDLE),
                 Some(Err(())) => return Body::Bad("unterminated <arg_value>".into()),
                 Some(Ok((end, after))) => {
@@ -163,6 +158,59 @@ fn glm(body: &str, ctx: &Ctx<'_>) -> Body {
             return glm_close(rest, pos, &name, pairs, ctx);
         }
     }
+}
+
+/// Where a GLM value ends (value end, after its closing tag), by the same rule as the
+/// `<parameter=…>` dialects: a `</arg_value>` counts only when structure follows it, the
+/// block's end or an `<arg_key>` naming a parameter the tool declares (any, if it declares none)
+/// and the call has not given yet. So a value holding GLM markup (an agent writing a chat
+/// template) keeps it. `None`: more text must show; `Err`: the reply ended inside the value.
+fn glm_value_end(
+    value: &str,
+    name: &str,
+    key: &str,
+    pairs: &[(String, String)],
+    ctx: &Ctx<'_>,
+) -> Option<Result<(usize, usize), ()>> {
+    const VALUE_CLOSE: &str = "</arg_value>";
+    const KEY: &str = "<arg_key>";
+    let declared = |k: &str| {
+        ctx.tool(name)
+            .ok()
+            .and_then(|t| t.parameters.get("properties"))
+            .and_then(serde_json::Value::as_object)
+            .is_none_or(|props| props.contains_key(k))
+    };
+    let mut from = 0;
+    while let Some(i) = value[from..].find(VALUE_CLOSE) {
+        let at = from + i;
+        let after = at + VALUE_CLOSE.len();
+        let rest = value[after..].trim_start();
+        if rest.starts_with(CLOSE) {
+            return Some(Ok((at, after)));
+        }
+        if let Some(next) = rest.strip_prefix(KEY) {
+            match next.find("</arg_key>") {
+                Some(k_end) => {
+                    let k = next[..k_end].trim();
+                    if declared(k) && k != key && !pairs.iter().any(|(given, _)| given == k) {
+                        return Some(Ok((at, after)));
+                    }
+                }
+                None if !ctx.at_end => return None,
+                None => {}
+            }
+        } else if rest.is_empty() || KEY.starts_with(rest) || CLOSE.starts_with(rest) {
+            // Can't tell yet whether this closing tag is structural.
+            return if ctx.at_end {
+                Some(Ok((at, after)))
+            } else {
+                None
+            };
+        }
+        from = after;
+    }
+    if ctx.at_end { Some(Err(())) } else { None }
 }
 
 /// Before any `<arg_key>`, the next bytes may still show the span is prose (`NotACall`); after

@@ -145,35 +145,6 @@ pub fn preview(s: &str, expected: &[&str]) -> String {
     s[..end].to_owned()
 }
 
-/// Finds the end of a value whose closing tag is `close`, structurally: the closing tag counts
-/// only when whitespace and then one of `next` follow it. Returns (value end, after close tag).
-pub fn structural_end(
-    s: &str,
-    close: &str,
-    next: &[&str],
-    at_end: bool,
-) -> Option<Result<(usize, usize), ()>> {
-    let mut from = 0;
-    while let Some(i) = s[from..].find(close) {
-        let at = from + i;
-        let after = &s[at + close.len()..];
-        let rest = after.trim_start();
-        if next.iter().any(|n| rest.starts_with(n)) {
-            return Some(Ok((at, at + close.len())));
-        }
-        if rest.is_empty() || next.iter().any(|n| n.starts_with(rest)) {
-            // Can't tell yet whether this closing tag is structural.
-            return if at_end {
-                Some(Ok((at, at + close.len())))
-            } else {
-                None
-            };
-        }
-        from = at + close.len();
-    }
-    if at_end { Some(Err(())) } else { None }
-}
-
 /// Strips the one newline the layout puts after an opening tag and before a closing one.
 pub fn layout_trim(v: &str) -> &str {
     let v = v
