@@ -179,10 +179,38 @@ async fn a_request_starts_its_backend_and_the_requests_that_follow_wait_for_it()
     )
     .await;
     assert_eq!(r.state_of(0), "stopped");
-    let (a, b, c) = tokio::join!(
+    // While the process starts, the three requests wait in the backend's queue, and show there.
+    let mut snap = r.handle.snapshot();
+    let name = r.names[0].clone();
+    let all_three_queued = async {
+        tokio::time::timeout(
+            BOUND,
+            snap.wait_for(|s| {
+                s.backends.iter().any(|b| {
+                    b.name == name
+                        && b.queue.depth == 3
+                        && b.queue.waiting.len() == 3
+                        && b.process.as_ref().is_some_and(|p| p.state == "starting")
+                })
+            }),
+        )
+        .await
+        .is_ok()
+    };
+    let (a, b, c, queued) = tokio::join!(
         r.chat("alpha", "one", true),
         r.chat("alpha", "two", false),
         r.chat("alpha", "three", true),
+        all_three_queued,
+    );
+    assert!(
+        queued,
+        "the requests waiting for the start never showed in the queue"
+    );
+    assert_eq!(
+        r.view(0).queue.depth,
+        0,
+        "the queue empties once they are served"
     );
     for (status, content) in [a, b, c] {
         assert_eq!((status, content.as_str()), (200, "alpha"));

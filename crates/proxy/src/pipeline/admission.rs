@@ -24,10 +24,21 @@ struct State {
     max_queue: usize,
     busy: usize,
     queue: VecDeque<Waiter>,
+    /// Requests waiting for the backend's process to start (a managed backend): shown in the
+    /// queue, ahead of it, though the gate does not grant them (the start does).
+    starting: Vec<Waiting>,
     /// Set by a cache purge: new requests wait until the purge is done.
     held: usize,
     /// The backend was removed: its requests finish, but it no longer shows.
     retired: bool,
+}
+
+/// A request waiting for its backend to start, as the queue shows it.
+#[derive(Debug)]
+struct Waiting {
+    id: String,
+    model: String,
+    since: Instant,
 }
 
 #[derive(Debug)]
@@ -67,6 +78,21 @@ pub struct Slot {
     id: String,
 }
 
+/// A request's place in the queue while its backend starts; leaves it on drop.
+#[derive(Debug)]
+pub struct Starting {
+    gate: Gate,
+    id: String,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let mut s = self.gate.lock();
+        s.starting.retain(|w| w.id != self.id);
+        self.gate.publish(&s);
+    }
+}
+
 /// A place in the queue; leaves the queue on drop.
 #[derive(Debug)]
 pub struct Ticket {
@@ -90,6 +116,7 @@ impl Gate {
                 max_queue,
                 busy: 0,
                 queue: VecDeque::new(),
+                starting: Vec::new(),
                 held: 0,
                 retired: false,
             })),
@@ -136,6 +163,23 @@ impl Gate {
         }))
     }
 
+    /// Shows a request in the queue while its backend's process starts (the start, not the
+    /// gate, decides when it goes on; then it enters the gate like any other). Not refused here:
+    /// the start bounds its own waiters (`managed::ensure`).
+    pub fn starting(&self, id: &str, model: &str) -> Starting {
+        let mut s = self.lock();
+        s.starting.push(Waiting {
+            id: id.to_owned(),
+            model: model.to_owned(),
+            since: Instant::now(),
+        });
+        self.publish(&s);
+        Starting {
+            gate: self.clone(),
+            id: id.to_owned(),
+        }
+    }
+
     /// Changes the limits; raising `limit` admits waiters at once.
     pub fn resize(&self, limit: usize, max_queue: usize) {
         let mut s = self.lock();
@@ -160,7 +204,7 @@ impl Gate {
     /// How full it is, for picking the least busy backend: requests in flight and waiting per slot.
     pub fn load(&self) -> f64 {
         let s = self.lock();
-        (s.busy + s.queue.len()) as f64 / s.limit.max(1) as f64
+        (s.busy + s.queue.len() + s.starting.len()) as f64 / s.limit.max(1) as f64
     }
 
     /// The backend was removed: it stops showing; requests in flight finish.
@@ -170,8 +214,10 @@ impl Gate {
         self.publish(&s);
     }
 
+    /// Requests waiting: in the queue, and for the backend to start.
     pub fn queued(&self) -> usize {
-        self.lock().queue.len()
+        let s = self.lock();
+        s.queue.len() + s.starting.len()
     }
 
     /// Holds every slot for exclusive use (a cache purge): new requests queue, and this waits
@@ -230,14 +276,17 @@ impl Gate {
     }
 
     fn publish(&self, s: &State) {
+        let queued = s.queue.iter().map(|w| (&w.id, &w.model, w.since));
         let waiting: Vec<QueuedRequest> = s
-            .queue
+            .starting
             .iter()
-            .map(|w| QueuedRequest {
-                id: w.id.clone(),
-                model: w.model.clone(),
+            .map(|w| (&w.id, &w.model, w.since))
+            .chain(queued)
+            .map(|(id, model, since)| QueuedRequest {
+                id: id.clone(),
+                model: model.clone(),
                 wait_secs: 0.0,
-                since: Some(w.since),
+                since: Some(since),
             })
             .collect();
         let (limit, busy, max_queue, retired) = (s.limit, s.busy, s.max_queue, s.retired);

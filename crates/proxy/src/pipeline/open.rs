@@ -140,6 +140,9 @@ async fn admit_managed(
     let mut told = false;
     // Bounded: each round is a start that succeeded and a stop between it and the slot.
     for _ in 0..4 {
+        // Waiting for the start is waiting in the backend's queue, and shows there.
+        let starting = (!state.managed.usable(backend))
+            .then(|| backend.gate.starting(&ex.ctx.id, &ex.ctx.model));
         loading += state
             .managed
             .ensure(state, backend, async || {
@@ -149,6 +152,7 @@ async fn admit_managed(
                 }
             })
             .await?;
+        drop(starting);
         let slot = admission::admit(&backend.gate, &state.hub, &ex.ctx, async |depth| {
             if !told {
                 let _ = sink.queued(depth).await;
