@@ -276,7 +276,7 @@ struct Search<'s, 'c, 'b> {
     budget: usize,
 }
 
-impl<'s, 'c, 'b> Search<'s, 'c, 'b> {
+impl<'b> Search<'_, '_, 'b> {
     fn without_function_close(self) -> Self {
         Search {
             function_close_optional: true,
@@ -399,7 +399,9 @@ impl Functions {
     /// it only when the body's structure follows (see [`Functions::structure_after`]), tags
     /// opened on their own line inside the value are a quoted block whose closing tags are
     /// text, and of the readings left the first in which every call has its required
-    /// parameters wins (else the first complete one).
+    /// parameters wins (else the first complete one). Only when the reply has ended without
+    /// any reading: a missing `</function>` before the block's end (a repair), then the same
+    /// without quoted blocks.
     pub fn parse(&self, body: &str, ctx: &Ctx<'_>) -> Body {
         let mut search = Search {
             ctx,
