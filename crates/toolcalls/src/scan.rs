@@ -14,7 +14,7 @@
 //! has `content: null`, as OpenAI's does.
 
 use crate::events::{Emitted, EmittedCall, TextKind};
-use crate::formats::{self, Call, Ctx, Format, JsonMemo, Scan, WholeMessage};
+use crate::formats::{self, Call, Ctx, Format, JsonMemo, NAMED_REPLY_START, Scan, WholeMessage};
 use crate::{Options, ToolSpec, TraceSpan};
 use memchr::{memchr3, memmem};
 use std::sync::{Arc, OnceLock};
@@ -52,6 +52,18 @@ enum Marker {
     ThinkClose,
     /// Index into the enabled formats, and which of its openers.
     Opener(usize, usize),
+    /// A declared tool's name opening the reply, for the format at this index
+    /// ([`Format::named_reply_start`]).
+    NamedStart(usize),
+}
+
+/// Does the reply's text so far begin with a declared tool's name and a format's tail?
+enum NamedStart {
+    No,
+    /// It may: the text so far is a beginning of one.
+    Partial,
+    /// It does: the format's index, and the matched length.
+    Found(usize, usize),
 }
 
 /// What a trace span is ([`TraceSpan::kind`] holds the name).
@@ -134,6 +146,8 @@ struct Dialects {
     /// The marker valid anywhere that begins with neither `<` nor `[` (Functionary's `>>>`),
     /// which the byte search for marker starts would not find.
     other_finder: Option<memmem::Finder<'static>>,
+    /// The format whose reply may begin with a declared tool's name, and what follows the name.
+    named_start: Option<(usize, &'static str)>,
 }
 
 /// The classifying side: turns consumed text into events and trace spans.
@@ -263,7 +277,13 @@ impl Dialects {
             .iter()
             .find(|(t, _, place)| *place == Place::Anywhere && !t.starts_with(['<', '[']))
             .map(|(t, _, _)| memmem::Finder::new(t.as_bytes()));
+        let named_start = formats
+            .iter()
+            .enumerate()
+            .find_map(|(fi, f)| Some((fi, f.named_reply_start()?)))
+            .filter(|_| parse);
         Dialects {
+            named_start,
             formats,
             whole,
             markers,
@@ -510,6 +530,13 @@ impl Scanner {
     ) -> Result<Option<(Marker, usize)>, ()> {
         let rest = &self.pending(src).as_bytes()[pos..];
         let mut partial = false;
+        if pos == 0 {
+            match self.named_start(rest, at_end) {
+                NamedStart::Found(fi, len) => return Ok(Some((Marker::NamedStart(fi), len))),
+                NamedStart::Partial => partial = true,
+                NamedStart::No => {}
+            }
+        }
         for (text, marker, place) in self.starting_with(rest.first()) {
             let t = text.as_bytes();
             if !self.placed(src, pos, *place) {
@@ -568,6 +595,7 @@ impl Scanner {
                     .reply_markers
                     .iter()
                     .any(|t| bytes.iter().zip(t.iter()).all(|(a, b)| a == b))
+                    || !matches!(self.named_start(bytes, false), NamedStart::No)
             })
             .filter(|found| *found)
             .map(|_| 0);
@@ -595,6 +623,38 @@ impl Scanner {
     fn starting_with(&self, first: Option<&u8>) -> &[(&'static str, Marker, Place)] {
         let (lo, hi) = first.map_or((0, 0), |b| self.dialects.by_first[usize::from(*b)]);
         &self.dialects.markers[usize::from(lo)..usize::from(hi)]
+    }
+
+    /// The reply so far (`bytes`) against the names of the declared tools followed by a
+    /// format's tail (Functionary v3.2's `NAME\n{`): looked at only while nothing of the reply
+    /// has been read, so it costs nothing after the first bytes.
+    fn named_start(&self, bytes: &[u8], at_end: bool) -> NamedStart {
+        let Some((fi, tail)) = self.dialects.named_start else {
+            return NamedStart::No;
+        };
+        if self.mode != Mode::Content || !self.at_reply_start(0) || bytes.is_empty() {
+            return NamedStart::No;
+        }
+        let mut partial = false;
+        for name in self.tools.iter().map(|t| t.name.as_bytes()) {
+            let pattern = || name.iter().chain(tail.as_bytes());
+            let len = name.len() + tail.len();
+            if name.is_empty() {
+                continue;
+            }
+            if bytes.len() >= len {
+                if pattern().zip(bytes).all(|(a, b)| a == b) {
+                    return NamedStart::Found(fi, len);
+                }
+            } else if !at_end && pattern().zip(bytes).all(|(a, b)| a == b) {
+                partial = true;
+            }
+        }
+        if partial {
+            NamedStart::Partial
+        } else {
+            NamedStart::No
+        }
     }
 
     /// Is `pos` (in the pending text) the first byte of the reply?
@@ -815,93 +875,107 @@ impl Scanner {
             }
             Marker::Opener(fi, oi) => {
                 let format = self.dialects.formats[fi];
-                let opener = &format.openers()[oi];
-                let pending = self.pending(src);
-                let (scan, repairs) = {
-                    let en = self.ctx_enabled();
-                    self.json_memo.reading(pending);
-                    let ctx = Ctx {
-                        tools: &self.tools,
-                        at_end,
-                        ends_normally: self.ends_normally,
-                        output_start: self.out.consumed() == 0,
-                        enabled: &en,
-                        memo: Some(&self.json_memo),
-                        repairs: Default::default(),
-                    };
-                    let scan = format.scan(pending, opener, &ctx);
-                    (scan, ctx.repairs.into_inner())
-                };
-                match scan {
-                    Scan::NeedMore => {
-                        self.waiting = Some(Waiting {
-                            seen: pending.len(),
-                            awaited: None,
-                        });
-                        false
-                    }
-                    Scan::Await { needle } => {
-                        self.waiting = Some(Waiting {
-                            seen: pending.len(),
-                            awaited: Some(needle).filter(|n| !n.is_empty()),
-                        });
-                        false
-                    }
-                    Scan::Calls { len, format, calls } => {
-                        if self.mode == Mode::Reasoning {
-                            // A call inside reasoning counts only if nothing follows it.
-                            if !pending[len..].trim().is_empty() {
-                                let t = self.take(src, len);
-                                self.out.reasoning(t);
-                                return true;
-                            }
-                            if !at_end {
-                                return false;
-                            }
-                            self.mode = Mode::Content;
-                        }
-                        let span = self.take(src, len);
-                        let repaired = (!repairs.is_empty())
-                            .then(|| format!("repaired: {}", repairs.join("; ")));
-                        self.out.emit_calls(span, format, calls, repaired);
-                        true
-                    }
-                    Scan::Plain { len } => {
-                        // The opener is ordinary text here (`all` on a line that does not
-                        // begin the reply).
-                        let t = self.take(src, len.clamp(1, pending.len()));
-                        match self.mode {
-                            Mode::Content => self.out.content(t),
-                            Mode::Reasoning => self.out.reasoning(t),
-                        }
-                        true
-                    }
-                    Scan::Section { len, reasoning } => {
-                        let reasoning = reasoning && self.options.split_reasoning;
-                        self.take(src, len);
-                        self.out.section_start(len);
-                        self.mode = if reasoning {
-                            Mode::Reasoning
-                        } else {
-                            Mode::Content
-                        };
-                        self.out.absorb_ws = !reasoning;
-                        true
-                    }
-                    Scan::Reject { len, reason } => {
-                        let len = len.max(1).min(pending.len());
-                        let len = (len..=pending.len())
-                            .find(|l| pending.is_char_boundary(*l))
-                            .unwrap_or(pending.len());
+                self.on_opener(src, format, &format.openers()[oi], at_end)
+            }
+            Marker::NamedStart(fi) => {
+                self.on_opener(src, self.dialects.formats[fi], &NAMED_REPLY_START, at_end)
+            }
+        }
+    }
+
+    /// A format's opener at the head of the pending text: its span read, then emitted, given
+    /// back, or waited for.
+    fn on_opener(
+        &mut self,
+        src: &str,
+        format: &'static dyn Format,
+        opener: &'static formats::Opener,
+        at_end: bool,
+    ) -> bool {
+        let pending = self.pending(src);
+        let (scan, repairs) = {
+            let en = self.ctx_enabled();
+            self.json_memo.reading(pending);
+            let ctx = Ctx {
+                tools: &self.tools,
+                at_end,
+                ends_normally: self.ends_normally,
+                output_start: self.out.consumed() == 0,
+                enabled: &en,
+                memo: Some(&self.json_memo),
+                repairs: Default::default(),
+            };
+            let scan = format.scan(pending, opener, &ctx);
+            (scan, ctx.repairs.into_inner())
+        };
+        match scan {
+            Scan::NeedMore => {
+                self.waiting = Some(Waiting {
+                    seen: pending.len(),
+                    awaited: None,
+                });
+                false
+            }
+            Scan::Await { needle } => {
+                self.waiting = Some(Waiting {
+                    seen: pending.len(),
+                    awaited: Some(needle).filter(|n| !n.is_empty()),
+                });
+                false
+            }
+            Scan::Calls { len, format, calls } => {
+                if self.mode == Mode::Reasoning {
+                    // A call inside reasoning counts only if nothing follows it.
+                    if !pending[len..].trim().is_empty() {
                         let t = self.take(src, len);
-                        if self.mode == Mode::Reasoning {
-                            self.out.reasoning(t);
-                        } else {
-                            self.out.rejected(t, reason);
-                        }
-                        true
+                        self.out.reasoning(t);
+                        return true;
                     }
+                    if !at_end {
+                        return false;
+                    }
+                    self.mode = Mode::Content;
                 }
+                let span = self.take(src, len);
+                let repaired =
+                    (!repairs.is_empty()).then(|| format!("repaired: {}", repairs.join("; ")));
+                self.out.emit_calls(span, format, calls, repaired);
+                true
+            }
+            Scan::Plain { len } => {
+                // The opener is ordinary text here (`all` on a line that does not
+                // begin the reply).
+                let t = self.take(src, len.clamp(1, pending.len()));
+                match self.mode {
+                    Mode::Content => self.out.content(t),
+                    Mode::Reasoning => self.out.reasoning(t),
+                }
+                true
+            }
+            Scan::Section { len, reasoning } => {
+                let reasoning = reasoning && self.options.split_reasoning;
+                self.take(src, len);
+                self.out.section_start(len);
+                self.mode = if reasoning {
+                    Mode::Reasoning
+                } else {
+                    Mode::Content
+                };
+                self.out.absorb_ws = !reasoning;
+                true
+            }
+            Scan::Reject { len, reason } => {
+                let len = len.max(1).min(pending.len());
+                let len = (len..=pending.len())
+                    .find(|l| pending.is_char_boundary(*l))
+                    .unwrap_or(pending.len());
+                let t = self.take(src, len);
+                if self.mode == Mode::Reasoning {
+                    self.out.reasoning(t);
+                } else {
+                    self.out.rejected(t, reason);
+                }
+                true
             }
         }
     }

@@ -97,6 +97,9 @@ pub struct FunctionaryV32;
 const SEGMENT: &str = ">>>";
 /// The `all` recipient line that begins a reply whose `>>>` was in the prompt.
 const ALL_LINE: &str = "all\n";
+/// What follows a declared tool's name when the reply's first segment is a call (its `>>>`
+/// was in the prompt).
+const FIRST_CALL: &str = "\n{";
 
 impl Format for FunctionaryV32 {
     fn names(&self) -> &'static [&'static str] {
@@ -118,7 +121,15 @@ impl Format for FunctionaryV32 {
         ]
     }
 
+    fn named_reply_start(&self) -> Option<&'static str> {
+        Some(FIRST_CALL)
+    }
+
     fn scan(&self, text: &str, opener: &Opener, ctx: &Ctx<'_>) -> Scan {
+        if opener.text.is_empty() {
+            // `NAME\n{…}` as the reply's first bytes: the segment's `>>>` was the prompt's end.
+            return segment(text, 0, ctx);
+        }
         if opener.text == ALL_LINE {
             // The scanner offers it only as the reply's first line (the recipient); were it
             // elsewhere, `all` would be a word.
@@ -133,50 +144,68 @@ impl Format for FunctionaryV32 {
                 }
             };
         }
-        let not_a_call = || Scan::Reject {
-            len: SEGMENT.len(),
-            reason: format!(
-                "{SEGMENT} is not followed by a recipient line (all, or NAME and JSON)"
-            ),
+        segment(text, SEGMENT.len(), ctx)
+    }
+}
+
+/// A recipient segment whose `>>>` (if any) is `text[..lead]`: `all\n` then the answer, or
+/// `NAME\n{json}`, a call.
+fn segment(text: &str, lead: usize, ctx: &Ctx<'_>) -> Scan {
+    let body = &text[lead..];
+    let name_len = body.find(|c: char| !name_char(c)).unwrap_or(body.len());
+    // What goes back to the content: the `>>>`, or for a reply's first line, that line.
+    let not_a_call = || {
+        if lead == 0 {
+            Scan::Reject {
+                len: (name_len + 1).min(text.len()),
+                reason: "the reply's first line names a tool, but JSON arguments do not follow"
+                    .into(),
+            }
+        } else {
+            Scan::Reject {
+                len: lead,
+                reason: format!(
+                    "{SEGMENT} is not followed by a recipient line (all, or NAME and JSON)"
+                ),
+            }
+        }
+    };
+    if name_len == body.len() {
+        return if ctx.at_end || name_len > 128 {
+            not_a_call()
+        } else {
+            Scan::NeedMore
         };
-        let body = &text[SEGMENT.len()..];
-        let name_len = body.find(|c: char| !name_char(c)).unwrap_or(body.len());
-        if name_len == body.len() {
-            return if ctx.at_end || name_len > 128 {
-                not_a_call()
-            } else {
-                Scan::NeedMore
-            };
-        }
-        let Some(after) = body[name_len..].strip_prefix('\n') else {
-            return not_a_call();
+    }
+    let Some(after) = body[name_len..].strip_prefix('\n') else {
+        return not_a_call();
+    };
+    let name = &body[..name_len];
+    let head = lead + name_len + 1;
+    if name == "all" {
+        // The answer to the user: the recipient line is markup.
+        return Scan::Section {
+            len: head,
+            reasoning: false,
         };
-        let name = &body[..name_len];
-        let head = SEGMENT.len() + name_len + 1;
-        if name == "all" {
-            // The answer to the user: the recipient line is markup.
-            return Scan::Section {
-                len: head,
-                reasoning: false,
-            };
-        }
-        if name_len == 0 {
-            return not_a_call();
-        }
-        match ctx.value_end(after) {
-            _ if after.is_empty() && !ctx.at_end => Scan::NeedMore,
-            End::Incomplete => ctx.unterminated(text, SEGMENT),
-            End::NotAValue => not_a_call(),
-            End::Complete(n) => {
-                let len = head + n;
-                match ctx.call_from_args_text(name, &after[..n], None) {
-                    Ok(call) => Scan::Calls {
-                        len,
-                        format: "functionary_v3_2",
-                        calls: vec![call],
-                    },
-                    Err(reason) => Scan::Reject { len, reason },
-                }
+    }
+    if name_len == 0 {
+        return not_a_call();
+    }
+    match ctx.value_end(after) {
+        _ if after.is_empty() && !ctx.at_end => Scan::NeedMore,
+        End::Incomplete if lead == 0 => ctx.unterminated(text, "the reply's first call"),
+        End::Incomplete => ctx.unterminated(text, SEGMENT),
+        End::NotAValue => not_a_call(),
+        End::Complete(n) => {
+            let len = head + n;
+            match ctx.call_from_args_text(name, &after[..n], None) {
+                Ok(call) => Scan::Calls {
+                    len,
+                    format: "functionary_v3_2",
+                    calls: vec![call],
+                },
+                Err(reason) => Scan::Reject { len, reason },
             }
         }
     }

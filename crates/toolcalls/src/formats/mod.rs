@@ -326,7 +326,23 @@ pub trait Format: Sync {
     fn marks_reasoning(&self) -> bool {
         false
     }
+
+    /// A reply may begin with a call written as a declared tool's name and then this text, the
+    /// rest of the format's marker being in the prompt (Functionary v3.2: the prompt ends with
+    /// `>>>`, so the reply starts `NAME\n{`). The scanner then calls `scan` with
+    /// [`NAMED_REPLY_START`] as the opener.
+    fn named_reply_start(&self) -> Option<&'static str> {
+        None
+    }
 }
+
+/// The opener a format's `scan` gets for a reply that begins with a declared tool's name
+/// ([`Format::named_reply_start`]); it has no text of its own.
+pub static NAMED_REPLY_START: Opener = Opener {
+    text: "",
+    line_start: true,
+    reply_start: true,
+};
 
 /// A dialect that is a call only when it is the entire message (a bare JSON object, a Python
 /// list of calls): recognised at the end, so prose that merely starts with `{` stays prose.
