@@ -31,7 +31,8 @@ pub struct Head {
     pub custom_tools: Arc<HashSet<String>>,
     /// The client's `store` (default true), echoed.
     pub store: bool,
-    /// Where the finished response goes for a later `previous_response_id`, with its input.
+    /// Where the finished response goes (for `previous_response_id` and `GET /v1/responses/{id}`),
+    /// with its input.
     pub keep: Option<Keep>,
 }
 
