@@ -1,6 +1,7 @@
 //! The Responses front door (`POST /v1/responses`) through the whole server on port 0, against
 //! in-process fake chat backends: what the backend is sent, what the client gets (streamed and
-//! whole), `previous_response_id`, the error shapes, queueing and a backend cut mid-reply.
+//! whole), `previous_response_id`, the kept responses (`GET`/`DELETE /v1/responses/{id}`,
+//! `…/input_items`), the error shapes, queueing and a backend cut mid-reply.
 
 mod faulty;
 mod support;
@@ -312,6 +313,167 @@ async fn previous_response_id_continues_a_stored_conversation() {
         assert_eq!(e["error"]["param"], "previous_response_id");
         assert_eq!(e["error"]["type"], "invalid_request_error");
     }
+    handle.shutdown().await;
+}
+
+async fn get(base: &str, path: &str) -> reqwest::Response {
+    client().get(format!("{base}{path}")).send().await.unwrap()
+}
+
+/// A 404 in OpenAI's shape whose message names the id and what blockops keeps.
+async fn assert_not_kept(r: reqwest::Response, id: &str) {
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert_eq!(e["error"]["code"], "not_found");
+    assert_eq!(e["error"]["param"], Value::Null);
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains(id), "{message}");
+    assert!(message.contains("RESPONSES_STORE_MAX"), "{message}");
+}
+
+#[tokio::test]
+async fn stored_responses_are_retrieved_listed_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backend(sse_script(TEXT_CALL), Recorder::default()).await;
+    let (handle, base) = proxy(settings(&url, &dir)).await;
+    let input = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "message", "id": "msg_mine", "role": "user",
+         "content": [{"type": "input_text", "text": "Be quick."}]},
+    ]);
+    let tools = json!([{"type": "function", "name": "get_weather"}]);
+
+    // Whole: GET gives back the object the POST returned.
+    let whole: Value = post(
+        &base,
+        &json!({"model": "m", "input": input, "tools": tools}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = whole["id"].as_str().unwrap();
+    let r = get(&base, &format!("/v1/responses/{id}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), whole);
+
+    // Streamed: the object response.completed carried.
+    let r = post(
+        &base,
+        &json!({"model": "m", "input": "hi", "tools": tools, "stream": true}),
+    )
+    .await;
+    let evs = events(&r.text().await.unwrap());
+    let (last, completed) = evs.last().unwrap();
+    assert_eq!(last, "response.completed");
+    let streamed_id = completed["response"]["id"].as_str().unwrap();
+    let got: Value = get(&base, &format!("/v1/responses/{streamed_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got, completed["response"]);
+    assert_eq!(got["object"], "response");
+    assert_eq!(got["status"], "completed");
+
+    // Input items: what was sent, newest first, each with an id; asc and limit page it.
+    let list: Value = get(&base, &format!("/v1/responses/{id}/input_items"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["has_more"], false);
+    let data = list["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[0]["id"], "msg_mine");
+    assert_eq!(data[0]["content"][0]["text"], "Be quick.");
+    let first_sent = data[1]["id"].as_str().unwrap();
+    assert!(first_sent.starts_with("msg_"));
+    assert_eq!(
+        data[1]["content"],
+        json!([{"type": "input_text", "text": "Weather in Paris?"}])
+    );
+    assert_eq!(list["first_id"], "msg_mine");
+    assert_eq!(list["last_id"], first_sent);
+    let asc: Value = get(
+        &base,
+        &format!("/v1/responses/{id}/input_items?order=asc&limit=1"),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(asc["data"][0]["id"], first_sent);
+    assert_eq!(asc["has_more"], true);
+    let r = get(&base, &format!("/v1/responses/{id}/input_items?limit=500")).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "limit");
+
+    // Delete: then it is gone for GET, input_items, a second DELETE and previous_response_id.
+    let r = client()
+        .delete(format!("{base}/v1/responses/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"id": id, "object": "response.deleted", "deleted": true})
+    );
+    assert_not_kept(get(&base, &format!("/v1/responses/{id}")).await, id).await;
+    assert_not_kept(
+        get(&base, &format!("/v1/responses/{id}/input_items")).await,
+        id,
+    )
+    .await;
+    let again = client()
+        .delete(format!("{base}/v1/responses/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_not_kept(again, id).await;
+    let r = post(
+        &base,
+        &json!({"model": "m", "input": "more", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "previous_response_not_found");
+    // Another method says which ones are served.
+    let r = client()
+        .put(format!("{base}/v1/responses/{streamed_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "method_not_allowed");
+    assert!(e["error"]["message"].as_str().unwrap().contains("DELETE"));
+    // The streamed one is untouched.
+    assert_eq!(
+        get(&base, &format!("/v1/responses/{streamed_id}"))
+            .await
+            .status(),
+        200
+    );
+
+    // `store: false` keeps nothing; an id never seen is the same helpful 404.
+    let unstored: Value = post(&base, &json!({"model": "m", "input": "hi", "store": false}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let unstored_id = unstored["id"].as_str().unwrap();
+    assert_not_kept(
+        get(&base, &format!("/v1/responses/{unstored_id}")).await,
+        unstored_id,
+    )
+    .await;
+    assert_not_kept(get(&base, "/v1/responses/resp_never").await, "resp_never").await;
     handle.shutdown().await;
 }
 

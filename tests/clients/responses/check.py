@@ -7,7 +7,8 @@ Clients: the OpenAI SDK's `responses.create` and `responses.stream()` (`get_fina
 on the tool-call scenarios (the three seed text formats, two calls, text around a call,
 reasoning, the backend's own structured calls); a two-turn function-call loop, stateless (the
 whole history re-sent, `store: false`, as Codex does) and with `previous_response_id`; the OpenAI
-Agents SDK running one tool through its Responses model (tracing disabled); and the error shapes
+Agents SDK running one tool through its Responses model (tracing disabled); the kept responses
+(`responses.retrieve`, `responses.input_items.list`, `responses.delete`); and the error shapes
 (invalid JSON, no `input`, an unknown `previous_response_id`, a backend cut mid-reply). Prints one
 `PASS`/`FAIL` line per case; run.sh counts them. Exit status 1 when any failed.
 """
@@ -163,6 +164,61 @@ def case_agents(proxy, s, streamed):
     return problems
 
 
+def case_stored(proxy, s):
+    """`responses.retrieve`, `responses.input_items.list` (paged by the SDK with `after`) and
+    `responses.delete` on kept responses, whole and streamed; `store=False` keeps nothing."""
+    import openai
+    c = client(proxy)
+    sent = [{"role": "user", "content": "Earlier question."},
+            {"role": "assistant", "content": "Earlier answer."},
+            {"role": "user", "content": s["user"]}]
+    created = c.responses.create(model=s["name"], instructions=SYSTEM, input=sent, tools=TOOLS)
+    with c.responses.stream(model=s["name"], instructions=SYSTEM, input=s["user"], tools=TOOLS) as stream:
+        streamed = stream.get_final_response()
+    problems = []
+    got = c.responses.retrieve(created.id)
+    if got.model_dump() != created.model_dump():
+        problems.append("retrieve differs from create: %r vs %r" % (got, created))
+    got = c.responses.retrieve(streamed.id)
+    if (got.id, got.status, got.output_text, summary(got), got.usage) != (
+            streamed.id, streamed.status, streamed.output_text, summary(streamed), streamed.usage):
+        problems.append("retrieve differs from the stream's final response: %r vs %r" % (got, streamed))
+
+    def texts(items):
+        return [(i.type, i.role, "".join(p.text for p in i.content)) for i in items]
+
+    want = [("message", m["role"], m["content"]) for m in sent]
+    newest_first = texts(c.responses.input_items.list(created.id).data)
+    if newest_first != want[::-1]:
+        problems.append("input_items %r, expected %r" % (newest_first, want[::-1]))
+    # One item a page: the SDK follows `after` through all three.
+    paged = list(c.responses.input_items.list(created.id, order="asc", limit=1))
+    if texts(paged) != want or len({i.id for i in paged}) != 3:
+        problems.append("input_items paged %r, expected %r with distinct ids" % (texts(paged), want))
+
+    c.responses.delete(created.id)
+    try:
+        c.responses.retrieve(created.id)
+        problems.append("a deleted response was retrieved")
+    except openai.NotFoundError as e:
+        if (e.body or {}).get("code") != "not_found" or created.id not in (e.body or {}).get("message", ""):
+            problems.append("retrieve after delete: %r" % e.body)
+    try:
+        c.responses.create(model=s["name"], input="x", previous_response_id=created.id)
+        problems.append("a deleted response continued a conversation")
+    except openai.BadRequestError as e:
+        if (e.body or {}).get("code") != "previous_response_not_found":
+            problems.append("previous_response_id after delete: %r" % e.body)
+    unstored = c.responses.create(model=s["name"], input=s["user"], tools=TOOLS, store=False)
+    for rid in (unstored.id, "resp_unknown"):
+        try:
+            c.responses.retrieve(rid)
+            problems.append("retrieve(%s) found a response that was never kept" % rid)
+        except openai.NotFoundError:
+            pass
+    return problems
+
+
 def raw_post(proxy, body, stream=False):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(proxy + "/v1/responses", data=data, headers={"content-type": "application/json"})
@@ -224,6 +280,7 @@ def main():
         ("responses loop, previous_response_id", "tool-loop", case_loop_previous_id),
         ("agents Runner.run", "tool-loop", lambda p, s: case_agents(p, s, False)),
         ("agents Runner.run_streamed", "tool-loop", lambda p, s: case_agents(p, s, True)),
+        ("responses retrieve, input_items, delete", "hermes", case_stored),
         ("responses errors", "hermes", case_errors),
         ("responses raw stream", "midstream-error", case_midstream),
     ]

@@ -299,7 +299,7 @@ pub const KEYS: &[Key] = &[
         "RESPONSES_STORE_MAX",
         "100",
         int(0, 100_000, ""),
-        "recent /v1/responses replies kept for previous_response_id (0 = none)",
+        "recent /v1/responses replies kept for previous_response_id and GET /v1/responses/{id} (0 = none)",
     )
     .shown("Behaviour", "Responses kept"),
     key(
@@ -307,7 +307,7 @@ pub const KEYS: &[Key] = &[
         "RESPONSES_STORE_TTL_SECS",
         "3600",
         secs(1.0, 2_592_000.0),
-        "how long a kept /v1/responses reply can be continued (seconds)",
+        "how long a kept /v1/responses reply can be continued or retrieved (seconds)",
     )
     .shown("Behaviour", "Responses kept for"),
     fixed(

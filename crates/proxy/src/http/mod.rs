@@ -57,7 +57,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .merge(messages::routes())
         .route("/v1/models", get(models))
-        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses",
+            post(responses::create).fallback(responses::wrong_method),
+        )
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve)
+                .delete(responses::delete)
+                .fallback(responses::wrong_method),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items).fallback(responses::wrong_method),
+        )
         .route("/v1/{*path}", any(passthrough::forward))
         .route("/health", get(health))
         .route("/metrics", get(metrics))

@@ -1,6 +1,8 @@
-//! Recent conversations by response id, for the Responses front door's `previous_response_id`:
-//! bounded by count and age (settings `responses_store_max`, `responses_store_ttl_secs`), in
-//! memory only. Held in the shared state, so it lives here rather than in `http/`.
+//! Recent responses by id, for the Responses front door: the conversation behind
+//! `previous_response_id`, and the response object and input items that `GET /v1/responses/{id}`
+//! and `…/input_items` return. Bounded by count and age (settings `responses_store_max`,
+//! `responses_store_ttl_secs`), in memory only. Held in the shared state, so it lives here rather
+//! than in `http/`.
 //!
 //! A conversation is a list of shared segments (each request's input, each response's output), so
 //! a chain of responses shares its history instead of copying it once per turn.
@@ -15,6 +17,17 @@ use std::{
 /// Chat messages in order, as shared segments.
 pub type Conversation = Vec<Arc<[Value]>>;
 
+/// One finished response, as kept.
+#[derive(Debug)]
+pub struct Stored {
+    /// Its input and output as chat messages, with the history before it.
+    pub conversation: Conversation,
+    /// The response object the client got (whole, or the stream's `response.completed`).
+    pub response: Value,
+    /// The request's own input items as the client sent them, each with an `id`.
+    pub input: Arc<[Value]>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ConversationStore {
     inner: Arc<Mutex<Inner>>,
@@ -22,7 +35,7 @@ pub struct ConversationStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: HashMap<String, (Instant, Conversation)>,
+    by_id: HashMap<String, (Instant, Arc<Stored>)>,
     /// Ids oldest first; an id is here exactly when it is in `by_id`.
     order: VecDeque<String>,
 }
@@ -46,8 +59,8 @@ impl Inner {
 }
 
 impl ConversationStore {
-    /// Keeps `conversation` (input and output) under `id`; `max == 0` keeps nothing.
-    pub fn put(&self, id: &str, conversation: Conversation, max: usize, ttl: Duration) {
+    /// Keeps a finished response under `id`; `max == 0` keeps nothing.
+    pub fn put(&self, id: &str, stored: Stored, max: usize, ttl: Duration) {
         let now = Instant::now();
         let Ok(mut inner) = self.inner.lock() else {
             return;
@@ -55,7 +68,7 @@ impl ConversationStore {
         if max > 0
             && inner
                 .by_id
-                .insert(id.to_owned(), (now, conversation))
+                .insert(id.to_owned(), (now, Arc::new(stored)))
                 .is_none()
         {
             inner.order.push_back(id.to_owned());
@@ -63,11 +76,23 @@ impl ConversationStore {
         inner.evict(max, ttl, now);
     }
 
-    /// The conversation stored under `id`, unless it is gone or older than `ttl`.
-    pub fn get(&self, id: &str, ttl: Duration) -> Option<Conversation> {
+    /// The response stored under `id`, unless it is gone or older than `ttl`.
+    pub fn get(&self, id: &str, ttl: Duration) -> Option<Arc<Stored>> {
         let inner = self.inner.lock().ok()?;
-        let (at, conversation) = inner.by_id.get(id)?;
-        (at.elapsed() < ttl).then(|| conversation.clone())
+        let (at, stored) = inner.by_id.get(id)?;
+        (at.elapsed() < ttl).then(|| Arc::clone(stored))
+    }
+
+    /// Forgets `id`; false when it was not there (or already older than `ttl`).
+    pub fn remove(&self, id: &str, ttl: Duration) -> bool {
+        let Ok(mut inner) = self.inner.lock() else {
+            return false;
+        };
+        let Some((at, _)) = inner.by_id.remove(id) else {
+            return false;
+        };
+        inner.order.retain(|kept| kept != id);
+        at.elapsed() < ttl
     }
 
     pub fn len(&self) -> usize {
@@ -84,8 +109,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn conv(text: &str) -> Conversation {
-        vec![Arc::from(vec![json!({"role": "user", "content": text})])]
+    fn conv(text: &str) -> Stored {
+        Stored {
+            conversation: vec![Arc::from(vec![json!({"role": "user", "content": text})])],
+            response: json!({"id": "resp"}),
+            input: Arc::from(vec![]),
+        }
     }
 
     #[test]
@@ -108,6 +137,22 @@ mod tests {
         assert!(s.get("resp_a", Duration::ZERO).is_none());
         s.put("resp_b", conv("y"), 10, Duration::ZERO);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn removed_entries_are_gone_and_a_second_remove_says_so() {
+        let s = ConversationStore::default();
+        let ttl = Duration::from_secs(60);
+        s.put("resp_a", conv("x"), 10, ttl);
+        s.put("resp_b", conv("y"), 10, ttl);
+        assert!(s.remove("resp_a", ttl));
+        assert!(!s.remove("resp_a", ttl));
+        assert!(s.get("resp_a", ttl).is_none());
+        assert_eq!(s.len(), 1);
+        // The order list forgot it too: filling up evicts resp_b first, not a ghost.
+        s.put("resp_c", conv("z"), 1, ttl);
+        assert!(s.get("resp_b", ttl).is_none());
+        assert!(s.get("resp_c", ttl).is_some());
     }
 
     #[test]

@@ -8,6 +8,11 @@ pub fn request_id(seed: u64) -> String {
     format!("req_{}", toolcalls::ids::alphanumeric(seed, 16))
 }
 
+/// An item id as OpenAI writes them (`msg_…`, `fc_…`): `prefix`, `_`, 24 alphanumerics.
+pub fn item_id(prefix: &str, seed: u64) -> String {
+    format!("{prefix}_{}", toolcalls::ids::alphanumeric(seed, 24))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -22,5 +27,8 @@ mod tests {
         let r = request_id(next_seed());
         assert_eq!(r.len(), 20);
         assert!(r.starts_with("req_"));
+        let m = item_id("msg", next_seed());
+        assert_eq!(m.len(), 28);
+        assert!(m.starts_with("msg_"));
     }
 }

@@ -9,7 +9,7 @@
 //! with `response.completed`, its `status` `incomplete`: both Codex and the SDK's
 //! `get_final_response()` fail a stream without `response.completed`.
 
-use crate::pipeline::conversations::{Conversation, ConversationStore};
+use crate::pipeline::conversations::{Conversation, ConversationStore, Stored};
 use crate::{
     error::ProxyError,
     http::stream::{StreamEncoder, named_event},
@@ -31,7 +31,8 @@ pub struct Head {
     pub custom_tools: Arc<HashSet<String>>,
     /// The client's `store` (default true), echoed.
     pub store: bool,
-    /// Where the finished response goes for a later `previous_response_id`, with its input.
+    /// Where the finished response goes (for `previous_response_id` and `GET /v1/responses/{id}`),
+    /// with its input.
     pub keep: Option<Keep>,
 }
 
@@ -39,6 +40,8 @@ pub struct Head {
 pub struct Keep {
     pub store: ConversationStore,
     pub conversation: Conversation,
+    /// The request's input items (with ids), listed by `GET /v1/responses/{id}/input_items`.
+    pub input: Arc<[Value]>,
     pub max: usize,
     pub ttl: Duration,
 }
@@ -78,12 +81,19 @@ impl Head {
         Value::Object(r)
     }
 
-    /// Stores the finished response (its input, then its output as chat messages).
-    fn keep(&self, output: &[Value]) {
+    /// Stores the finished response: its conversation (input, then output as chat messages) for
+    /// `previous_response_id`, the object the client got for `GET /v1/responses/{id}`, and the
+    /// input items. Called before the client sees the object, so a retrieve right after finds it.
+    fn keep(&self, output: &[Value], response: &Value) {
         let Some(keep) = &self.keep else { return };
         let mut conversation = keep.conversation.clone();
         conversation.push(Arc::from(output_as_chat(output)));
-        keep.store.put(&self.id, conversation, keep.max, keep.ttl);
+        let stored = Stored {
+            conversation,
+            response: response.clone(),
+            input: Arc::clone(&keep.input),
+        };
+        keep.store.put(&self.id, stored, keep.max, keep.ttl);
     }
 
     fn is_custom(&self, name: &str) -> bool {
@@ -237,13 +247,14 @@ pub fn whole_response(head: &Head, fold: &Fold) -> Value {
             head.is_custom(&call.name),
         ));
     }
-    head.keep(&output);
-    finished(
+    let response = finished(
         head,
         &output,
         choice.and_then(|c| c.finish.as_ref()),
         fold.usage.as_ref(),
-    )
+    );
+    head.keep(&output, &response);
+    response
 }
 
 fn suffix(id: &str) -> &str {
@@ -566,13 +577,13 @@ impl StreamEncoder for ResponsesEncoder {
 
     fn done(&mut self, out: &mut BytesMut) {
         self.close(out);
-        self.head.keep(&self.items);
         let r = finished(
             &self.head,
             &self.items,
             self.finish.as_ref(),
             self.usage.as_ref(),
         );
+        self.head.keep(&self.items, &r);
         self.emit(out, "response.completed", json!({"response": r}));
     }
 
@@ -868,11 +879,12 @@ mod tests {
         let keep = Keep {
             store: store.clone(),
             conversation: vec![Arc::from(vec![json!({"role": "user", "content": "q"})])],
+            input: Arc::from(vec![json!({"id": "msg_in", "type": "message"})]),
             max: 10,
             ttl: Duration::from_secs(60),
         };
         let mut enc = ResponsesEncoder::new(head(&[], Some(keep)));
-        run(
+        let events = run(
             &mut enc,
             &[vec![
                 text("a"),
@@ -886,8 +898,12 @@ mod tests {
             ]],
             Ok(()),
         );
-        let conv = store.get("resp_abc", Duration::from_secs(60)).unwrap();
-        let msgs: Vec<&Value> = conv.iter().flat_map(|s| s.iter()).collect();
+        let stored = store.get("resp_abc", Duration::from_secs(60)).unwrap();
+        // The object kept is the one response.completed carried.
+        let (_, completed) = events.last().unwrap();
+        assert_eq!(stored.response, completed["response"]);
+        assert_eq!(stored.input[0]["id"], "msg_in");
+        let msgs: Vec<&Value> = stored.conversation.iter().flat_map(|s| s.iter()).collect();
         assert_eq!(msgs.len(), 2);
         assert_eq!(
             *msgs[1],

@@ -7,6 +7,7 @@
 
 use crate::error::ProxyError as ApiError;
 use crate::pipeline::conversations::Conversation;
+use crate::pipeline::ids::{item_id, next_seed};
 use serde_json::{Map, Value, json};
 use std::{collections::HashSet, sync::Arc};
 
@@ -89,6 +90,55 @@ pub fn validate(body: &Map<String, Value>) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The request's input as Responses items, for `GET /v1/responses/{id}/input_items`: as the
+/// client sent them, in the full form OpenAI lists (a string is one user message; a message
+/// without `type` gets it, and string content becomes one text part), each with an `id`.
+pub fn input_items(body: &Map<String, Value>) -> Vec<Value> {
+    let items = match body.get("input") {
+        Some(Value::String(text)) => {
+            vec![json!({"type": "message", "role": "user", "content": text})]
+        }
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    items.into_iter().map(full_item).collect()
+}
+
+fn full_item(mut item: Value) -> Value {
+    let Some(obj) = item.as_object_mut() else {
+        return item;
+    };
+    if !obj.contains_key("type") && obj.contains_key("role") {
+        obj.insert("type".into(), "message".into());
+    }
+    let kind = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+    let prefix = match kind {
+        "message" => "msg",
+        "function_call" => "fc",
+        "function_call_output" => "fco",
+        "custom_tool_call" => "ctc",
+        "custom_tool_call_output" => "ctco",
+        "reasoning" => "rs",
+        _ => "item",
+    };
+    if kind == "message" {
+        let part = if obj.get("role").and_then(Value::as_str) == Some("assistant") {
+            "output_text"
+        } else {
+            "input_text"
+        };
+        if let Some(Value::String(text)) = obj.get("content") {
+            let parts = json!([{"type": part, "text": text}]);
+            obj.insert("content".into(), parts);
+        }
+        obj.entry("status").or_insert("completed".into());
+    }
+    if !obj.get("id").is_some_and(Value::is_string) {
+        obj.insert("id".into(), item_id(prefix, next_seed()).into());
+    }
+    item
 }
 
 /// Converts a validated body. `history` is the stored conversation `previous_response_id` named.
@@ -524,6 +574,34 @@ mod tests {
         let body = body.as_object().unwrap().clone();
         validate(&body).unwrap();
         convert(&body, Conversation::default()).unwrap()
+    }
+
+    #[test]
+    fn input_items_are_listed_in_full_form_with_ids() {
+        let body = json!({"input": "hi"});
+        let items = input_items(body.as_object().unwrap());
+        assert_eq!(items.len(), 1);
+        assert!(items[0]["id"].as_str().unwrap().starts_with("msg_"));
+        assert_eq!(items[0]["type"], "message");
+        assert_eq!(items[0]["role"], "user");
+        assert_eq!(
+            items[0]["content"],
+            json!([{"type": "input_text", "text": "hi"}])
+        );
+        let body = json!({"input": [
+            {"role": "assistant", "content": "earlier"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "ok"},
+            {"type": "message", "id": "msg_mine", "role": "user", "content": [{"type": "input_text", "text": "q"}]},
+        ]});
+        let items = input_items(body.as_object().unwrap());
+        assert_eq!(
+            items[0]["content"],
+            json!([{"type": "output_text", "text": "earlier"}])
+        );
+        assert!(items[1]["id"].as_str().unwrap().starts_with("fco_"));
+        assert_eq!(items[1]["output"], "ok");
+        assert_eq!(items[2]["id"], "msg_mine", "the client's own id is kept");
+        assert_ne!(items[0]["id"], items[1]["id"]);
     }
 
     #[test]
