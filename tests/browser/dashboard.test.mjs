@@ -431,14 +431,14 @@ describe('dashboard', () => {
     await page.waitForSelector('#backend-remove-dialog[open]', WAIT);
     assert.match(await page.textContent('#backend-remove-title'), /viaform/);
     await page.click('#backend-remove-cancel');
-    await page.waitForSelector('#backend-remove-dialog:not([open])', WAIT);
+    await page.waitForSelector('#backend-remove-dialog:not([open])', { state: 'attached', ...WAIT });
     assert.equal(await page.evaluate(() => document.activeElement?.dataset.remove), 'viaform', 'focus returns to the button');
     assert.ok(await listed('viaform'), 'cancel keeps it');
     await row.locator('button[data-remove="viaform"]').click();
     await page.waitForSelector('#backend-remove-dialog[open]', WAIT);
     await page.click('#backend-remove-confirm');
     await row.waitFor({ state: 'detached', timeout: 5000 });
-    await page.waitForSelector('#backend-remove-dialog:not([open])', WAIT);
+    await page.waitForSelector('#backend-remove-dialog:not([open])', { state: 'attached', ...WAIT });
     assert.equal(await listed('viaform'), undefined);
     assert.doesNotMatch(fs.readFileSync(path.join(proxy.dir, 'config.toml'), 'utf8'), /viaform/, 'gone from the config file');
 
@@ -448,7 +448,7 @@ describe('dashboard', () => {
     assert.match(await page.textContent('#backend-remove-detail'), /only backend/);
     assert.equal(await page.locator('#backend-remove-confirm').isDisabled(), true);
     await page.keyboard.press('Escape');
-    await page.waitForSelector('#backend-remove-dialog:not([open])', WAIT);
+    await page.waitForSelector('#backend-remove-dialog:not([open])', { state: 'attached', ...WAIT });
   });
 
   test('screenshots at 420×640 and 1440×900', async () => {
