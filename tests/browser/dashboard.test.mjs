@@ -442,6 +442,33 @@ describe('dashboard', () => {
     assert.equal(await listed('viaform'), undefined);
     assert.doesNotMatch(fs.readFileSync(path.join(proxy.dir, 'config.toml'), 'utf8'), /viaform/, 'gone from the config file');
 
+    // A backend blockops starts itself: editing keeps its cmd and the port it picked.
+    const put = await fetch(`${proxy.base}/admin/api/backends/managed`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      // Never started here: a backend starts when a request for its models arrives.
+      body: JSON.stringify({ models: ['managed-only'], cmd: ['blockops-never-run', '--port', '${PORT}'], ttl_secs: 60 }),
+    });
+    assert.equal(put.status, 200, await put.text());
+    const managedRow = page.locator('#backends-body tr[data-backend="managed"]');
+    await managedRow.waitFor(WAIT);
+    await managedRow.locator('button[data-edit="managed"]').click();
+    await page.waitForSelector(form, WAIT);
+    assert.equal(await page.inputValue('#bk-url'), '', 'the picked URL is not written into the table');
+    assert.match(await page.getAttribute('#bk-url', 'placeholder'), /picked by blockops/);
+    assert.match(await page.textContent('#backend-managed-note'), /blockops-never-run --port \$\{PORT\}/);
+    await page.fill('#bk-max_queue', '7');
+    await page.click('#backend-save');
+    await page.waitForSelector('#backend-form', { state: 'hidden', ...WAIT });
+    await until(async () => (await managedRow.locator('.c-bqueue').textContent()).trim() === '0 / 7',
+      { timeout: 5000, what: 'the card to show the managed backend\'s new max_queue' });
+    assert.deepEqual((await listed('managed')).config, {
+      name: 'managed', kind: 'auto', models: ['managed-only'], fallbacks: [], max_queue: 7,
+      cmd: ['blockops-never-run', '--port', '${PORT}'], ttl_secs: 60,
+    });
+    assert.equal((await fetch(`${proxy.base}/admin/api/backends/managed`, { method: 'DELETE' })).status, 200);
+    await managedRow.waitFor({ state: 'detached', timeout: 5000 });
+
     // The last backend cannot go: the dialog says so instead of offering it.
     await page.locator('#backends-body button[data-remove="default"]').click();
     await page.waitForSelector('#backend-remove-dialog[open]', WAIT);

@@ -187,7 +187,7 @@ export class BackendsView {
       this.selectField('kind', 'Kind', this.kinds.map((k) => [k, k]),
         'Picks the cache-purge adapter and tokenizer endpoint; auto finds out by probing'),
       this.textField('models', 'Models', 'Model ids or globs it serves, separated by commas or spaces; * for any', { mono: true, wide: true }),
-      this.textField('fallbacks', 'Fallbacks', 'Backends tried in order when this one is down or answers 5xx (comma separated); blank for none', { mono: true, wide: true }),
+      this.textField('fallbacks', 'Fallbacks', 'Backends tried in order when this one is down or answers 5xx (comma separated); blank for none', { mono: true, half: true }),
       this.overrides.filter((k) => LIMITS.includes(k)).map((k) => this.overrideField(k)));
     const rest = this.overrides.filter((k) => !LIMITS.includes(k));
     const more = h('details', { class: 'backend-overrides', id: 'backend-overrides' },
@@ -202,19 +202,20 @@ export class BackendsView {
     return h(tag, { id: `bk-${key}`, name: key, 'aria-describedby': `bk-hint-${key} bk-err-${key}`, ...attrs }, ...children);
   }
 
-  wrap(key, label, control, hint, { wide = false } = {}) {
-    return h('div', { class: wide ? 'field field-wide' : 'field', dataset: { field: key } },
+  wrap(key, label, control, hint, { wide = false, half = false } = {}) {
+    const cls = wide ? 'field field-wide' : half ? 'field field-half' : 'field';
+    return h('div', { class: cls, dataset: { field: key } },
       h('label', { for: `bk-${key}` }, label),
       control,
       h('p', { class: 'hint', id: `bk-hint-${key}` }, hint),
       h('p', { class: 'error', id: `bk-err-${key}`, hidden: true }));
   }
 
-  textField(key, label, hint, { mono = false, wide = false, type = 'text' } = {}) {
+  textField(key, label, hint, { mono = false, wide = false, half = false, type = 'text' } = {}) {
     const input = this.control(key, 'input', {
       type, spellcheck: 'false', class: mono ? 'mono' : null, inputmode: type === 'url' ? 'url' : null,
     });
-    return this.wrap(key, label, input, hint, { wide });
+    return this.wrap(key, label, input, hint, { wide, half });
   }
 
   selectField(key, label, options, hint) {
