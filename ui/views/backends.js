@@ -265,6 +265,7 @@ export class BackendsView {
     if (name !== null) {
       const b = this.list.find((x) => x.name === name);
       if (!b) {
+        this.editing = null;
         this.formError(`Backend ${name} is gone (removed meanwhile). Add it again to bring it back.`);
         $('#backend-save').disabled = true;
         return;
