@@ -92,3 +92,7 @@ export const testBackend = (url) => api('backend/test', { method: 'POST', body: 
 /** Loads (`start`) or unloads (`stop`) a backend blockops runs itself. */
 export const backendProcess = (name, action) => api(`backends/${encodeURIComponent(name)}/${action}`, { method: 'POST' });
 export const purgeCache = (backend) => api('cache/purge', { method: 'POST', body: backend ? { backend } : {} });
+export const getBackends = () => api('backends');
+/** Adds the backend or replaces it whole (`body` is its table without the name). */
+export const putBackend = (name, body) => api(`backends/${encodeURIComponent(name)}`, { method: 'PUT', body });
+export const deleteBackend = (name) => api(`backends/${encodeURIComponent(name)}`, { method: 'DELETE' });

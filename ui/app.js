@@ -166,7 +166,7 @@ function main() {
       button.removeAttribute('aria-busy');
       button.disabled = false;
     }
-  });
+  }, { toast });
   const detail = new DetailView({
     onClose: () => {
       traffic.clearSelection();

@@ -308,6 +308,176 @@ describe('dashboard', () => {
     await row.waitFor({ state: 'detached', timeout: 5000 });
   });
 
+  test('a backend is added, edited and removed through the card\'s form; refused values show the server\'s message', async () => {
+    phase = 'backend-form';
+    // The browser logs the 400s this test provokes itself; they are the point.
+    expectedErrors.push({ phase, re: /status of 400/ });
+    const form = '#backend-form:not([hidden]):not([aria-busy])';
+    const schema = await getJson(proxy.base, '/admin/api/config/schema');
+    const listed = async (name) => (await getJson(proxy.base, '/admin/api/backends')).find((b) => b.name === name);
+
+    // Add.
+    await page.click('#backend-add');
+    await page.waitForSelector(form, WAIT);
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'bk-name', 'the form opens on its first field');
+    assert.deepEqual(await page.locator('#bk-kind option').evaluateAll((os) => os.map((o) => o.value)), schema.backends.kinds,
+      'the kinds are the server\'s');
+    const fields = await page.evaluate(() => Array.from(document.querySelectorAll('#backend-form [name]'), (el) => ({
+      name: el.name, label: document.querySelector(`label[for="${el.id}"]`)?.textContent || '',
+    })));
+    for (const k of schema.backends.overrides) assert.ok(fields.some((f) => f.name === k), `the form offers ${k}`);
+    assert.deepEqual(fields.filter((f) => !f.label.trim()).map((f) => f.name), [], 'every field has a label');
+    await page.addScriptTag({ path: AXE });
+    const axe = await page.evaluate(() => window.axe.run('#backends', {
+      runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] },
+    }));
+    assert.deepEqual(axe.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`), [], 'the open form passes axe');
+
+    await page.fill('#bk-name', 'viaform');
+    await page.fill('#bk-url', second.base);
+    await page.selectOption('#bk-kind', 'generic');
+    await page.fill('#bk-models', 'form-a, form-b*  form-c');
+    await page.fill('#bk-fallbacks', 'default');
+    await page.fill('#bk-max_concurrent', '2');
+    await page.fill('#bk-max_queue', '5');
+    await page.click('#backend-save');
+    await page.waitForSelector('#backend-form', { state: 'hidden', ...WAIT });
+    const row = page.locator('#backends-body tr[data-backend="viaform"]');
+    await row.waitFor(WAIT);
+    assert.equal((await row.locator('.c-bmodels').textContent()).trim(), 'form-a, form-b*, form-c');
+    assert.equal((await row.locator('.c-bfallbacks').textContent()).trim(), 'default');
+    assert.equal((await row.locator('.c-bslots').textContent()).trim(), '0 / 2');
+    assert.equal((await row.locator('.c-bqueue').textContent()).trim(), '0 / 5');
+    assert.deepEqual((await listed('viaform')).config, {
+      name: 'viaform', url: second.base, kind: 'generic', models: ['form-a', 'form-b*', 'form-c'],
+      fallbacks: ['default'], max_concurrent: 2, max_queue: 5,
+    });
+    assert.match(fs.readFileSync(path.join(proxy.dir, 'config.toml'), 'utf8'), /viaform/, 'saved to the config file');
+    const routed = await chat(proxy.base, { stream: false, model: 'form-b-small' });
+    assert.equal(routed.status, 200, JSON.stringify(routed.json));
+    await until(async () => (await page.locator('#traffic-body td.c-backend', { hasText: 'viaform' }).count()) > 0,
+      { timeout: 5000, what: 'the request served by the new backend' });
+
+    // A name in use is caught before sending (a PUT would replace that backend).
+    await page.click('#backend-add');
+    await page.waitForSelector(form, WAIT);
+    await page.fill('#bk-name', 'viaform');
+    await page.fill('#bk-url', second.base);
+    await page.fill('#bk-models', 'x');
+    await page.click('#backend-save');
+    await page.waitForSelector('#bk-err-name:not([hidden])', WAIT);
+    assert.match(await page.textContent('#bk-err-name'), /viaform exists already/);
+    await page.click('#backend-cancel');
+    await page.waitForSelector('#backend-form', { state: 'hidden', ...WAIT });
+
+    // Edit: the form shows what the backend has; one change is sent with the rest as it was.
+    await row.locator('button[data-edit="viaform"]').click();
+    await page.waitForSelector(form, WAIT);
+    assert.equal(await page.inputValue('#bk-name'), 'viaform');
+    assert.equal(await page.locator('#bk-name').evaluate((el) => el.readOnly), true, 'the name is fixed while editing');
+    assert.equal(await page.inputValue('#bk-url'), second.base);
+    assert.equal(await page.inputValue('#bk-kind'), 'generic');
+    assert.equal(await page.inputValue('#bk-models'), 'form-a, form-b*, form-c');
+    assert.equal(await page.inputValue('#bk-fallbacks'), 'default');
+    assert.equal(await page.inputValue('#bk-max_concurrent'), '2');
+    assert.equal(await page.inputValue('#bk-max_queue'), '5');
+    assert.equal(await page.inputValue('#bk-queue_timeout_secs'), '', 'an override not set is blank');
+    const global = await getJson(proxy.base, '/admin/api/config');
+    assert.equal(await page.getAttribute('#bk-queue_timeout_secs', 'placeholder'), `global: ${global.queue_timeout_secs}`);
+    await page.fill('#bk-max_concurrent', '3');
+    await page.click('#backend-save');
+    await page.waitForSelector('#backend-form', { state: 'hidden', ...WAIT });
+    await until(async () => (await row.locator('.c-bslots').textContent()).trim() === '0 / 3',
+      { timeout: 5000, what: 'the card to show the new max_concurrent' });
+    let now = await listed('viaform');
+    assert.equal(now.slots.total, 3);
+    assert.deepEqual(now.config, {
+      name: 'viaform', url: second.base, kind: 'generic', models: ['form-a', 'form-b*', 'form-c'],
+      fallbacks: ['default'], max_concurrent: 3, max_queue: 5,
+    });
+
+    // Refused values: the server's message beside the field it names; nothing changes.
+    await row.locator('button[data-edit="viaform"]').click();
+    await page.waitForSelector(form, WAIT);
+    await page.fill('#bk-url', 'localhost:8000');
+    await page.click('#backend-save');
+    await page.waitForSelector('#bk-err-url:not([hidden])', WAIT);
+    assert.match(await page.textContent('#bk-err-url'), /backend "viaform": url: .*http:\/\//);
+    assert.equal(await page.getAttribute('#bk-url', 'aria-invalid'), 'true');
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'bk-url', 'focus goes to the refused field');
+    assert.equal(await page.textContent('#backend-form-state'), 'Not saved');
+    await page.fill('#bk-url', second.base);
+    assert.equal(await page.locator('#bk-err-url').isHidden(), true, 'editing the field clears its error');
+    await page.fill('#bk-fallbacks', 'default, nowhere');
+    await page.click('#backend-save');
+    await page.waitForSelector('#bk-err-fallbacks:not([hidden])', WAIT);
+    assert.match(await page.textContent('#bk-err-fallbacks'), /backend "viaform": fallbacks: no backend named "nowhere": expected one of/);
+    await page.fill('#bk-fallbacks', 'default');
+    await page.click('#backend-overrides > summary');
+    await page.fill('#bk-token_warn_threshold', '0');
+    // Folded away again: a refused value there must still be seen.
+    await page.click('#backend-overrides > summary');
+    await page.click('#backend-save');
+    await page.waitForSelector('#bk-err-token_warn_threshold:not([hidden])', WAIT);
+    assert.match(await page.textContent('#bk-err-token_warn_threshold'), /backend "viaform": token_warn_threshold/);
+    assert.equal(await page.locator('#backend-overrides').evaluate((d) => d.open), true, 'the limits open to show it');
+    await page.press('#bk-token_warn_threshold', 'Escape');
+    await page.waitForSelector('#backend-form', { state: 'hidden', ...WAIT });
+    now = await listed('viaform');
+    assert.deepEqual([now.url, now.fallbacks, now.config.token_warn_threshold], [second.base, ['default'], undefined], 'nothing refused was applied');
+
+    // Remove: asks first; Cancel keeps it, Remove removes it.
+    await row.locator('button[data-remove="viaform"]').click();
+    await page.waitForSelector('#backend-remove-dialog[open]', WAIT);
+    assert.match(await page.textContent('#backend-remove-title'), /viaform/);
+    await page.click('#backend-remove-cancel');
+    await page.waitForSelector('#backend-remove-dialog:not([open])', { state: 'attached', ...WAIT });
+    assert.equal(await page.evaluate(() => document.activeElement?.dataset.remove), 'viaform', 'focus returns to the button');
+    assert.ok(await listed('viaform'), 'cancel keeps it');
+    await row.locator('button[data-remove="viaform"]').click();
+    await page.waitForSelector('#backend-remove-dialog[open]', WAIT);
+    await page.click('#backend-remove-confirm');
+    await row.waitFor({ state: 'detached', timeout: 5000 });
+    await page.waitForSelector('#backend-remove-dialog:not([open])', { state: 'attached', ...WAIT });
+    assert.equal(await listed('viaform'), undefined);
+    assert.doesNotMatch(fs.readFileSync(path.join(proxy.dir, 'config.toml'), 'utf8'), /viaform/, 'gone from the config file');
+
+    // A backend blockops starts itself: editing keeps its cmd and the port it picked.
+    const put = await fetch(`${proxy.base}/admin/api/backends/managed`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      // Never started here: a backend starts when a request for its models arrives.
+      body: JSON.stringify({ models: ['managed-only'], cmd: ['blockops-never-run', '--port', '${PORT}'], ttl_secs: 60 }),
+    });
+    assert.equal(put.status, 200, await put.text());
+    const managedRow = page.locator('#backends-body tr[data-backend="managed"]');
+    await managedRow.waitFor(WAIT);
+    await managedRow.locator('button[data-edit="managed"]').click();
+    await page.waitForSelector(form, WAIT);
+    assert.equal(await page.inputValue('#bk-url'), '', 'the picked URL is not written into the table');
+    assert.match(await page.getAttribute('#bk-url', 'placeholder'), /picked by blockops/);
+    assert.match(await page.textContent('#backend-managed-note'), /blockops-never-run --port \$\{PORT\}/);
+    await page.fill('#bk-max_queue', '7');
+    await page.click('#backend-save');
+    await page.waitForSelector('#backend-form', { state: 'hidden', ...WAIT });
+    await until(async () => (await managedRow.locator('.c-bqueue').textContent()).trim() === '0 / 7',
+      { timeout: 5000, what: 'the card to show the managed backend\'s new max_queue' });
+    assert.deepEqual((await listed('managed')).config, {
+      name: 'managed', kind: 'auto', models: ['managed-only'], fallbacks: [], max_queue: 7,
+      cmd: ['blockops-never-run', '--port', '${PORT}'], ttl_secs: 60,
+    });
+    assert.equal((await fetch(`${proxy.base}/admin/api/backends/managed`, { method: 'DELETE' })).status, 200);
+    await managedRow.waitFor({ state: 'detached', timeout: 5000 });
+
+    // The last backend cannot go: the dialog says so instead of offering it.
+    await page.locator('#backends-body button[data-remove="default"]').click();
+    await page.waitForSelector('#backend-remove-dialog[open]', WAIT);
+    assert.match(await page.textContent('#backend-remove-detail'), /only backend/);
+    assert.equal(await page.locator('#backend-remove-confirm').isDisabled(), true);
+    await page.keyboard.press('Escape');
+    await page.waitForSelector('#backend-remove-dialog:not([open])', { state: 'attached', ...WAIT });
+  });
+
   test('screenshots at 420×640 and 1440×900', async () => {
     phase = 'screenshots';
     // Something to look at: a tool call selected, requests under way.

@@ -613,6 +613,22 @@ async fn the_settings_schema_describes_every_setting_with_the_bounds_patch_enfor
             .any(|d| d["key"] == "max_concurrent" && d["min"] == 1 && d["live"] == true),
         "max_concurrent is live with min 1"
     );
+    // The backend form's choices: the kinds a table may name, and the settings it may override,
+    // each described above with the bounds it is checked against.
+    assert_eq!(
+        schema["backends"]["kinds"],
+        json!(blockops_proxy::config::KINDS)
+    );
+    assert_eq!(
+        schema["backends"]["overrides"],
+        json!(blockops_proxy::config::OVERRIDES)
+    );
+    for key in blockops_proxy::config::OVERRIDES {
+        assert!(
+            described.iter().any(|d| d["key"] == *key),
+            "override {key} is described"
+        );
+    }
 
     // Each live number just past either bound is refused, naming the key.
     let mut lowest = serde_json::Map::new();

@@ -502,6 +502,29 @@ async fn backends_change_while_running_and_bad_ones_are_refused_by_name() {
     assert_eq!(r.status(), 200);
     let view: Value = r.json().await.unwrap();
     assert_eq!(view["queue"]["max"], 0);
+    // Each view carries its table as PUT takes it (the configured kind, not the probed one), so
+    // an editor (the dashboard's form) can change one field and send the rest back as it was.
+    assert_eq!(
+        view["config"],
+        json!({"name": "later", "url": later.url, "kind": "auto", "models": ["m2"],
+            "fallbacks": [], "max_queue": 0}),
+        "{view}"
+    );
+    let mut edited = view["config"].clone();
+    edited["max_concurrent"] = json!(3);
+    let r = admin(reqwest::Method::PUT, "/admin/api/backends/later")
+        .json(&edited)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let view: Value = r.json().await.unwrap();
+    assert_eq!(
+        (&view["slots"]["total"], &view["queue"]["max"]),
+        (&json!(3), &json!(0)),
+        "{view}"
+    );
+    assert_eq!(view["config"]["max_concurrent"], 3);
     let (_, v) = content(&base, "m2", &[]).await;
     assert_eq!(v["choices"][0]["message"]["content"], "later:m2");
     let (_, v) = content(&base, "anything", &[]).await;

@@ -181,5 +181,8 @@ pub fn schema() -> Value {
     let defaults = Settings::default();
     json!({
         "settings": KEYS.iter().map(|k| k.describe(&defaults)).collect::<Vec<_>>(),
+        // What a `[[backends]]` table may say beyond its name, url, models and fallbacks: the
+        // dashboard's backend form offers these (each override described in `settings`).
+        "backends": {"kinds": super::KINDS, "overrides": super::OVERRIDES},
     })
 }

@@ -315,6 +315,10 @@ pub struct BackendView {
     /// A backend blockops runs itself: its process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessView>,
+    /// Its table as `PUT /admin/api/backends/{name}` takes it (the configured `kind`, not the
+    /// probed one; a managed backend's `cmd` and the rest), so an editor can send it back whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<Value>,
 }
 
 /// A managed backend's process, as `GET /admin/api/backends` and the dashboard show it.

@@ -546,7 +546,8 @@ impl Inner {
 /// A backend's view without its live slot and queue numbers (the gate keeps those).
 fn describe(b: &Backend) -> crate::observe::BackendView {
     let health = b.health();
-    let overrides = match b.config.to_json() {
+    let config = b.config.to_json();
+    let overrides = match config.clone() {
         Value::Object(mut map) => {
             for k in ["name", "url", "kind", "models", "fallbacks"]
                 .iter()
@@ -568,6 +569,7 @@ fn describe(b: &Backend) -> crate::observe::BackendView {
         last_error: health.last_error,
         probe_ms: health.probe_ms,
         overrides,
+        config: Some(config),
         ..Default::default()
     }
 }
