@@ -425,7 +425,10 @@ mod tests {
         assert_eq!(alerts.observe(&s), vec![unreachable("small")]);
         assert_eq!(alerts.observe(&s), vec![], "once per outage");
         assert_eq!(
-            alerts.observe(&with_backends(&[("coder", Some(false)), ("small", Some(true))])),
+            alerts.observe(&with_backends(&[
+                ("coder", Some(false)),
+                ("small", Some(true))
+            ])),
             vec![
                 unreachable("coder"),
                 Alert::BackendBack {

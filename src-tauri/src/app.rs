@@ -344,14 +344,22 @@ struct TrayItems<R: Runtime> {
     start_at_login: CheckMenuItem<R>,
     /// In the menu only while the proxy fronts several backends.
     backends: Submenu<R>,
-    /// The submenu's lines as shown: name, text, item.
-    backend_items: Mutex<Vec<(String, String, MenuItem<R>)>>,
+    backends_shown: Mutex<BackendsShown<R>>,
+}
+
+/// What the Backends submenu shows now, so a new view changes only what differs.
+struct BackendsShown<R: Runtime> {
+    /// Name, text and item of each line, in order.
+    lines: Vec<(String, String, MenuItem<R>)>,
+    in_menu: bool,
 }
 
 /// The texts of the tray menu's Backends submenu, in order; `None` while it is not in the menu
 /// (one backend, or no tray). What the user sees, for tests.
 pub fn backend_menu_lines<R: Runtime>(app: &AppHandle<R>) -> Option<Vec<String>> {
     let items = app.try_state::<TrayItems<R>>()?;
+    // Held while reading, as while changing: the submenu is not read half rebuilt.
+    let _shown = lock(&items.backends_shown);
     let in_menu = items.menu.get(BACKENDS_MENU).is_some();
     if !in_menu {
         return None;
@@ -404,7 +412,10 @@ fn build_menu<R: Runtime>(app: &AppHandle<R>, shared: &Shared) -> tauri::Result<
         status,
         start_at_login,
         backends,
-        backend_items: Mutex::new(Vec::new()),
+        backends_shown: Mutex::new(BackendsShown {
+            lines: Vec::new(),
+            in_menu: false,
+        }),
     });
     Ok(menu)
 }
@@ -463,42 +474,53 @@ fn show_view<R: Runtime>(app: &AppHandle<R>, shared: &Shared, view: TrayView) {
 
 /// Brings the Backends submenu in line with `lines`: texts changed in place; items rebuilt only
 /// when the set of backends changed (added, removed, reordered); the submenu itself in the menu
-/// only while there are lines.
+/// only while there are lines. After a failure the next view retries what is still off.
 fn show_backends<R: Runtime>(
     app: &AppHandle<R>,
     items: &TrayItems<R>,
     lines: &[BackendLine],
 ) -> tauri::Result<()> {
-    let mut shown = lock(&items.backend_items);
-    let same_names = shown.len() == lines.len()
-        && shown.iter().zip(lines).all(|((name, ..), l)| *name == l.name);
+    let mut shown = lock(&items.backends_shown);
+    let same_names = shown.lines.len() == lines.len()
+        && shown
+            .lines
+            .iter()
+            .zip(lines)
+            .all(|((name, ..), l)| *name == l.name);
     if same_names {
-        for ((_, text, item), line) in shown.iter_mut().zip(lines) {
+        for ((_, text, item), line) in shown.lines.iter_mut().zip(lines) {
             if *text != line.text {
                 item.set_text(&line.text)?;
                 text.clone_from(&line.text);
             }
         }
-        return Ok(());
+    } else {
+        shown.lines.clear();
+        // Every child, not only those recorded: a rebuild cut short must not leave strays.
+        for child in items.backends.items()? {
+            items.backends.remove(&child)?;
+        }
+        for line in lines {
+            // Disabled: a line reports, it does nothing when chosen.
+            let id = format!("{BACKENDS_MENU}:{}", line.name);
+            let item = MenuItem::with_id(app, id, &line.text, false, None::<&str>)?;
+            items.backends.append(&item)?;
+            shown
+                .lines
+                .push((line.name.clone(), line.text.clone(), item));
+        }
+        let names: Vec<&str> = lines.iter().map(|l| l.name.as_str()).collect();
+        tracing::info!(backends = ?names, "tray: Backends menu rebuilt");
     }
-    let was_in_menu = !shown.is_empty();
-    for (_, _, item) in shown.drain(..) {
-        items.backends.remove(&item)?;
+    let wanted = !lines.is_empty();
+    if wanted != shown.in_menu {
+        if wanted {
+            items.menu.insert(&items.backends, BACKENDS_POSITION)?;
+        } else {
+            items.menu.remove(&items.backends)?;
+        }
+        shown.in_menu = wanted;
     }
-    for line in lines {
-        // Disabled: a line reports, it does nothing when chosen.
-        let id = format!("{BACKENDS_MENU}:{}", line.name);
-        let item = MenuItem::with_id(app, id, &line.text, false, None::<&str>)?;
-        items.backends.append(&item)?;
-        shown.push((line.name.clone(), line.text.clone(), item));
-    }
-    match (was_in_menu, lines.is_empty()) {
-        (false, false) => items.menu.insert(&items.backends, BACKENDS_POSITION)?,
-        (true, true) => items.menu.remove(&items.backends)?,
-        _ => {}
-    }
-    let names: Vec<&str> = lines.iter().map(|l| l.name.as_str()).collect();
-    tracing::info!(backends = ?names, "tray: Backends menu rebuilt");
     Ok(())
 }
 

@@ -335,7 +335,13 @@ mod tests {
         }
     }
 
-    fn backend(name: &str, up: Option<bool>, busy: usize, total: usize, queued: usize) -> BackendView {
+    fn backend(
+        name: &str,
+        up: Option<bool>,
+        busy: usize,
+        total: usize,
+        queued: usize,
+    ) -> BackendView {
         let mut b = BackendView {
             name: name.into(),
             url: format!("http://127.0.0.1/{name}"),

@@ -190,12 +190,19 @@ fn each_backend_shows_in_the_menu_with_its_state() {
     f.wait_view("the demo backend is up", |v| {
         v.status_line.contains("Backend up")
     });
-    assert_eq!(app::backend_menu_lines(f.app.handle()), None, "one backend: no submenu");
+    assert_eq!(
+        app::backend_menu_lines(f.app.handle()),
+        None,
+        "one backend: no submenu"
+    );
 
     // A second backend that answers nothing (port 9, discard: refused at once).
     let dead = serde_json::json!({"url": "http://127.0.0.1:9", "models": ["small"]});
     let put = reqwest::Method::PUT;
-    assert_eq!(f.admin(put.clone(), "/admin/api/backends/small", Some(dead)), 200);
+    assert_eq!(
+        f.admin(put.clone(), "/admin/api/backends/small", Some(dead)),
+        200
+    );
     let view = f.wait_view("small is probed down", |v| {
         v.backends.iter().any(|l| l.text == "small — down")
     });
@@ -203,7 +210,10 @@ fn each_backend_shows_in_the_menu_with_its_state() {
     assert!(view.status_line.ends_with("· small down"), "{view:?}");
     assert_eq!(
         app::backend_menu_lines(f.app.handle()),
-        Some(vec!["default — up · 0/3 busy".to_owned(), "small — down".to_owned()])
+        Some(vec![
+            "default — up · 0/3 busy".to_owned(),
+            "small — down".to_owned()
+        ])
     );
     let alerts = f.desktop.alerts.lock().unwrap().clone();
     assert!(
@@ -215,7 +225,9 @@ fn each_backend_shows_in_the_menu_with_its_state() {
     );
 
     // The same backend, now pointing at the demo: its line changes in place, it is back.
-    let demo_url = f.shared().proxy().unwrap().handle().backends()[0].url.clone();
+    let demo_url = f.shared().proxy().unwrap().handle().backends()[0]
+        .url
+        .clone();
     let alive = serde_json::json!({"url": demo_url, "models": ["small"], "max_concurrent": 2});
     assert_eq!(f.admin(put, "/admin/api/backends/small", Some(alive)), 200);
     let view = f.wait_view("small is back up", |v| {
@@ -239,7 +251,10 @@ fn each_backend_shows_in_the_menu_with_its_state() {
     );
 
     // Removed: back to one backend, the submenu goes away.
-    assert_eq!(f.admin(reqwest::Method::DELETE, "/admin/api/backends/small", None), 200);
+    assert_eq!(
+        f.admin(reqwest::Method::DELETE, "/admin/api/backends/small", None),
+        200
+    );
     f.wait_view("one backend again", |v| v.backends.is_empty());
     assert_eq!(app::backend_menu_lines(f.app.handle()), None);
     f.runtime.block_on(f.shared().shutdown());
