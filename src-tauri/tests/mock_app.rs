@@ -171,7 +171,7 @@ impl Fixture {
 
     fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> u16 {
         let proxy = self.shared().proxy().unwrap();
-        let url = format!("{}{path}", proxy.dashboard_url().trim_end_matches("ui/"));
+        let url = format!("{}{path}", proxy.dashboard_url().trim_end_matches("/ui/"));
         self.runtime.block_on(async {
             let mut r = reqwest::Client::new().request(method, url);
             if let Some(b) = body {
