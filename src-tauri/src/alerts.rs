@@ -395,17 +395,18 @@ mod tests {
     }
 
     fn with_backends(list: &[(&str, Option<bool>)]) -> Snapshot {
-        let mut s = Snapshot::default();
-        s.backends = list
-            .iter()
-            .map(|&(name, up)| blockops_proxy::observe::BackendView {
-                name: name.into(),
-                url: format!("http://{name}"),
-                up,
-                ..Default::default()
-            })
-            .collect();
-        s
+        Snapshot {
+            backends: list
+                .iter()
+                .map(|&(name, up)| blockops_proxy::observe::BackendView {
+                    name: name.into(),
+                    url: format!("http://{name}"),
+                    up,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
