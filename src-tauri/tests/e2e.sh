@@ -272,7 +272,7 @@ menu_service() { # menu_service PID: that process's bus name and its menu's path
 menu_labels() { # menu_labels PID: every label of its tray menu, one a line, in $WORK/labels.txt
   local svc
   svc=$(menu_service "$1") || return 1
-  bus --dest "${svc% *}" --object-path "${svc#* }" --method com.canonical.dbusmenu.GetLayout 0 -1 "['label']" \
+  bus --dest "${svc% *}" --object-path "${svc#* }" --method com.canonical.dbusmenu.GetLayout -- 0 -1 "['label']" \
     | grep -oE "'label': <'[^']*'>" | sed -E "s/^'label': <'(.*)'>$/\1/" >"$WORK/labels.txt"
   [ -s "$WORK/labels.txt" ]
 }
