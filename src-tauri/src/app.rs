@@ -434,19 +434,18 @@ fn build_tray<R: Runtime>(app: &AppHandle<R>, menu: &Menu<R>) -> tauri::Result<(
     Ok(())
 }
 
-/// Applies a view to the tray, only when it changed.
+/// Applies a view to the tray, only when it changed. The watch is updated after the tray, so
+/// whoever sees a view there finds it in the menu.
 fn show_view<R: Runtime>(app: &AppHandle<R>, shared: &Shared, view: TrayView) {
-    let mut previous = None;
-    let changed = shared.view.send_if_modified(|current| {
-        if current.as_ref() == Some(&view) {
-            return false;
-        }
-        previous = current.replace(view.clone());
-        true
-    });
-    if !changed {
+    let previous = shared.view.borrow().clone();
+    if previous.as_ref() == Some(&view) {
         return;
     }
+    apply_view(app, previous.as_ref(), &view);
+    shared.view.send_replace(Some(view));
+}
+
+fn apply_view<R: Runtime>(app: &AppHandle<R>, previous: Option<&TrayView>, view: &TrayView) {
     let Some(items) = app.try_state::<TrayItems<R>>() else {
         return;
     };
@@ -455,7 +454,7 @@ fn show_view<R: Runtime>(app: &AppHandle<R>, shared: &Shared, view: TrayView) {
         tracing::warn!(error = %e, "cannot update the Backends menu");
     }
     if let Some(tray) = app.tray_by_id(TRAY)
-        && previous.as_ref().map(|p| p.state) != Some(view.state)
+        && previous.map(|p| p.state) != Some(view.state)
     {
         match tray_icon(view.state) {
             Ok(icon) => {
