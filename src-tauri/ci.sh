@@ -12,11 +12,12 @@ ARTIFACTS="${BLOCKOPS_ARTIFACTS:-$ROOT/artifacts}/tray"
 mkdir -p "$ARTIFACTS"
 
 # Build: WebKitGTK 4.1 and its stack (GTK 3, libsoup 3), Ayatana AppIndicator (loaded at run
-# time by the tray), librsvg, libxdo. Test: Xvfb, dunst, dbus-monitor, trayer, ImageMagick, xdotool.
+# time by the tray), librsvg, libxdo. Test: Xvfb, dunst, dbus-monitor, trayer, ImageMagick, xdotool,
+# gdbus (reads the tray menu the app exports on the session bus).
 PACKAGES=(
   build-essential pkg-config file libssl-dev
   libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev
-  xvfb xauth x11-utils xdotool imagemagick dunst libnotify-bin dbus trayer jq curl python3 python3-xlib
+  xvfb xauth x11-utils xdotool imagemagick dunst libnotify-bin dbus libglib2.0-bin trayer jq curl python3 python3-xlib
 )
 missing=()
 for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

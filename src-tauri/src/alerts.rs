@@ -4,10 +4,12 @@
 //!   falls [`REARM_MARGIN`] points below that threshold, so a reading that hovers around a
 //!   threshold never becomes a storm.
 //! - Backend: unreachable when a probe first fails (or fails after success), back when it
-//!   answers again after having been down.
+//!   answers again after having been down. With several backends each is watched on its own and
+//!   the notification names it.
 
 use crate::tray_state::sampled;
 use blockops_proxy::observe::{NoticeKind, ProxyEvent, PurgeOutcome, Snapshot};
+use std::collections::HashMap;
 
 /// Percentage points memory must fall below a threshold before that threshold can fire again.
 pub const REARM_MARGIN: f64 = 3.0;
@@ -21,10 +23,13 @@ pub enum Alert {
     MemoryCritical {
         used_percent: f64,
     },
+    /// `name` is set when the proxy fronts several backends (one alone needs no name).
     BackendUnreachable {
+        name: Option<String>,
         url: String,
     },
     BackendBack {
+        name: Option<String>,
         url: String,
     },
     StartFailed {
@@ -81,8 +86,16 @@ impl Alert {
             Alert::MemoryCritical { used_percent } => {
                 format!("Memory critical: {used_percent:.0}% used")
             }
-            Alert::BackendUnreachable { url } => format!("Backend unreachable: {url}"),
-            Alert::BackendBack { url } => format!("Backend is back: {url}"),
+            Alert::BackendUnreachable { name: None, url } => format!("Backend unreachable: {url}"),
+            Alert::BackendUnreachable {
+                name: Some(name),
+                url,
+            } => format!("Backend {name:?} unreachable: {url}"),
+            Alert::BackendBack { name: None, url } => format!("Backend is back: {url}"),
+            Alert::BackendBack {
+                name: Some(name),
+                url,
+            } => format!("Backend {name:?} is back: {url}"),
             Alert::StartFailed { reason } => reason.clone(),
             Alert::Purged { outcome } => match outcome.status.as_str() {
                 "purged" => format!("KV cache purged ({} ms)", outcome.duration_ms),
@@ -160,16 +173,15 @@ pub struct BackendWatch {
 }
 
 impl BackendWatch {
-    pub fn observe(&mut self, up: Option<bool>, url: &str) -> Option<Alert> {
+    /// `name`: the backend's name, given when there are several.
+    pub fn observe(&mut self, up: Option<bool>, name: Option<&str>, url: &str) -> Option<Alert> {
         let up = up?;
         let previous = self.last.replace(up);
+        let name = name.map(str::to_owned);
+        let url = url.to_owned();
         match (previous, up) {
-            (None | Some(true), false) => Some(Alert::BackendUnreachable {
-                url: url.to_owned(),
-            }),
-            (Some(false), true) => Some(Alert::BackendBack {
-                url: url.to_owned(),
-            }),
+            (None | Some(true), false) => Some(Alert::BackendUnreachable { name, url }),
+            (Some(false), true) => Some(Alert::BackendBack { name, url }),
             _ => None,
         }
     }
@@ -179,7 +191,10 @@ impl BackendWatch {
 #[derive(Debug, Clone, Default)]
 pub struct Alerts {
     memory: MemoryAlarm,
+    /// The one-backend status, while the proxy fronts a single backend.
     backend: BackendWatch,
+    /// Each backend by name, while there are several.
+    backends: HashMap<String, BackendWatch>,
 }
 
 impl Alerts {
@@ -192,10 +207,36 @@ impl Alerts {
                     .observe(m.used_percent, m.warn_percent, m.critical_percent),
             );
         }
-        out.extend(
-            self.backend
-                .observe(snapshot.backend.up, &snapshot.backend.url),
-        );
+        if snapshot.backends.len() < 2 {
+            // Back to one backend: what was known of it by name carries over, so an outage
+            // already notified is not notified again unnamed.
+            if let [only] = snapshot.backends.as_slice()
+                && let Some(known) = self.backends.remove(&only.name)
+            {
+                self.backend = known;
+            }
+            self.backends.clear();
+            out.extend(
+                self.backend
+                    .observe(snapshot.backend.up, None, &snapshot.backend.url),
+            );
+            return out;
+        }
+        if self.backends.is_empty()
+            && let Some(first) = snapshot.backends.first()
+        {
+            // From one backend to several: the one it was is first in routing order and keeps
+            // its state (the rest start unknown).
+            self.backends
+                .insert(first.name.clone(), std::mem::take(&mut self.backend));
+        }
+        // A removed backend is forgotten, so one added later under its name starts afresh.
+        self.backends
+            .retain(|name, _| snapshot.backends.iter().any(|b| &b.name == name));
+        for b in &snapshot.backends {
+            let watch = self.backends.entry(b.name.clone()).or_default();
+            out.extend(watch.observe(b.up, Some(&b.name), &b.url));
+        }
         out
     }
 }
@@ -281,20 +322,26 @@ mod tests {
     fn backend_down_then_back() {
         let mut b = BackendWatch::default();
         let url = "http://127.0.0.1:8082";
-        assert_eq!(b.observe(None, url), None);
+        assert_eq!(b.observe(None, None, url), None);
         assert_eq!(
-            b.observe(Some(true), url),
+            b.observe(Some(true), None, url),
             None,
             "first success is not news"
         );
         assert_eq!(
-            b.observe(Some(false), url),
-            Some(Alert::BackendUnreachable { url: url.into() })
+            b.observe(Some(false), None, url),
+            Some(Alert::BackendUnreachable {
+                name: None,
+                url: url.into()
+            })
         );
-        assert_eq!(b.observe(Some(false), url), None, "once per outage");
+        assert_eq!(b.observe(Some(false), None, url), None, "once per outage");
         assert_eq!(
-            b.observe(Some(true), url),
-            Some(Alert::BackendBack { url: url.into() })
+            b.observe(Some(true), None, url),
+            Some(Alert::BackendBack {
+                name: None,
+                url: url.into()
+            })
         );
     }
 
@@ -302,7 +349,7 @@ mod tests {
     fn a_backend_down_from_the_start_is_reported() {
         let mut b = BackendWatch::default();
         assert!(matches!(
-            b.observe(Some(false), "http://x"),
+            b.observe(Some(false), None, "http://x"),
             Some(Alert::BackendUnreachable { .. })
         ));
     }
@@ -315,6 +362,7 @@ mod tests {
         );
         assert_eq!(
             Alert::BackendUnreachable {
+                name: None,
                 url: "http://127.0.0.1:8082".into()
             }
             .body(),
@@ -322,10 +370,107 @@ mod tests {
         );
         assert_eq!(
             Alert::BackendBack {
+                name: None,
                 url: "http://h".into()
             }
             .body(),
             "Backend is back: http://h"
+        );
+        assert_eq!(
+            Alert::BackendUnreachable {
+                name: Some("small".into()),
+                url: "http://h".into()
+            }
+            .body(),
+            "Backend \"small\" unreachable: http://h"
+        );
+        assert_eq!(
+            Alert::BackendBack {
+                name: Some("small".into()),
+                url: "http://h".into()
+            }
+            .body(),
+            "Backend \"small\" is back: http://h"
+        );
+    }
+
+    fn with_backends(list: &[(&str, Option<bool>)]) -> Snapshot {
+        Snapshot {
+            backends: list
+                .iter()
+                .map(|&(name, up)| blockops_proxy::observe::BackendView {
+                    name: name.into(),
+                    url: format!("http://{name}"),
+                    up,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn with_several_backends_each_outage_names_its_backend() {
+        let mut alerts = Alerts::default();
+        let unreachable = |name: &str| Alert::BackendUnreachable {
+            name: Some(name.into()),
+            url: format!("http://{name}"),
+        };
+        assert_eq!(
+            alerts.observe(&with_backends(&[("coder", Some(true)), ("small", None)])),
+            vec![]
+        );
+        let mut s = with_backends(&[("coder", Some(true)), ("small", Some(false))]);
+        // The one-backend status going down too must not add an unnamed duplicate.
+        s.backend.up = Some(false);
+        assert_eq!(alerts.observe(&s), vec![unreachable("small")]);
+        assert_eq!(alerts.observe(&s), vec![], "once per outage");
+        assert_eq!(
+            alerts.observe(&with_backends(&[
+                ("coder", Some(false)),
+                ("small", Some(true))
+            ])),
+            vec![
+                unreachable("coder"),
+                Alert::BackendBack {
+                    name: Some("small".into()),
+                    url: "http://small".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_backend_is_forgotten() {
+        let mut alerts = Alerts::default();
+        let two = with_backends(&[("coder", Some(true)), ("small", Some(false))]);
+        assert_eq!(alerts.observe(&two).len(), 1);
+        let three = with_backends(&[("coder", Some(true)), ("other", Some(true)), ("x", None)]);
+        assert_eq!(alerts.observe(&three), vec![]);
+        // Added again, still down: a new outage of a new backend, so it is news again.
+        assert_eq!(alerts.observe(&two).len(), 1);
+    }
+
+    #[test]
+    fn going_from_one_backend_to_two_and_back_does_not_repeat_an_outage() {
+        let mut alerts = Alerts::default();
+        let mut one = with_backends(&[("default", Some(false))]);
+        one.backend.up = Some(false);
+        one.backend.url = "http://default".into();
+        assert_eq!(alerts.observe(&one).len(), 1, "the unnamed outage");
+        // A second backend is added while the first is still down: already notified.
+        let two = with_backends(&[("default", Some(false)), ("small", Some(true))]);
+        assert_eq!(alerts.observe(&two), vec![]);
+        // And removed again: still the same outage.
+        assert_eq!(alerts.observe(&one), vec![]);
+        one.backend.up = Some(true);
+        one.backends[0].up = Some(true);
+        assert_eq!(
+            alerts.observe(&one),
+            vec![Alert::BackendBack {
+                name: None,
+                url: "http://default".into()
+            }]
         );
     }
 

@@ -9,7 +9,7 @@ use crate::{
     desktop::Desktop,
     proxy::{self, Proxy},
     settings::Launch,
-    tray_state::{TrayState, TrayView},
+    tray_state::{BackendLine, TrayState, TrayView},
 };
 use std::{
     path::PathBuf,
@@ -18,7 +18,7 @@ use std::{
 use tauri::{
     AppHandle, Builder, Manager, Runtime, WebviewUrl, WebviewWindowBuilder, WindowEvent,
     image::Image,
-    menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem},
+    menu::{CheckMenuItem, Menu, MenuItem, PredefinedMenuItem, Submenu},
     tray::TrayIconBuilder,
 };
 use tokio::task::JoinHandle;
@@ -28,6 +28,9 @@ pub const WINDOW: &str = "main";
 pub const TITLE: &str = "blockops";
 const TRAY: &str = "main";
 const STATUS_ITEM: &str = "status";
+const BACKENDS_MENU: &str = "backends";
+/// Where the Backends submenu goes in the tray menu: right under the status line.
+const BACKENDS_POSITION: usize = 1;
 
 /// What [`configure`] needs from its caller.
 pub struct Options {
@@ -142,10 +145,15 @@ fn setup<R: Runtime>(app: &AppHandle<R>) {
         tracing::warn!(error = %e, "cannot hide the Dock icon");
     }
     let shared = app.state::<Shared>();
-    if shared.with_tray
-        && let Err(e) = build_tray(app, &shared)
-    {
-        tracing::error!(error = %e, "cannot create the tray icon; the dashboard window stays reachable by launching the app again");
+    match build_menu(app, &shared) {
+        Ok(menu) => {
+            if shared.with_tray
+                && let Err(e) = build_tray(app, &menu)
+            {
+                tracing::error!(error = %e, "cannot create the tray icon; the dashboard window stays reachable by launching the app again");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot build the tray menu"),
     }
     let launch = lock(&shared.launch).take();
     let started = match launch {
@@ -331,11 +339,44 @@ fn toggle_start_at_login<R: Runtime>(app: &AppHandle<R>, shared: &Shared) {
 
 /// The menu items the app changes after building the tray.
 struct TrayItems<R: Runtime> {
+    menu: Menu<R>,
     status: MenuItem<R>,
     start_at_login: CheckMenuItem<R>,
+    /// In the menu only while the proxy fronts several backends.
+    backends: Submenu<R>,
+    backends_shown: Mutex<BackendsShown<R>>,
 }
 
-fn build_tray<R: Runtime>(app: &AppHandle<R>, shared: &Shared) -> tauri::Result<()> {
+/// What the Backends submenu shows now, so a new view changes only what differs.
+struct BackendsShown<R: Runtime> {
+    /// Name, text and item of each line, in order.
+    lines: Vec<(String, String, MenuItem<R>)>,
+    in_menu: bool,
+}
+
+/// The texts of the tray menu's Backends submenu, in order; `None` while it is not in the menu
+/// (one backend, or no tray). What the user sees, for tests.
+pub fn backend_menu_lines<R: Runtime>(app: &AppHandle<R>) -> Option<Vec<String>> {
+    let items = app.try_state::<TrayItems<R>>()?;
+    // Held while reading, as while changing: the submenu is not read half rebuilt.
+    let _shown = lock(&items.backends_shown);
+    let in_menu = items.menu.get(BACKENDS_MENU).is_some();
+    if !in_menu {
+        return None;
+    }
+    let texts = items
+        .backends
+        .items()
+        .ok()?
+        .iter()
+        .filter_map(|i| i.as_menuitem().and_then(|m| m.text().ok()))
+        .collect();
+    Some(texts)
+}
+
+/// Builds the tray's menu and manages its items. Separate from the icon so the mock runtime,
+/// which has no tray, still drives the menu.
+fn build_menu<R: Runtime>(app: &AppHandle<R>, shared: &Shared) -> tauri::Result<Menu<R>> {
     let status = MenuItem::with_id(app, STATUS_ITEM, "Starting…", false, None::<&str>)?;
     let item = |a: TrayAction| MenuItem::with_id(app, a.id(), a.label(), true, None::<&str>);
     let login = TrayAction::ToggleStartAtLogin;
@@ -365,42 +406,55 @@ fn build_tray<R: Runtime>(app: &AppHandle<R>, shared: &Shared) -> tauri::Result<
             &item(TrayAction::Quit)?,
         ],
     )?;
+    let backends = Submenu::with_id(app, BACKENDS_MENU, "Backends", true)?;
+    app.manage(TrayItems {
+        menu: menu.clone(),
+        status,
+        start_at_login,
+        backends,
+        backends_shown: Mutex::new(BackendsShown {
+            lines: Vec::new(),
+            in_menu: false,
+        }),
+    });
+    Ok(menu)
+}
+
+fn build_tray<R: Runtime>(app: &AppHandle<R>, menu: &Menu<R>) -> tauri::Result<()> {
     TrayIconBuilder::with_id(TRAY)
         .icon(tray_icon(TrayState::Idle)?)
         .icon_as_template(cfg!(target_os = "macos"))
         .tooltip("blockops")
-        .menu(&menu)
+        .menu(menu)
         .show_menu_on_left_click(true)
         .on_menu_event(|app, event| {
             handle_menu(app, event.id().as_ref());
         })
         .build(app)?;
-    app.manage(TrayItems {
-        status,
-        start_at_login,
-    });
     Ok(())
 }
 
-/// Applies a view to the tray, only when it changed.
+/// Applies a view to the tray, only when it changed. The watch is updated after the tray, so
+/// whoever sees a view there finds it in the menu.
 fn show_view<R: Runtime>(app: &AppHandle<R>, shared: &Shared, view: TrayView) {
-    let mut previous = None;
-    let changed = shared.view.send_if_modified(|current| {
-        if current.as_ref() == Some(&view) {
-            return false;
-        }
-        previous = current.replace(view.clone());
-        true
-    });
-    if !changed {
+    let previous = shared.view.borrow().clone();
+    if previous.as_ref() == Some(&view) {
         return;
     }
+    apply_view(app, previous.as_ref(), &view);
+    shared.view.send_replace(Some(view));
+}
+
+fn apply_view<R: Runtime>(app: &AppHandle<R>, previous: Option<&TrayView>, view: &TrayView) {
     let Some(items) = app.try_state::<TrayItems<R>>() else {
         return;
     };
     let _ = items.status.set_text(&view.status_line);
+    if let Err(e) = show_backends(app, &items, &view.backends) {
+        tracing::warn!(error = %e, "cannot update the Backends menu");
+    }
     if let Some(tray) = app.tray_by_id(TRAY)
-        && previous.as_ref().map(|p| p.state) != Some(view.state)
+        && previous.map(|p| p.state) != Some(view.state)
     {
         match tray_icon(view.state) {
             Ok(icon) => {
@@ -415,6 +469,58 @@ fn show_view<R: Runtime>(app: &AppHandle<R>, shared: &Shared, view: TrayView) {
     if let Some(tray) = app.tray_by_id(TRAY) {
         let _ = tray.set_title(Some(&view.title).filter(|t| !t.is_empty()));
     }
+}
+
+/// Brings the Backends submenu in line with `lines`: texts changed in place; items rebuilt only
+/// when the set of backends changed (added, removed, reordered); the submenu itself in the menu
+/// only while there are lines. After a failure the next view retries what is still off.
+fn show_backends<R: Runtime>(
+    app: &AppHandle<R>,
+    items: &TrayItems<R>,
+    lines: &[BackendLine],
+) -> tauri::Result<()> {
+    let mut shown = lock(&items.backends_shown);
+    let same_names = shown.lines.len() == lines.len()
+        && shown
+            .lines
+            .iter()
+            .zip(lines)
+            .all(|((name, ..), l)| *name == l.name);
+    if same_names {
+        for ((_, text, item), line) in shown.lines.iter_mut().zip(lines) {
+            if *text != line.text {
+                item.set_text(&line.text)?;
+                text.clone_from(&line.text);
+            }
+        }
+    } else {
+        shown.lines.clear();
+        // Every child, not only those recorded: a rebuild cut short must not leave strays.
+        for child in items.backends.items()? {
+            items.backends.remove(&child)?;
+        }
+        for line in lines {
+            // Disabled: a line reports, it does nothing when chosen.
+            let id = format!("{BACKENDS_MENU}:{}", line.name);
+            let item = MenuItem::with_id(app, id, &line.text, false, None::<&str>)?;
+            items.backends.append(&item)?;
+            shown
+                .lines
+                .push((line.name.clone(), line.text.clone(), item));
+        }
+        let names: Vec<&str> = lines.iter().map(|l| l.name.as_str()).collect();
+        tracing::info!(backends = ?names, "tray: Backends menu rebuilt");
+    }
+    let wanted = !lines.is_empty();
+    if wanted != shown.in_menu {
+        if wanted {
+            items.menu.insert(&items.backends, BACKENDS_POSITION)?;
+        } else {
+            items.menu.remove(&items.backends)?;
+        }
+        shown.in_menu = wanted;
+    }
+    Ok(())
 }
 
 /// The drawn icon for a state: monochrome templates in the macOS menu bar, colour elsewhere.

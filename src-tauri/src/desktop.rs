@@ -180,13 +180,17 @@ mod tests {
         let n = Notifier::spawn(count);
         for i in 0..3 {
             n.send(Alert::BackendBack {
+                name: None,
                 url: format!("http://h/{i}"),
             });
         }
         n.finish(Duration::from_secs(5));
         assert_eq!(SHOWN.load(Ordering::SeqCst), 3);
         // After finish, sending is a logged no-op, not a panic.
-        n.send(Alert::BackendBack { url: "x".into() });
+        n.send(Alert::BackendBack {
+            name: None,
+            url: "x".into(),
+        });
     }
 
     fn hang(_: &Alert) -> Result<(), String> {
@@ -197,7 +201,10 @@ mod tests {
     #[test]
     fn a_hanging_service_does_not_hang_the_app() {
         let n = Notifier::spawn(hang);
-        n.send(Alert::BackendBack { url: "x".into() });
+        n.send(Alert::BackendBack {
+            name: None,
+            url: "x".into(),
+        });
         // Returns after the limit although the thread is stuck.
         n.finish(Duration::from_millis(50));
     }

@@ -4,7 +4,7 @@
 //! ```text
 //! settings.rs    what to start: the headless binary's settings sources + BLOCKOPS_DEMO
 //! proxy.rs       the running proxy (and demo backend); ProxyControl for the tray's actions
-//! tray_state.rs  snapshot → icon state, status line, macOS title          (pure)
+//! tray_state.rs  snapshot → icon state, status line, macOS title, a line per backend (pure)
 //! alerts.rs      snapshot → notifications, with hysteresis                 (pure)
 //! actions.rs     tray action → proxy call → Effect for the UI              (pure, async)
 //! autostart.rs   Start at Login: LaunchAgent / XDG autostart entry

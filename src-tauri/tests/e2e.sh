@@ -253,5 +253,78 @@ kill -INT "$app"
 exits_within 30 "$app"
 check "SIGINT exits 0 (got $rc)" [ "$rc" = 0 ]
 
+# --- 8. several backends: a Backends submenu with one line each, live -----------------------------
+# The menu's labels are read where the desktop reads them: the dbusmenu the AppIndicator exports
+# on the session bus (com.canonical.dbusmenu GetLayout), on the app's own connection.
+bus() { gdbus call --session "$@" 2>/dev/null; }
+menu_service() { # menu_service PID: that process's bus name and its menu's path, as "NAME PATH"
+  local n path
+  for n in $(bus --dest org.freedesktop.DBus --object-path /org/freedesktop/DBus \
+    --method org.freedesktop.DBus.ListNames | grep -oE ':[0-9]+\.[0-9]+'); do
+    bus --dest org.freedesktop.DBus --object-path /org/freedesktop/DBus \
+      --method org.freedesktop.DBus.GetConnectionUnixProcessID "$n" | grep -q "uint32 $1," || continue
+    path=$(gdbus introspect --session --dest "$n" --object-path / --recurse 2>/dev/null \
+      | grep -oE '/org/ayatana/NotificationItem/[^ ]+/Menu' | head -n 1)
+    [ -n "$path" ] && { echo "$n $path"; return 0; }
+  done
+  return 1
+}
+menu_labels() { # menu_labels PID: every label of its tray menu, one a line, in $WORK/labels.txt
+  local svc
+  svc=$(menu_service "$1") || return 1
+  bus --dest "${svc% *}" --object-path "${svc#* }" --method com.canonical.dbusmenu.GetLayout -- 0 -1 "['label']" \
+    | grep -oE "'label': <'[^']*'>" | sed -E "s/^'label': <'(.*)'>$/\1/" >"$WORK/labels.txt"
+  [ -s "$WORK/labels.txt" ]
+}
+admin() { # admin METHOD NAME [BODY]: prints the HTTP status
+  curl -s -o /dev/null -w '%{http_code}' -X "$1" -H 'content-type: application/json' ${3:+-d "$3"} \
+    "http://127.0.0.1:$PORT/admin/api/backends/$2"
+}
+labels_match() { # labels_match PID PATTERN...: the menu has a label matching each pattern (grep -E)
+  local pid=$1 p; shift
+  menu_labels "$pid" || return 1
+  for p in "$@"; do grep -qxE -- "$p" "$WORK/labels.txt" || return 1; done
+}
+PORT=$(free_port)
+launch app5.log PORT="$PORT" BLOCKOPS_DEMO=1 BLOCKOPS_CONFIG="$WORK/multi.toml"
+APP5=$app
+check "the app starts again with the demo backend" wait_for 30 healthy "$PORT"
+check "its tray menu is readable on the session bus" wait_for 20 labels_match "$APP5" '.*· Backend up' 'Quit'
+check "one backend: no Backends submenu" bash -c '! grep -qx Backends "$1"' _ "$WORK/labels.txt"
+
+code=$(admin PUT small '{"url":"http://127.0.0.1:9","models":["small"]}')
+check "a second backend, down, is added at run time (PUT: $code)" [ "$code" = 200 ]
+check "the Backends submenu shows each backend with its state" \
+  wait_for 20 labels_match "$APP5" 'Backends' 'default — up · 0/3 busy' 'small — down'
+check "the status line names the backend that is down" labels_match "$APP5" '.*· small down'
+cp "$WORK/labels.txt" "$OUT/menu-two-backends.txt"
+check "its outage is notified by name" \
+  wait_for 20 grep -q 'string "Backend "small" unreachable: http://127.0.0.1:9"' "$WORK/notify.log"
+# The submenu as the user sees it: the menu opened, Down to Backends (the status line is
+# disabled), Right into the submenu.
+if open_tray_menu; then
+  xdotool key Down Right
+  sleep 1
+  "$IM/import" -display "$DISPLAY" -window root "$WORK/menu-backends-full.png" 2>/dev/null
+  "$IM/convert" "$WORK/menu-backends-full.png" -crop 640x260+640+0 +repage "$OUT/tray-menu-backends.png" 2>/dev/null
+  xdotool key Escape Escape
+fi
+
+demo_url=$(curl -s "http://127.0.0.1:$PORT/admin/api/backends" | jq -r '.[0].url')
+code=$(admin PUT small "{\"url\":\"$demo_url\",\"models\":[\"small\"],\"max_concurrent\":2}")
+check "the same backend pointed at a live server (PUT: $code)" [ "$code" = 200 ]
+check "its line changes in place" \
+  wait_for 20 labels_match "$APP5" 'default — up · 0/3 busy' 'small — up · 0/2 busy' '.*· Backends up'
+check "its return is notified by name" \
+  wait_for 20 grep -q "string \"Backend \"small\" is back: $demo_url\"" "$WORK/notify.log"
+
+code=$(admin DELETE small)
+check "the second backend is removed at run time (DELETE: $code)" [ "$code" = 200 ]
+no_submenu() { labels_match "$APP5" 'Quit' && ! grep -qE '^(Backends|small — .*)$' "$WORK/labels.txt"; }
+check "one backend again: the Backends submenu is gone" wait_for 20 no_submenu
+kill -TERM "$APP5"
+exits_within 30 "$APP5"
+check "SIGTERM exits 0 (got $rc)" [ "$rc" = 0 ]
+
 echo "# tray-e2e: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -8,7 +8,7 @@ use blockops_tray::{
     app::{self, Options, Shared},
     desktop::Recorder,
     settings::Launch,
-    tray_state::TrayState,
+    tray_state::{TrayState, TrayView},
 };
 use std::{path::PathBuf, sync::Arc};
 use tauri::{
@@ -149,6 +149,114 @@ fn the_tray_follows_the_proxy_and_notifies_memory_pressure() {
         matches!(alerts.as_slice(), [Alert::MemoryWarning { used_percent }] if *used_percent >= 1.0),
         "{alerts:?}"
     );
+    f.runtime.block_on(f.shared().shutdown());
+}
+
+impl Fixture {
+    /// Waits (at most 20 s) for a tray view that satisfies `ok`.
+    fn wait_view(&self, what: &str, ok: impl Fn(&TrayView) -> bool) -> TrayView {
+        let mut views = self.shared().view_updates();
+        self.runtime.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                views.wait_for(|v| v.as_ref().is_some_and(&ok)),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("within 20 s: {what}; last view {:?}", self.shared().view()))
+            .expect("the view channel stays open")
+            .clone()
+            .unwrap()
+        })
+    }
+
+    fn admin(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> u16 {
+        let proxy = self.shared().proxy().unwrap();
+        let url = format!("{}{path}", proxy.dashboard_url().trim_end_matches("/ui/"));
+        self.runtime.block_on(async {
+            let mut r = reqwest::Client::new().request(method, url);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            r.send().await.unwrap().status().as_u16()
+        })
+    }
+}
+
+/// Backends added and removed at run time (admin API) show in a Backends submenu, one line each
+/// with its state, only while there are several; a down one sets the icon and is notified by name.
+#[test]
+fn each_backend_shows_in_the_menu_with_its_state() {
+    let f = start(demo);
+    f.wait_view("the demo backend is up", |v| {
+        v.status_line.contains("Backend up")
+    });
+    assert_eq!(
+        app::backend_menu_lines(f.app.handle()),
+        None,
+        "one backend: no submenu"
+    );
+
+    // A second backend that answers nothing (port 9, discard: refused at once).
+    let dead = serde_json::json!({"url": "http://127.0.0.1:9", "models": ["small"]});
+    let put = reqwest::Method::PUT;
+    assert_eq!(
+        f.admin(put.clone(), "/admin/api/backends/small", Some(dead)),
+        200
+    );
+    let view = f.wait_view("small is probed down", |v| {
+        v.backends.iter().any(|l| l.text == "small — down")
+    });
+    assert_eq!(view.state, TrayState::BackendDown, "{view:?}");
+    assert!(view.status_line.ends_with("· small down"), "{view:?}");
+    assert_eq!(
+        app::backend_menu_lines(f.app.handle()),
+        Some(vec![
+            "default — up · 0/3 busy".to_owned(),
+            "small — down".to_owned()
+        ])
+    );
+    let alerts = f.desktop.alerts.lock().unwrap().clone();
+    assert!(
+        alerts.contains(&Alert::BackendUnreachable {
+            name: Some("small".into()),
+            url: "http://127.0.0.1:9".into()
+        }),
+        "{alerts:?}"
+    );
+
+    // The same backend, now pointing at the demo: its line changes in place, it is back.
+    let demo_url = f.shared().proxy().unwrap().handle().backends()[0]
+        .url
+        .clone();
+    let alive = serde_json::json!({"url": demo_url, "models": ["small"], "max_concurrent": 2});
+    assert_eq!(f.admin(put, "/admin/api/backends/small", Some(alive)), 200);
+    let view = f.wait_view("small is back up", |v| {
+        v.backends.iter().any(|l| l.text == "small — up · 0/2 busy")
+    });
+    assert_eq!(view.state, TrayState::Idle, "{view:?}");
+    assert!(view.status_line.ends_with("· Backends up"), "{view:?}");
+    assert_eq!(
+        app::backend_menu_lines(f.app.handle()),
+        Some(vec![
+            "default — up · 0/3 busy".to_owned(),
+            "small — up · 0/2 busy".to_owned()
+        ])
+    );
+    assert!(
+        f.desktop.alerts.lock().unwrap().iter().any(|a| matches!(
+            a,
+            Alert::BackendBack { name: Some(n), .. } if n == "small"
+        )),
+        "its return is notified by name"
+    );
+
+    // Removed: back to one backend, the submenu goes away.
+    assert_eq!(
+        f.admin(reqwest::Method::DELETE, "/admin/api/backends/small", None),
+        200
+    );
+    f.wait_view("one backend again", |v| v.backends.is_empty());
+    assert_eq!(app::backend_menu_lines(f.app.handle()), None);
     f.runtime.block_on(f.shared().shutdown());
 }
 
