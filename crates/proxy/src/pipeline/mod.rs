@@ -249,21 +249,23 @@ async fn run(state: &AppState, ex: &mut Exchange, sink: &mut Sink) -> Result<(),
         == crate::observe::memory::Pressure::Critical
     {
         // Idle model servers go before any request is refused for memory.
-        state.managed.relieve(state, None).await;
+        Box::pin(state.managed.relieve(state, None)).await;
     }
     if let Some(refusal) = state.memory.refusal(&state.hub, &ex.ctx.settings) {
         return Err(refusal.into());
     }
     let route = open::route_request(state, ex)?;
-    if let AfterReset::Answer(line) = shaping::apply::reset(state, ex).await {
+    if let AfterReset::Answer(line) = Box::pin(shaping::apply::reset(state, ex)).await {
         return answer_reset(ex, sink, line).await;
     }
-    shaping::apply::context(state, ex).await?;
+    Box::pin(shaping::apply::context(state, ex)).await?;
     let settings = ex.ctx.settings.clone();
     let spec =
         TransformSpec::from_request(&ex.body, &settings.parser_formats, settings.reasoning_field);
     ex.translator = Some(Translator::new(spec, ex.ctx.seed));
-    let opened = open::open(state, ex, sink, &route).await?;
+    // The stages before the reply are boxed: their futures are freed once done, so a task that
+    // streams holds only the pump's (the task's size is the largest stage's, ~13 KB unboxed).
+    let opened = Box::pin(open::open(state, ex, sink, &route)).await?;
     sink.commit();
     let settings = opened.backend.settings.clone();
     let phases = ex.ctx.phases.clone();

@@ -266,7 +266,9 @@ mlx_lm.server, run scripts/mlx-raw-server.";
 #[derive(Debug)]
 pub struct Translator {
     spec: TransformSpec,
-    choices: BTreeMap<u64, ChoiceState>,
+    /// Boxed: a map node holds room for eleven entries, and a choice's state is large, so an
+    /// unboxed node cost ~10 KB per streamed reply (most have one choice).
+    choices: BTreeMap<u64, Box<ChoiceState>>,
     /// `id`, `created`, `model`, `system_fingerprint` of the backend's chunks, as first seen.
     meta: Arc<Meta>,
     usage: Option<Usage>,
@@ -328,29 +330,31 @@ impl Translator {
     fn choice(&mut self, index: u64) -> &mut ChoiceState {
         let spec = &self.spec;
         let seed = self.id_seed;
-        self.choices.entry(index).or_insert_with(|| ChoiceState {
-            parser: Parser::new(
-                spec.tools.clone(),
-                Options {
-                    // Engine calls take seeds from `seed + 10_000·choice`; upstream ones `+1_000`.
-                    id_seed: Some(seed.wrapping_add(10_000u64.wrapping_mul(index + 1))),
-                    ..spec.options.clone()
-                },
-            ),
-            raw: String::new(),
-            engine_calls: BTreeMap::new(),
-            upstream_calls: BTreeMap::new(),
-            reasoning: None,
-            reasoning_calls: BTreeMap::new(),
-            reasoning_runs: 0,
-            formats: BTreeMap::new(),
-            upstream_args: BTreeMap::new(),
-            dropped: 0,
-            pending: BTreeMap::new(),
-            next_call: 0,
-            finished: false,
-            call_open: false,
-            held: Vec::new(),
+        self.choices.entry(index).or_insert_with(|| {
+            Box::new(ChoiceState {
+                parser: Parser::new(
+                    spec.tools.clone(),
+                    Options {
+                        // Engine calls take seeds from `seed + 10_000·choice`; upstream ones `+1_000`.
+                        id_seed: Some(seed.wrapping_add(10_000u64.wrapping_mul(index + 1))),
+                        ..spec.options.clone()
+                    },
+                ),
+                raw: String::new(),
+                engine_calls: BTreeMap::new(),
+                upstream_calls: BTreeMap::new(),
+                reasoning: None,
+                reasoning_calls: BTreeMap::new(),
+                reasoning_runs: 0,
+                formats: BTreeMap::new(),
+                upstream_args: BTreeMap::new(),
+                dropped: 0,
+                pending: BTreeMap::new(),
+                next_call: 0,
+                finished: false,
+                call_open: false,
+                held: Vec::new(),
+            })
         })
     }
 
