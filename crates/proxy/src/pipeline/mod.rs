@@ -59,6 +59,7 @@ use crate::{
     error::{ProxyError, Source, StatusCode},
     observe::ProxyEvent,
 };
+use futures_util::FutureExt;
 use reply::{Event, FinishReason, Fold, Frame};
 use serde_json::{Map, Value};
 use shaping::{apply::AfterReset, estimate::Measure};
@@ -168,11 +169,12 @@ pub async fn serve(
         let (head_tx, mut head_rx) = oneshot::channel();
         let sink = Sink::stream(frames_tx.clone(), head_tx, phases);
         let task_state = state.clone();
-        state.tasks.spawn(async move {
-            let closed = async move { frames_tx.closed().await };
-            // A streaming client has already been told everything through the sink.
-            let _ = drive(task_state, ex, sink, closed).await;
-        });
+        let closed = async move { frames_tx.closed().await };
+        // A streaming client has already been told everything through the sink. Spawned as
+        // the future itself, not awaited inside another `async` block, which would hold it twice.
+        state
+            .tasks
+            .spawn(drive(task_state, ex, sink, closed).map(drop));
         let head = tokio::select! {
             head = &mut head_rx => head.ok(),
             () = tokio::time::sleep(COMMIT_AFTER) => {
