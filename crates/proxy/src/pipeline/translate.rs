@@ -195,7 +195,35 @@ fn str_of(raw: &RawValue) -> Option<Cow<'_, str>> {
         // A validated JSON string without escapes is its own text.
         return Some(Cow::Borrowed(inner));
     }
-    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    unescape(inner)
+        .or_else(|| serde_json::from_str::<String>(text).ok())
+        .map(Cow::Owned)
+}
+
+/// The text of a validated JSON string's inside whose escapes are all single characters (the
+/// common case: quotes and line breaks in tool-call text), unescaped in one pass; `None` when it
+/// holds a `\u` escape, which serde_json reads (surrogate pairs, and refusing lone ones).
+fn unescape(inner: &str) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(i) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..i]);
+        let c = match rest.as_bytes().get(i + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'n' => '\n',
+            b't' => '\t',
+            b'r' => '\r',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            _ => return None,
+        };
+        out.push(c);
+        rest = rest.get(i + 2..)?;
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 fn u64_of(raw: &RawValue) -> Option<u64> {
@@ -891,6 +919,21 @@ fn push(out: &mut Vec<Event>, start: usize, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_read_as_serde_json_reads_them() {
+        for json in [
+            r#""plain""#,
+            r#""a \"quoted\" \\ path\/x\n\t\r\b\f end""#,
+            r#""\u00e9 and \ud83d\ude00""#,
+            r#""lone \ud800 surrogate""#,
+            r#""\\u0041 is not an escape""#,
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+            let expected = serde_json::from_str::<String>(json).ok();
+            assert_eq!(str_of(&raw).map(Cow::into_owned), expected, "{json}");
+        }
+    }
     use crate::pipeline::reply::Fold;
 
     fn spec(tools: bool) -> TransformSpec {
