@@ -17,9 +17,6 @@ use crate::{
 };
 use serde_json::Value;
 
-/// Backend reads already arrived that one frame to the client may carry.
-const MAX_READS_PER_BATCH: usize = 16;
-
 /// What the pump reports to the gate and the hub when the first token arrives.
 pub struct Watchers<'a> {
     pub gate: &'a Gate,
@@ -41,8 +38,8 @@ pub async fn pump(
     let mut got_first_byte = false;
     let mut done = false;
     let mut timer = ReadTimer::default();
-    'read: while !done {
-        let mut chunk = match call
+    while !done {
+        let chunk = match call
             .read(&mut response, deadlines, got_first_byte, &mut timer)
             .await
         {
@@ -51,61 +48,44 @@ pub async fn pump(
             Err(e) => return fail(ex, sink, e).await,
         };
         got_first_byte = true;
-        let mut reads = 0;
-        loop {
-            if decoder.feed(&chunk, &mut events).is_err() {
-                let e = bad_stream(call.backend, "an SSE event larger than 16 MiB");
-                return fail(ex, sink, e).await;
-            }
-            for event in events.drain(..) {
-                let SseEvent::Data(data) = event;
-                let data = data.trim();
-                if data == "[DONE]" {
-                    done = true;
-                    break;
-                }
-                if data.is_empty() {
-                    continue;
-                }
-                let mut normalized = String::new();
-                let chunk = match translate::read_chunk(data, &mut normalized) {
-                    Ok(Some(chunk)) => chunk,
-                    // Valid JSON but not an object: nothing to translate.
-                    Ok(None) => continue,
-                    Err(e) => {
-                        let what = format!("invalid JSON in a data event ({e})");
-                        return fail(ex, sink, bad_stream(call.backend, &what)).await;
-                    }
-                };
-                if let Some(err) = chunk.error {
-                    let e = reported_error(call.backend, err.get());
-                    return fail(ex, sink, e).await;
-                }
-                translator(ex)?.on_chunk(chunk, &mut out);
-                if let Some(name) = &ex.reply_model {
-                    show_model(&mut out, name);
-                }
-                late_notices(ex, watchers.hub, &mut out);
-                if out.iter().any(|e| !matches!(e, Event::Meta(_))) {
-                    first_token(ex, watchers);
-                }
-                // Queued at once, so an error later in this read still delivers them first.
-                sink.queue(out.drain(..));
-            }
-            // What has already arrived joins this batch: one frame, one wake of the client's task
-            // and one write for a burst, instead of one per backend read. Bounded, so a backend that
-            // is always ahead still reaches the client in steady pieces.
-            reads += 1;
-            if done || reads == MAX_READS_PER_BATCH {
+        if decoder.feed(&chunk, &mut events).is_err() {
+            let e = bad_stream(call.backend, "an SSE event larger than 16 MiB");
+            return fail(ex, sink, e).await;
+        }
+        for event in events.drain(..) {
+            let SseEvent::Data(data) = event;
+            let data = data.trim();
+            if data == "[DONE]" {
+                done = true;
                 break;
             }
-            match call.ready(&mut response) {
-                Some(Ok(Some(c))) => chunk = c,
-                // The end: whatever follows the loop sends the batch, before anything it adds.
-                Some(Ok(None)) => break 'read,
-                Some(Err(e)) => return fail(ex, sink, e).await,
-                None => break,
+            if data.is_empty() {
+                continue;
             }
+            let mut normalized = String::new();
+            let chunk = match translate::read_chunk(data, &mut normalized) {
+                Ok(Some(chunk)) => chunk,
+                // Valid JSON but not an object: nothing to translate.
+                Ok(None) => continue,
+                Err(e) => {
+                    let what = format!("invalid JSON in a data event ({e})");
+                    return fail(ex, sink, bad_stream(call.backend, &what)).await;
+                }
+            };
+            if let Some(err) = chunk.error {
+                let e = reported_error(call.backend, err.get());
+                return fail(ex, sink, e).await;
+            }
+            translator(ex)?.on_chunk(chunk, &mut out);
+            if let Some(name) = &ex.reply_model {
+                show_model(&mut out, name);
+            }
+            late_notices(ex, watchers.hub, &mut out);
+            if out.iter().any(|e| !matches!(e, Event::Meta(_))) {
+                first_token(ex, watchers);
+            }
+            // Queued at once, so an error later in this read still delivers them first.
+            sink.queue(out.drain(..));
         }
         sink.flush().await?;
     }

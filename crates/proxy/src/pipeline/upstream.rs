@@ -287,17 +287,6 @@ impl Call<'_> {
         }
     }
 
-    /// The next piece of the body if it has already arrived (`None`: not yet). Dropping a
-    /// pending `chunk()` loses nothing, so this never waits and never needs a deadline.
-    pub fn ready(
-        &self,
-        response: &mut reqwest::Response,
-    ) -> Option<Result<Option<Bytes>, ProxyError>> {
-        use futures_util::FutureExt;
-        let chunk = response.chunk().now_or_never()?;
-        Some(chunk.map_err(|e| self.failed(&e)))
-    }
-
     fn failed(&self, e: &reqwest::Error) -> ProxyError {
         classify(e, self.backend, self.connect_timeout_secs)
     }
