@@ -103,14 +103,20 @@ pub fn sse_response<E: Encoder>(
         encoder: E,
         interval: Duration,
         next_beat: Instant,
+        /// Wakes at or before `next_beat`. Kept across items and moved on only when it fires:
+        /// a timer set per item (registered with the runtime and taken off again) cost more
+        /// than rendering the item.
+        timer: std::pin::Pin<Box<tokio::time::Sleep>>,
         opened: bool,
         ended: bool,
     }
+    let next_beat = Instant::now() + interval;
     let state = State {
         rx,
         encoder,
         interval,
-        next_beat: Instant::now() + interval,
+        next_beat,
+        timer: Box::pin(tokio::time::sleep_until(next_beat)),
         opened: false,
         ended: false,
     };
@@ -128,13 +134,23 @@ pub fn sse_response<E: Encoder>(
             }
             tokio::select! {
                 item = st.rx.recv() => match item {
-                    Some(item) => st.ended = st.encoder.item(item, &mut out),
+                    Some(item) => {
+                        st.ended = st.encoder.item(item, &mut out);
+                        st.next_beat = Instant::now() + st.interval;
+                    }
                     // The sender ended without a last frame: it was cancelled (shutdown).
                     None => return None,
                 },
-                () = tokio::time::sleep_until(st.next_beat) => st.encoder.heartbeat(&mut out),
+                () = st.timer.as_mut() => {
+                    // Silent for a whole interval only if nothing came since the timer was set.
+                    if Instant::now() >= st.next_beat {
+                        st.encoder.heartbeat(&mut out);
+                        st.next_beat = Instant::now() + st.interval;
+                    }
+                    let at = st.next_beat;
+                    st.timer.as_mut().reset(at);
+                }
             }
-            st.next_beat = Instant::now() + st.interval;
             if !out.is_empty() {
                 return Some((Ok(out.freeze()), st));
             }

@@ -552,7 +552,7 @@ mod tests {
             upstream_request: None,
             output: Value::Null,
             raw_text: None,
-            trace: Value::Null,
+            trace: None,
             timings: Timings {
                 queue_ms: 2,
                 ttft_ms: Some(20),

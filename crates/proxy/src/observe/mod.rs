@@ -179,7 +179,9 @@ pub struct RequestRecord {
     pub output: Value,
     /// The model's raw text (choice 0), when it differs from the content the client got.
     pub raw_text: Option<String>,
-    pub trace: Value,
+    /// How the engine read the raw text (`null` where nothing was translated). Kept typed, not
+    /// as a `Value`: it is serialized the same, without a map built per span per request.
+    pub trace: Option<Vec<toolcalls::TraceSpan>>,
     pub timings: Timings,
     pub usage: Option<Value>,
     pub finish_reason: Option<String>,

@@ -78,7 +78,7 @@ impl Drop for Exchange {
             upstream_request: None,
             output: json!({"bytes": self.bytes}),
             raw_text: None,
-            trace: Value::Null,
+            trace: None,
             timings: Timings {
                 queue_ms: ctx.queue_ms,
                 ttft_ms: ctx.ttft_ms,

@@ -59,6 +59,7 @@ use crate::{
     error::{ProxyError, Source, StatusCode},
     observe::ProxyEvent,
 };
+use futures_util::FutureExt;
 use reply::{Event, FinishReason, Fold, Frame};
 use serde_json::{Map, Value};
 use shaping::{apply::AfterReset, estimate::Measure};
@@ -168,11 +169,12 @@ pub async fn serve(
         let (head_tx, mut head_rx) = oneshot::channel();
         let sink = Sink::stream(frames_tx.clone(), head_tx, phases);
         let task_state = state.clone();
-        state.tasks.spawn(async move {
-            let closed = async move { frames_tx.closed().await };
-            // A streaming client has already been told everything through the sink.
-            let _ = drive(task_state, ex, sink, closed).await;
-        });
+        let closed = async move { frames_tx.closed().await };
+        // A streaming client has already been told everything through the sink. Spawned as
+        // the future itself, not awaited inside another `async` block, which would hold it twice.
+        state
+            .tasks
+            .spawn(drive(task_state, ex, sink, closed).map(drop));
         let head = tokio::select! {
             head = &mut head_rx => head.ok(),
             () = tokio::time::sleep(COMMIT_AFTER) => {
@@ -249,21 +251,23 @@ async fn run(state: &AppState, ex: &mut Exchange, sink: &mut Sink) -> Result<(),
         == crate::observe::memory::Pressure::Critical
     {
         // Idle model servers go before any request is refused for memory.
-        state.managed.relieve(state, None).await;
+        Box::pin(state.managed.relieve(state, None)).await;
     }
     if let Some(refusal) = state.memory.refusal(&state.hub, &ex.ctx.settings) {
         return Err(refusal.into());
     }
     let route = open::route_request(state, ex)?;
-    if let AfterReset::Answer(line) = shaping::apply::reset(state, ex).await {
+    if let AfterReset::Answer(line) = Box::pin(shaping::apply::reset(state, ex)).await {
         return answer_reset(ex, sink, line).await;
     }
-    shaping::apply::context(state, ex).await?;
+    Box::pin(shaping::apply::context(state, ex)).await?;
     let settings = ex.ctx.settings.clone();
     let spec =
         TransformSpec::from_request(&ex.body, &settings.parser_formats, settings.reasoning_field);
     ex.translator = Some(Translator::new(spec, ex.ctx.seed));
-    let opened = open::open(state, ex, sink, &route).await?;
+    // The stages before the reply are boxed: their futures are freed once done, so a task that
+    // streams holds only the pump's (the task's size is the largest stage's, ~13 KB unboxed).
+    let opened = Box::pin(open::open(state, ex, sink, &route)).await?;
     sink.commit();
     let settings = opened.backend.settings.clone();
     let phases = ex.ctx.phases.clone();

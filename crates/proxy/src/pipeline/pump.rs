@@ -7,7 +7,7 @@ use super::{
     sink::{Failure, Sink},
     sse::{SseDecoder, SseEvent},
     translate::{self, Translator},
-    upstream::{Call, Deadlines, bad_stream},
+    upstream::{Call, Deadlines, ReadTimer, bad_stream},
 };
 use crate::{
     config::NoticeMode,
@@ -37,8 +37,12 @@ pub async fn pump(
     let mut out = Vec::new();
     let mut got_first_byte = false;
     let mut done = false;
+    let mut timer = ReadTimer::default();
     while !done {
-        let chunk = match call.read(&mut response, deadlines, got_first_byte).await {
+        let chunk = match call
+            .read(&mut response, deadlines, got_first_byte, &mut timer)
+            .await
+        {
             Ok(Some(c)) => c,
             Ok(None) => break,
             Err(e) => return fail(ex, sink, e).await,

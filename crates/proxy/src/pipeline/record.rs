@@ -105,7 +105,7 @@ pub fn record(hub: &Hub, ex: Exchange, fold: &Fold, status: u16, error: Option<&
         upstream_request,
         output,
         raw_text,
-        trace: serde_json::to_value(&trace).unwrap_or_default(),
+        trace: Some(trace),
         timings: Timings {
             queue_ms: ctx.queue_ms,
             ttft_ms: ctx.ttft_ms,

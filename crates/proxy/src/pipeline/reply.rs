@@ -75,7 +75,9 @@ pub enum Frame {
     /// The reply ended normally.
     Done,
     /// The reply ended with an error; everything the model produced before it was delivered.
-    Failed(crate::error::ProxyError),
+    /// Boxed: the channel keeps room for its frames in blocks of 32, and an error inline made
+    /// every frame (and so every stream's block) four times larger.
+    Failed(Box<crate::error::ProxyError>),
 }
 
 /// The backend's identity fields for a response, as the backend sent them.

@@ -131,7 +131,7 @@ impl Sink {
             Some(Ok(())) => {}
             // The response already started: the error is the stream's last frame.
             Some(Err(_)) | None => {
-                let _ = self.send_frame(Frame::Failed(e.clone())).await;
+                let _ = self.send_frame(Frame::Failed(Box::new(e.clone()))).await;
             }
         }
     }

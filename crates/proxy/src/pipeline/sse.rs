@@ -20,7 +20,10 @@ pub struct EventTooLarge;
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     line: Vec<u8>,
-    data: String,
+    /// The event's joined `data:` lines as bytes, made text once per event: checking a whole
+    /// event's UTF-8 at once is far cheaper than a lossy decode of each line, and gives the same
+    /// text (a line break is never part of a multi-byte character).
+    data: Vec<u8>,
     has_data: bool,
     /// The previous chunk ended in `\r`: a leading `\n` in the next one belongs to it.
     after_cr: bool,
@@ -83,9 +86,9 @@ impl SseDecoder {
         };
         if field == b"data" {
             if self.has_data {
-                self.data.push('\n');
+                self.data.push(b'\n');
             }
-            self.data.push_str(&String::from_utf8_lossy(value));
+            self.data.extend_from_slice(value);
             self.has_data = true;
         }
         self.line = line;
@@ -94,7 +97,12 @@ impl SseDecoder {
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
         if self.has_data {
-            out.push(SseEvent::Data(std::mem::take(&mut self.data)));
+            let data = std::mem::take(&mut self.data);
+            let text = match String::from_utf8(data) {
+                Ok(text) => text,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            };
+            out.push(SseEvent::Data(text));
             self.has_data = false;
         }
     }
@@ -141,6 +149,16 @@ mod tests {
         );
         let junk: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
         let _ = decode_in_pieces(&junk, 7);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_line_by_line() {
+        // A character cut off at a line's end stays one replacement, before the line break.
+        let input = b"data: a\xE2\x82\ndata: \xFFb\n\n";
+        let expected = vec![SseEvent::Data("a\u{FFFD}\n\u{FFFD}b".into())];
+        for size in 1..input.len() {
+            assert_eq!(decode_in_pieces(input, size), expected, "chunk size {size}");
+        }
     }
 
     #[test]

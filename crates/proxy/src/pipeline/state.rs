@@ -76,10 +76,8 @@ impl Tasks {
     pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, fut: F) {
         self.inner.running.fetch_add(1, Ordering::AcqRel);
         let guard = Running(self.inner.clone());
-        tokio::spawn(async move {
-            let _guard = guard;
-            fut.await;
-        });
+        // `map` holds the future once; an `async` block awaiting it would keep room for it twice.
+        tokio::spawn(futures_util::FutureExt::map(fut, move |()| drop(guard)));
     }
 
     pub fn running(&self) -> usize {

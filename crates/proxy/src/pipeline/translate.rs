@@ -195,7 +195,35 @@ fn str_of(raw: &RawValue) -> Option<Cow<'_, str>> {
         // A validated JSON string without escapes is its own text.
         return Some(Cow::Borrowed(inner));
     }
-    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    unescape(inner)
+        .or_else(|| serde_json::from_str::<String>(text).ok())
+        .map(Cow::Owned)
+}
+
+/// The text of a validated JSON string's inside whose escapes are all single characters (the
+/// common case: quotes and line breaks in tool-call text), unescaped in one pass; `None` when it
+/// holds a `\u` escape, which serde_json reads (surrogate pairs, and refusing lone ones).
+fn unescape(inner: &str) -> Option<String> {
+    let mut out = String::with_capacity(inner.len());
+    let mut rest = inner;
+    while let Some(i) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..i]);
+        let c = match rest.as_bytes().get(i + 1)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'n' => '\n',
+            b't' => '\t',
+            b'r' => '\r',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            _ => return None,
+        };
+        out.push(c);
+        rest = rest.get(i + 2..)?;
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 fn u64_of(raw: &RawValue) -> Option<u64> {
@@ -266,7 +294,9 @@ mlx_lm.server, run scripts/mlx-raw-server.";
 #[derive(Debug)]
 pub struct Translator {
     spec: TransformSpec,
-    choices: BTreeMap<u64, ChoiceState>,
+    /// Boxed: a map node holds room for eleven entries, and a choice's state is large, so an
+    /// unboxed node cost ~10 KB per streamed reply (most have one choice).
+    choices: BTreeMap<u64, Box<ChoiceState>>,
     /// `id`, `created`, `model`, `system_fingerprint` of the backend's chunks, as first seen.
     meta: Arc<Meta>,
     usage: Option<Usage>,
@@ -328,29 +358,31 @@ impl Translator {
     fn choice(&mut self, index: u64) -> &mut ChoiceState {
         let spec = &self.spec;
         let seed = self.id_seed;
-        self.choices.entry(index).or_insert_with(|| ChoiceState {
-            parser: Parser::new(
-                spec.tools.clone(),
-                Options {
-                    // Engine calls take seeds from `seed + 10_000·choice`; upstream ones `+1_000`.
-                    id_seed: Some(seed.wrapping_add(10_000u64.wrapping_mul(index + 1))),
-                    ..spec.options.clone()
-                },
-            ),
-            raw: String::new(),
-            engine_calls: BTreeMap::new(),
-            upstream_calls: BTreeMap::new(),
-            reasoning: None,
-            reasoning_calls: BTreeMap::new(),
-            reasoning_runs: 0,
-            formats: BTreeMap::new(),
-            upstream_args: BTreeMap::new(),
-            dropped: 0,
-            pending: BTreeMap::new(),
-            next_call: 0,
-            finished: false,
-            call_open: false,
-            held: Vec::new(),
+        self.choices.entry(index).or_insert_with(|| {
+            Box::new(ChoiceState {
+                parser: Parser::new(
+                    spec.tools.clone(),
+                    Options {
+                        // Engine calls take seeds from `seed + 10_000·choice`; upstream ones `+1_000`.
+                        id_seed: Some(seed.wrapping_add(10_000u64.wrapping_mul(index + 1))),
+                        ..spec.options.clone()
+                    },
+                ),
+                raw: String::new(),
+                engine_calls: BTreeMap::new(),
+                upstream_calls: BTreeMap::new(),
+                reasoning: None,
+                reasoning_calls: BTreeMap::new(),
+                reasoning_runs: 0,
+                formats: BTreeMap::new(),
+                upstream_args: BTreeMap::new(),
+                dropped: 0,
+                pending: BTreeMap::new(),
+                next_call: 0,
+                finished: false,
+                call_open: false,
+                held: Vec::new(),
+            })
         })
     }
 
@@ -887,6 +919,21 @@ fn push(out: &mut Vec<Event>, start: usize, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_read_as_serde_json_reads_them() {
+        for json in [
+            r#""plain""#,
+            r#""a \"quoted\" \\ path\/x\n\t\r\b\f end""#,
+            r#""\u00e9 and \ud83d\ude00""#,
+            r#""lone \ud800 surrogate""#,
+            r#""\\u0041 is not an escape""#,
+        ] {
+            let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+            let expected = serde_json::from_str::<String>(json).ok();
+            assert_eq!(str_of(&raw).map(Cow::into_owned), expected, "{json}");
+        }
+    }
     use crate::pipeline::reply::Fold;
 
     fn spec(tools: bool) -> TransformSpec {

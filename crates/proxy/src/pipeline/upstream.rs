@@ -183,6 +183,46 @@ impl Deadlines {
     }
 }
 
+/// The deadline of a reply's reads, one timer kept across them. The idle deadline moves with
+/// every read; a timer set per read (registered with the runtime and taken off again) cost more
+/// than the read itself, so this one stays where it was set and, when it fires before the
+/// current deadline, moves on to it.
+#[derive(Debug, Default)]
+pub struct ReadTimer {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl ReadTimer {
+    /// Awaits `fut` until `until`; `None` when the deadline passed first. Like
+    /// `tokio::time::timeout_at`, the future is polled before the deadline.
+    async fn within<F: std::future::Future>(
+        &mut self,
+        until: Instant,
+        fut: F,
+    ) -> Option<F::Output> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if sleep.deadline() > until {
+            sleep.as_mut().reset(until);
+        }
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut fut => return Some(out),
+                () = sleep.as_mut() => {
+                    if sleep.deadline() >= until {
+                        return None;
+                    }
+                    // An earlier read's deadline: this read's is later.
+                    sleep.as_mut().reset(until);
+                }
+            }
+        }
+    }
+}
+
 /// One request to the backend: where, with what, under which limits.
 #[derive(Debug)]
 pub struct Call<'a> {
@@ -236,12 +276,14 @@ impl Call<'_> {
         response: &mut reqwest::Response,
         deadlines: &Deadlines,
         got_first_byte: bool,
+        timer: &mut ReadTimer,
     ) -> Result<Option<Bytes>, ProxyError> {
         let _wait = self.phases.upstream();
-        match deadlines.within(got_first_byte, response.chunk()).await {
-            Ok(Ok(chunk)) => Ok(chunk),
-            Ok(Err(e)) => Err(self.failed(&e)),
-            Err(t) => Err(t.error(self.backend)),
+        let (until, which) = deadlines.next(got_first_byte);
+        match timer.within(until, response.chunk()).await {
+            Some(Ok(chunk)) => Ok(chunk),
+            Some(Err(e)) => Err(self.failed(&e)),
+            None => Err(which.error(self.backend)),
         }
     }
 

@@ -190,7 +190,7 @@ async fn collect(mut rx: mpsc::Receiver<Frame>) -> Result<Fold, ProxyError> {
             Frame::Queued { .. } => {}
             Frame::Events(events) => events.iter().for_each(|e| fold.push(e)),
             Frame::Done => return Ok(fold),
-            Frame::Failed(e) => return Err(e),
+            Frame::Failed(e) => return Err(*e),
         }
     }
     Err(ProxyError::internal(
