@@ -919,6 +919,7 @@ fn push(out: &mut Vec<Event>, start: usize, event: Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::reply::Fold;
 
     #[test]
     fn strings_read_as_serde_json_reads_them() {
@@ -934,7 +935,6 @@ mod tests {
             assert_eq!(str_of(&raw).map(Cow::into_owned), expected, "{json}");
         }
     }
-    use crate::pipeline::reply::Fold;
 
     fn spec(tools: bool) -> TransformSpec {
         let mut body = Map::new();
