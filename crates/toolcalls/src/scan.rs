@@ -204,61 +204,81 @@ impl Dialects {
     fn build(parse: bool, options: &Options) -> Dialects {
         // Without tools, only the dialects that also mark reasoning run (a harmony answer must
         // not show its channel headers); any call they find names no declared tool.
-        let formats: Vec<&'static dyn Format> = formats::ALL
-            .iter()
-            .copied()
-            .filter(|f| parse || f.marks_reasoning() && options.split_reasoning)
-            .filter(|f| f.names().iter().any(|n| enabled(options, n)))
-            .collect();
-        let whole: Vec<&'static dyn WholeMessage> = if parse {
-            formats::WHOLE
+        let mut formats: Vec<&'static dyn Format> = Vec::with_capacity(formats::ALL.len());
+        formats.extend(
+            formats::ALL
                 .iter()
                 .copied()
-                .filter(|w| enabled(options, w.name()))
-                .collect()
+                .filter(|f| parse || f.marks_reasoning() && options.split_reasoning)
+                .filter(|f| f.names().iter().any(|n| enabled(options, n))),
+        );
+        let mut whole: Vec<&'static dyn WholeMessage> = Vec::new();
+        if parse {
+            whole.reserve_exact(formats::WHOLE.len());
+            whole.extend(
+                formats::WHOLE
+                    .iter()
+                    .copied()
+                    .filter(|w| enabled(options, w.name())),
+            );
+        }
+        // Every marker, grouped by first byte: a stable counting sort (within a group the
+        // order, which decides between a marker and a longer one it begins, stays the formats'
+        // order), read twice from the static tables rather than collected and sorted.
+        let think: &[(&'static str, Marker, Place)] = if options.split_reasoning {
+            &[
+                (THINK_OPEN, Marker::ThinkOpen, Place::Anywhere),
+                (THINK_CLOSE, Marker::ThinkClose, Place::Anywhere),
+            ]
         } else {
-            Vec::new()
+            &[]
         };
-        let mut markers = Vec::new();
-        if options.split_reasoning {
-            markers.push((THINK_OPEN, Marker::ThinkOpen, Place::Anywhere));
-            markers.push((THINK_CLOSE, Marker::ThinkClose, Place::Anywhere));
-        }
-        for (fi, f) in formats.iter().enumerate() {
-            for (oi, o) in f.openers().iter().enumerate() {
-                let place = match (o.reply_start, o.line_start) {
-                    (true, _) => Place::ReplyStart,
-                    (false, true) => Place::LineStart,
-                    (false, false) => Place::Anywhere,
-                };
-                markers.push((o.text, Marker::Opener(fi, oi), place));
-            }
-        }
-        // Grouped by first byte (a stable sort: within a group the order, which decides
-        // between a marker and a longer one it begins, stays the formats' order).
-        markers.sort_by_key(|(t, _, _)| t.as_bytes()[0]);
+        let all = || {
+            let openers = formats.iter().enumerate().flat_map(|(fi, f)| {
+                f.openers().iter().enumerate().map(move |(oi, o)| {
+                    let place = match (o.reply_start, o.line_start) {
+                        (true, _) => Place::ReplyStart,
+                        (false, true) => Place::LineStart,
+                        (false, false) => Place::Anywhere,
+                    };
+                    (o.text, Marker::Opener(fi, oi), place)
+                })
+            });
+            think.iter().copied().chain(openers)
+        };
         let mut by_first = [(0u16, 0u16); 256];
-        for (i, (t, _, _)) in markers.iter().enumerate() {
-            let slot = &mut by_first[usize::from(t.as_bytes()[0])];
-            if slot.1 == 0 {
-                slot.0 = i as u16;
-            }
-            slot.1 = i as u16 + 1;
+        for (t, _, _) in all() {
+            by_first[usize::from(t.as_bytes()[0])].1 += 1;
+        }
+        let mut total = 0u16;
+        for slot in &mut by_first {
+            let count = slot.1;
+            *slot = (total, total);
+            total += count;
+        }
+        let mut markers = vec![("", Marker::ThinkOpen, Place::Anywhere); usize::from(total)];
+        for marker in all() {
+            let slot = &mut by_first[usize::from(marker.0.as_bytes()[0])];
+            markers[usize::from(slot.1)] = marker;
+            slot.1 += 1;
         }
         let longest_marker = markers.iter().map(|(t, _, _)| t.len()).max().unwrap_or(0);
         let mut opens_marker = [false; 256];
         let mut stops_plain = [false; 256];
         stops_plain[usize::from(b'`')] = true;
+        let (mut line_start, mut reply_start) = (0, 0);
         for (t, _, place) in &markers {
             opens_marker[usize::from(t.as_bytes()[0])] = true;
-            if *place == Place::Anywhere {
-                stops_plain[usize::from(t.as_bytes()[0])] = true;
+            match place {
+                Place::Anywhere => stops_plain[usize::from(t.as_bytes()[0])] = true,
+                Place::LineStart => line_start += 1,
+                Place::ReplyStart => reply_start += 1,
             }
         }
         // How each line-start marker is found: through a byte the candidate search stops at
         // anyway (`functools[` by its `[`: free on prose), else by its own memmem search.
-        let mut line_finders = Vec::new();
-        let mut anchored = Vec::new();
+        let mut line_finders = Vec::with_capacity(line_start);
+        let mut anchored = Vec::with_capacity(line_start);
         for (t, _, place) in &markers {
             if *place != Place::LineStart {
                 continue;
@@ -268,11 +288,13 @@ impl Dialects {
                 None => line_finders.push(memmem::Finder::new(t.as_bytes())),
             }
         }
-        let reply_markers: Vec<&'static [u8]> = markers
-            .iter()
-            .filter(|(_, _, place)| *place == Place::ReplyStart)
-            .map(|(t, _, _)| t.as_bytes())
-            .collect();
+        let mut reply_markers: Vec<&'static [u8]> = Vec::with_capacity(reply_start);
+        reply_markers.extend(
+            markers
+                .iter()
+                .filter(|(_, _, place)| *place == Place::ReplyStart)
+                .map(|(t, _, _)| t.as_bytes()),
+        );
         let other_finder = markers
             .iter()
             .find(|(t, _, place)| *place == Place::Anywhere && !t.starts_with(['<', '[']))
@@ -1172,6 +1194,48 @@ impl Output {
             self.pending_ws.clear();
         } else {
             self.flush_pending_ws();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counting sort in [`Dialects::build`] must give what a stable sort by first byte
+    /// of the formats' markers gives (the order decides between a marker and a longer one it
+    /// begins), and `by_first` must index exactly each byte's group.
+    #[test]
+    fn markers_are_grouped_by_first_byte_in_the_formats_order() {
+        for (parse, split_reasoning) in [(true, true), (true, false), (false, true)] {
+            let options = Options {
+                split_reasoning,
+                ..Options::default()
+            };
+            let dialects = Dialects::build(parse, &options);
+            let mut expected = Vec::new();
+            if split_reasoning {
+                expected.push((THINK_OPEN, Marker::ThinkOpen));
+                expected.push((THINK_CLOSE, Marker::ThinkClose));
+            }
+            for (fi, f) in dialects.formats.iter().enumerate() {
+                for (oi, o) in f.openers().iter().enumerate() {
+                    expected.push((o.text, Marker::Opener(fi, oi)));
+                }
+            }
+            expected.sort_by_key(|(t, _)| t.as_bytes()[0]);
+            let got: Vec<_> = dialects.markers.iter().map(|(t, m, _)| (*t, *m)).collect();
+            assert_eq!(got, expected);
+            for byte in 0..=255u8 {
+                let (lo, hi) = dialects.by_first[usize::from(byte)];
+                let group = expected
+                    .iter()
+                    .filter(|(t, _)| t.as_bytes()[0] == byte)
+                    .count();
+                assert_eq!(usize::from(hi - lo), group, "byte {byte}");
+                let slice = &dialects.markers[usize::from(lo)..usize::from(hi)];
+                assert!(slice.iter().all(|(t, _, _)| t.as_bytes()[0] == byte));
+            }
         }
     }
 }
