@@ -438,21 +438,19 @@ impl Translator {
                 self.close_reasoning(index, "stop", out, start);
                 let state = self.choice(index);
                 push_capped(&mut state.raw, &text, Some(LOG_TEXT_LIMIT));
-                for event in state.parser.feed(&text) {
-                    engine_event(
-                        c,
-                        as_text,
-                        false,
-                        state_calls(
-                            &mut state.engine_calls,
-                            &mut state.next_call,
-                            &mut state.formats,
-                        ),
-                        event,
-                        out,
-                        start,
-                    );
-                }
+                engine_events(
+                    c,
+                    as_text,
+                    false,
+                    Calls {
+                        engine: &mut state.engine_calls,
+                        next: &mut state.next_call,
+                        formats: &mut state.formats,
+                    },
+                    state.parser.feed(&text),
+                    out,
+                    start,
+                );
             }
             let state = self.choice(index);
             if state.call_open {
@@ -501,21 +499,19 @@ impl Translator {
         self.close_reasoning(index, reason, out, start);
         let state = self.choice(index);
         state.finished = true;
-        for event in state.parser.finish(Some(reason)) {
-            engine_event(
-                index as u32,
-                as_text,
-                false,
-                state_calls(
-                    &mut state.engine_calls,
-                    &mut state.next_call,
-                    &mut state.formats,
-                ),
-                event,
-                out,
-                start,
-            );
-        }
+        engine_events(
+            index as u32,
+            as_text,
+            false,
+            Calls {
+                engine: &mut state.engine_calls,
+                next: &mut state.next_call,
+                formats: &mut state.formats,
+            },
+            state.parser.finish(Some(reason)),
+            out,
+            start,
+        );
         self.flush_pending(index, out);
     }
 
@@ -608,21 +604,19 @@ impl Translator {
                 },
             )
         });
-        for event in parser.feed(text) {
-            engine_event(
-                c,
-                as_text,
-                true,
-                state_calls(
-                    &mut state.reasoning_calls,
-                    &mut state.next_call,
-                    &mut state.formats,
-                ),
-                event,
-                out,
-                start,
-            );
-        }
+        engine_events(
+            c,
+            as_text,
+            true,
+            Calls {
+                engine: &mut state.reasoning_calls,
+                next: &mut state.next_call,
+                formats: &mut state.formats,
+            },
+            parser.feed(text),
+            out,
+            start,
+        );
     }
 
     /// Ends the reasoning engine of a choice, if one is open: its held-back text and calls go
@@ -633,21 +627,19 @@ impl Translator {
         let Some(mut parser) = state.reasoning.take() else {
             return;
         };
-        for event in parser.finish(Some(reason)) {
-            engine_event(
-                index as u32,
-                as_text,
-                true,
-                state_calls(
-                    &mut state.reasoning_calls,
-                    &mut state.next_call,
-                    &mut state.formats,
-                ),
-                event,
-                out,
-                start,
-            );
-        }
+        engine_events(
+            index as u32,
+            as_text,
+            true,
+            Calls {
+                engine: &mut state.reasoning_calls,
+                next: &mut state.next_call,
+                formats: &mut state.formats,
+            },
+            parser.finish(Some(reason)),
+            out,
+            start,
+        );
         state.reasoning_calls.clear();
     }
 
@@ -795,26 +787,28 @@ struct Calls<'a> {
     formats: &'a mut BTreeMap<u32, &'static str>,
 }
 
-fn state_calls<'a>(
-    engine: &'a mut BTreeMap<usize, u32>,
-    next: &'a mut u32,
-    formats: &'a mut BTreeMap<u32, &'static str>,
-) -> Calls<'a> {
-    Calls {
-        engine,
-        next,
-        formats,
+/// Engine events as core events, appended (each merged into the last one where it continues
+/// it). `reasoning`: the engine reads the backend's reasoning field, so its text is reasoning
+/// (shown as text when `as_text`, the settings' `none`).
+fn engine_events<'e>(
+    choice: u32,
+    as_text: bool,
+    reasoning: bool,
+    mut calls: Calls<'_>,
+    events: impl IntoIterator<Item = EventRef<'e>>,
+    out: &mut Vec<Event>,
+    start: usize,
+) {
+    for event in events {
+        engine_event(choice, as_text, reasoning, &mut calls, event, out, start);
     }
 }
 
-/// One engine event as a core event, appended (merged into the last one where it continues it).
-/// `reasoning`: the engine reads the backend's reasoning field, so its text is reasoning (shown
-/// as text when `as_text`, the settings' `none`).
 fn engine_event(
     choice: u32,
     as_text: bool,
     reasoning: bool,
-    calls: Calls<'_>,
+    calls: &mut Calls<'_>,
     event: EventRef<'_>,
     out: &mut Vec<Event>,
     start: usize,
