@@ -152,6 +152,17 @@ impl Ctx<'_> {
             .ok_or_else(|| format!("tool {name:?} was not declared in the request"))
     }
 
+    /// Does tool `tool` declare parameter `key`? Any key when its schema lists no properties,
+    /// or when the tool is not declared (the call is rejected anyway).
+    pub fn declares(&self, tool: &str, key: &str) -> bool {
+        self.tools
+            .iter()
+            .find(|t| t.name == tool)
+            .and_then(|t| t.parameters.get("properties"))
+            .and_then(Value::as_object)
+            .is_none_or(|props| props.contains_key(key))
+    }
+
     /// A span that cannot end before `needle` arrives: wait for it, or at the end give it back.
     pub fn awaiting(&self, text: &str, what: &str, needle: &'static str) -> Scan {
         match self.unterminated(text, what) {

@@ -174,13 +174,6 @@ fn glm_value_end(
 ) -> Option<Result<(usize, usize), ()>> {
     const VALUE_CLOSE: &str = "</arg_value>";
     const KEY: &str = "<arg_key>";
-    let declared = |k: &str| {
-        ctx.tool(name)
-            .ok()
-            .and_then(|t| t.parameters.get("properties"))
-            .and_then(serde_json::Value::as_object)
-            .is_none_or(|props| props.contains_key(k))
-    };
     let mut from = 0;
     while let Some(i) = value[from..].find(VALUE_CLOSE) {
         let at = from + i;
@@ -193,7 +186,10 @@ fn glm_value_end(
             match next.find("</arg_key>") {
                 Some(k_end) => {
                     let k = next[..k_end].trim();
-                    if declared(k) && k != key && !pairs.iter().any(|(given, _)| given == k) {
+                    if ctx.declares(name, k)
+                        && k != key
+                        && !pairs.iter().any(|(given, _)| given == k)
+                    {
                         return Some(Ok((at, after)));
                     }
                 }

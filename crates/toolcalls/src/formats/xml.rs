@@ -712,13 +712,7 @@ impl Functions {
             let Some(f) = functions.last() else {
                 return Verdict::No;
             };
-            let declared = s
-                .ctx
-                .tool(f.name)
-                .ok()
-                .and_then(|tool| tool.parameters.get("properties"))
-                .and_then(serde_json::Value::as_object)
-                .is_none_or(|props| props.contains_key(name));
+            let declared = s.ctx.declares(f.name, name);
             let given = name == key || f.pairs.iter().any(|(k, _)| *k == name);
             return if well_formed(name) && declared && !given {
                 Verdict::Yes
