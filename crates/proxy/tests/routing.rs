@@ -444,6 +444,20 @@ async fn a_conversation_stays_on_its_backend_and_a_new_one_goes_to_the_least_bus
         let (_, v) = task.await.unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "one:shared");
     }
+    // Claude Code's header pins its Messages requests too (the same body both times, so only
+    // the header can send them apart).
+    for (id, served_by) in [("s1", "one:shared"), ("s2", "two:shared")] {
+        let r = client()
+            .post(format!("{base}/v1/messages"))
+            .header("x-claude-code-session-id", id)
+            .json(&json!({"model": "shared", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["content"][0]["text"], served_by, "{v}");
+    }
     // Without a session header, the conversation's opening identifies it: later turns follow.
     let opening =
         json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "task 7"}]);

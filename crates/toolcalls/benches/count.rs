@@ -3,10 +3,11 @@
 //!
 //! ```sh
 //! cargo bench -p blockops-toolcalls --bench count --no-run   # prints the binary's path
-//! valgrind --tool=callgrind BINARY prose 4                   # prose|dense, whole|1|4
+//! valgrind --tool=callgrind '--toggle-collect=*workloads::run_*' BINARY prose 4   # prose|dense, whole|1|4
 //! ```
-//! `setup` instead of a piece size builds the text and its pieces but parses nothing: subtract
-//! its count to get the engine's own.
+//! `--toggle-collect` counts the run alone (the parser, its events and the consumer), not
+//! process start-up or building the input, whose counts move with the compiler's inlining.
+//! `setup` instead of a piece size builds the text and its pieces but parses nothing.
 
 use std::hint::black_box;
 

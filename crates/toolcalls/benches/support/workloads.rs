@@ -46,6 +46,9 @@ pub fn consume(events: Events<'_>) -> usize {
         .sum()
 }
 
+// Never inlined: each run is a symbol of its own, so callgrind can count it alone
+// (`--toggle-collect`), apart from start-up and building the input.
+#[inline(never)]
 pub fn run_whole(text: &str) -> usize {
     let mut p = Parser::new(
         tools(),
@@ -59,6 +62,7 @@ pub fn run_whole(text: &str) -> usize {
     n
 }
 
+#[inline(never)]
 pub fn run_pieces(pieces: &[&str]) -> usize {
     let mut p = Parser::new(
         tools(),

@@ -20,7 +20,7 @@ use crate::{
 };
 use axum::{
     Json, Router,
-    extract::{ConnectInfo, Request, State},
+    extract::{Request, State},
     http::HeaderValue,
     response::{IntoResponse, Response},
     routing::post,
@@ -28,7 +28,7 @@ use axum::{
 use encode::{Encoder, Head};
 use request::{Converted, Purpose};
 use serde_json::{Map, Value, json};
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Whether a path belongs to this door (its errors, refusals included, take Anthropic's shape).
@@ -80,17 +80,9 @@ async fn read(
     purpose: Purpose,
     state: &AppState,
 ) -> Result<(RequestCtx, Converted, Value), ProxyError> {
-    let settings = state.settings.current();
-    let client_addr = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    let (parts, body) = request.into_parts();
-    let bytes = super::chat::read_body(body, settings.max_body_bytes).await?;
-    let body = parse_object(&bytes)?;
+    let (ctx, _, bytes) = super::receive(state, request, FrontDoor::Messages).await;
+    let body = parse_object(&bytes?)?;
     let converted = request::convert(&body, purpose)?;
-    let mut ctx = RequestCtx::new(settings, parts.uri.path(), client_addr, FrontDoor::Messages);
-    ctx.phases = super::timing::phases_of(&parts.extensions);
     Ok((ctx, converted, Value::Object(body)))
 }
 
