@@ -27,7 +27,7 @@ use axum::{
 };
 use axum::{extract::ConnectInfo, http::request::Parts};
 use bytes::Bytes;
-use serde_json::json;
+use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 
 /// What every front door does first: the request's context (settings in force, client address,
@@ -49,6 +49,28 @@ pub async fn receive(
     ctx.session_headers = session_headers(&parts.headers);
     let bytes = chat::read_body(body, limit).await;
     (ctx, parts, bytes)
+}
+
+/// The request body as a JSON object, or a 400 that says what is wrong and, by `example`
+/// ("send a JSON object with …"), what to send instead.
+pub fn json_object(bytes: &[u8], example: &str) -> Result<Map<String, Value>, ProxyError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ProxyError::client(
+            "invalid_json",
+            format!("the request body is empty: {example}"),
+        ));
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ProxyError::client(
+            "invalid_json",
+            format!("the request body is not a JSON object: {example}"),
+        )),
+        Err(e) => Err(ProxyError::client(
+            "invalid_json",
+            format!("the request body is not valid JSON ({e}): {example}"),
+        )),
+    }
 }
 
 /// The whole router. Middleware that guards it (auth, host checks) wraps this in `server`.

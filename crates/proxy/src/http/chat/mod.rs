@@ -99,24 +99,10 @@ pub fn parse_chat_body(
             ),
         )
     })?;
-    if text.trim().is_empty() {
-        return Err(ProxyError::client(
-            "invalid_json",
-            "the request body is empty: send a JSON object with \"model\" and \"messages\"",
-        ));
-    }
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        ProxyError::client(
-            "invalid_json",
-            format!("the request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(body) = value else {
-        return Err(ProxyError::client(
-            "invalid_json",
-            "the request body must be a JSON object with \"model\" and \"messages\"",
-        ));
-    };
+    let body = super::json_object(
+        text.as_bytes(),
+        "send a JSON object with \"model\" and \"messages\"",
+    )?;
     match body.get("messages") {
         None => Err(ProxyError::client(
             "missing_messages",

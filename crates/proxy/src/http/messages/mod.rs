@@ -27,7 +27,7 @@ use axum::{
 };
 use encode::{Encoder, Head};
 use request::{Converted, Purpose};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -81,30 +81,12 @@ async fn read(
     state: &AppState,
 ) -> Result<(RequestCtx, Converted, Value), ProxyError> {
     let (ctx, _, bytes) = super::receive(state, request, FrontDoor::Messages).await;
-    let body = parse_object(&bytes?)?;
+    let body = super::json_object(
+        &bytes?,
+        "send a JSON object with \"model\", \"max_tokens\" and \"messages\"",
+    )?;
     let converted = request::convert(&body, purpose)?;
     Ok((ctx, converted, Value::Object(body)))
-}
-
-fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ProxyError> {
-    const SHAPE: &str = "send a JSON object with \"model\", \"max_tokens\" and \"messages\"";
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ProxyError::client(
-            "invalid_json",
-            format!("the request body is empty: {SHAPE}"),
-        ));
-    }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(ProxyError::client(
-            "invalid_json",
-            format!("the request body is not a JSON object: {SHAPE}"),
-        )),
-        Err(e) => Err(ProxyError::client(
-            "invalid_json",
-            format!("the request body is not valid JSON ({e}): {SHAPE}"),
-        )),
-    }
 }
 
 /// Runs the request through the core and renders its reply.

@@ -74,24 +74,10 @@ pub async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> R
 
 /// The body as a JSON object, or a 400 that says what is wrong with it.
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ProxyError> {
-    let example = "send a JSON object such as {\"model\": \"…\", \"input\": \"Hello\"}";
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ProxyError::client(
-            "invalid_json",
-            format!("the request body is empty: {example}"),
-        ));
-    }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(body)) => Ok(body),
-        Ok(_) => Err(ProxyError::client(
-            "invalid_json",
-            format!("the request body must be a JSON object: {example}"),
-        )),
-        Err(e) => Err(ProxyError::client(
-            "invalid_json",
-            format!("the request body is not valid JSON ({e}): {example}"),
-        )),
-    }
+    super::json_object(
+        bytes,
+        "send a JSON object such as {\"model\": \"…\", \"input\": \"Hello\"}",
+    )
 }
 
 async fn respond(
