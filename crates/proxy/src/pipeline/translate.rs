@@ -496,6 +496,9 @@ impl Translator {
     /// completes, and structured calls still waiting for their name.
     fn end_parser(&mut self, index: u64, reason: &str, out: &mut Vec<Event>, start: usize) {
         let as_text = self.spec.reasoning_field == ReasoningField::None;
+        // What came earlier first: calls waiting for their name and the text held while a
+        // call was open, then the parsers' held-back tails (the reply's last bytes).
+        self.flush_pending(index, out);
         self.close_reasoning(index, reason, out, start);
         let state = self.choice(index);
         state.finished = true;
@@ -512,7 +515,6 @@ impl Translator {
             out,
             start,
         );
-        self.flush_pending(index, out);
     }
 
     fn open_choices(&self) -> Vec<u64> {
@@ -582,14 +584,12 @@ impl Translator {
             };
             return push(out, start, event);
         }
-        let tools = self.spec.tools.clone();
-        let options = self.spec.options.clone();
-        let seed = self.id_seed;
-        let state = self.choice(index);
-        let parser = state.reasoning.get_or_insert_with(|| {
-            state.reasoning_runs += 1;
-            Parser::new(
-                tools,
+        if self.choice(index).reasoning.is_none() {
+            // A new reasoning run (built once per run, not per delta: the tools are cloned).
+            let seed = self.id_seed;
+            let runs = self.choice(index).reasoning_runs + 1;
+            let parser = Parser::new(
+                self.spec.tools.clone(),
                 Options {
                     // The text is reasoning already: nothing in it is split out again.
                     split_reasoning: false,
@@ -598,12 +598,19 @@ impl Translator {
                     id_seed: Some(
                         seed.wrapping_add(10_000u64.wrapping_mul(index + 1))
                             .wrapping_add(5_000)
-                            .wrapping_add(100u64.wrapping_mul(state.reasoning_runs)),
+                            .wrapping_add(100u64.wrapping_mul(runs)),
                     ),
-                    ..options
+                    ..self.spec.options.clone()
                 },
-            )
-        });
+            );
+            let state = self.choice(index);
+            state.reasoning_runs = runs;
+            state.reasoning = Some(parser);
+        }
+        let state = self.choice(index);
+        let Some(parser) = state.reasoning.as_mut() else {
+            return;
+        };
         engine_events(
             c,
             as_text,
@@ -1347,5 +1354,27 @@ mod tests {
             .collect();
         assert_eq!(kinds, ["text", "call", "args", "text", "finish"], "{all:?}");
         assert_eq!(text_of(&all), "Checking. (thinking)");
+    }
+
+    /// Text held while a structured call was open came before the engine's held-back tail
+    /// (what might still have opened a marker): at the end it goes out first.
+    #[test]
+    fn text_held_during_a_call_keeps_its_place_before_the_tail() {
+        let mut t = Translator::new(spec(true), 7);
+        let chunk = |delta: Value, finish: Option<&str>| {
+            json!({"choices":[{"index":0,"delta":delta,"finish_reason":finish}]}).to_string()
+        };
+        let mut all = Vec::new();
+        for (delta, finish) in [
+            (
+                json!({"tool_calls":[{"index":0,"id":"c1","function":{"name":"get_weather","arguments":"{}"}}]}),
+                None,
+            ),
+            (json!({"content":"see <"}), None),
+            (json!({}), Some("tool_calls")),
+        ] {
+            all.extend(translate(&mut t, &chunk(delta, finish)));
+        }
+        assert_eq!(text_of(&all), "see <", "{all:?}");
     }
 }
