@@ -76,17 +76,7 @@ pub fn record(hub: &Hub, ex: Exchange, fold: &Fold, status: u16, error: Option<&
     summary.completion_tokens = fold.usage.as_ref().and_then(|u| u.completion_tokens);
     summary.tool_calls = choice.tool_calls.iter().map(|c| c.name.clone()).collect();
     summary.dropped_calls = evidence.dropped_calls;
-    let lead: String = fold
-        .lead_notices()
-        .iter()
-        .map(|n| format!("⚠ {}\n\n", n.text))
-        .collect();
-    let late: String = fold
-        .late_notices()
-        .iter()
-        .map(|n| format!("\n\n⚠ {}", n.text))
-        .collect();
-    let content = format!("{lead}{}{late}", choice.content);
+    let content = fold.with_notices(&choice.content);
     let output = json!({
         "content": if content.is_empty() && !choice.tool_calls.is_empty() { Value::Null } else { content.clone().into() },
         "reasoning": choice.reasoning,

@@ -131,6 +131,63 @@ pub struct Notice {
     pub text: String,
 }
 
+impl Notice {
+    /// A notice that leads the reply's text: its own paragraph before the words.
+    pub fn leading(text: &str) -> String {
+        format!("⚠ {text}\n\n")
+    }
+
+    /// A notice found after the reply started (a call the backend dropped): a paragraph after
+    /// the words so far.
+    pub fn trailing(text: &str) -> String {
+        format!("\n\n⚠ {text}")
+    }
+}
+
+/// Places notices in a streamed reply the way [`Fold::with_notices`] places them in a whole
+/// one: those that came before the reply started wait to lead its text (or go out before its
+/// first call, or at its end); later ones follow the words so far.
+#[derive(Debug, Default)]
+pub struct NoticePlacement {
+    started: bool,
+    lead: String,
+}
+
+impl NoticePlacement {
+    /// A notice: the text to show now (a late one), or `None` while it waits to lead.
+    pub fn notice(&mut self, text: &str) -> Option<String> {
+        if self.started {
+            Some(Notice::trailing(text))
+        } else {
+            self.lead.push_str(&Notice::leading(text));
+            None
+        }
+    }
+
+    /// The reply has started (reasoning: the leading notices still wait for the text).
+    pub fn start(&mut self) {
+        self.started = true;
+    }
+
+    /// The reply's text, with any waiting notices before it.
+    pub fn text<'t>(&mut self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        self.started = true;
+        if self.lead.is_empty() {
+            text.into()
+        } else {
+            let mut lead = std::mem::take(&mut self.lead);
+            lead.push_str(text);
+            lead.into()
+        }
+    }
+
+    /// The notices still waiting (before a call, or at the end): shown as text of their own.
+    pub fn take_waiting(&mut self) -> String {
+        self.started = true;
+        std::mem::take(&mut self.lead)
+    }
+}
+
 /// Token counts, as the backend reported them; `raw` is its whole usage object (for renderers
 /// that relay it as sent, and for the log).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -239,14 +296,18 @@ impl Fold {
         self.choices.get(index as usize)
     }
 
-    /// Notices that came before the reply started: they lead it.
-    pub fn lead_notices(&self) -> &[Notice] {
-        &self.notices[..self.late_from.unwrap_or(self.notices.len())]
-    }
-
-    /// Notices that came after the reply started: they follow the words so far.
-    pub fn late_notices(&self) -> &[Notice] {
-        &self.notices[self.late_from.unwrap_or(self.notices.len())..]
+    /// `words` (choice 0's text) with the notices where a stream shows them: those that came
+    /// before the reply started lead it, later ones follow it.
+    pub fn with_notices(&self, words: &str) -> String {
+        let (lead, late) = self
+            .notices
+            .split_at(self.late_from.unwrap_or(self.notices.len()));
+        let mut text: String = lead.iter().map(|n| Notice::leading(&n.text)).collect();
+        text.push_str(words);
+        for n in late {
+            text.push_str(&Notice::trailing(&n.text));
+        }
+        text
     }
 
     pub fn push(&mut self, event: &Event) {
@@ -306,6 +367,30 @@ impl Fold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notices_lead_the_words_and_late_ones_follow_them() {
+        let notice = |t: &str| Event::Notice {
+            kind: NoticeKind::Memory,
+            text: t.into(),
+        };
+        let mut fold = Fold::default();
+        for e in [
+            notice("early"),
+            Event::Text {
+                choice: 0,
+                text: "Hi".into(),
+            },
+            notice("late"),
+        ] {
+            fold.push(&e);
+        }
+        assert_eq!(fold.with_notices("Hi"), "⚠ early\n\nHi\n\n⚠ late");
+        let mut placed = NoticePlacement::default();
+        assert_eq!(placed.notice("early"), None);
+        assert_eq!(placed.text("Hi"), "⚠ early\n\nHi");
+        assert_eq!(placed.notice("late").as_deref(), Some("\n\n⚠ late"));
+    }
 
     #[test]
     fn fold_accumulates_calls_and_text() {

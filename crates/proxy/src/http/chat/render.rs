@@ -10,7 +10,7 @@ use crate::{
     config::ReasoningField,
     error::ProxyError,
     http::stream::{KEEP_ALIVE, StreamEncoder},
-    pipeline::reply::{Event, Fold, Meta},
+    pipeline::reply::{Event, Fold, Meta, Notice},
 };
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
@@ -75,7 +75,7 @@ impl ChunkWriter {
                 // Before the reply starts a notice leads choice 0's first delta; one found later
                 // (a call the backend dropped) is a content delta of its own where it comes.
                 Event::Notice { text, .. } if self.started.first() == Some(&true) => {
-                    let late = format!("\n\n⚠ {text}");
+                    let late = Notice::trailing(text);
                     self.delta(
                         out,
                         0,
@@ -86,11 +86,7 @@ impl ChunkWriter {
                         None,
                     );
                 }
-                Event::Notice { text, .. } => {
-                    self.notices.push_str("⚠ ");
-                    self.notices.push_str(text);
-                    self.notices.push_str("\n\n");
-                }
+                Event::Notice { text, .. } => self.notices.push_str(&Notice::leading(text)),
                 Event::Text { choice, text } => self.delta(
                     out,
                     *choice,
@@ -294,17 +290,6 @@ impl StreamEncoder for ChunkWriter {
 pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
     let mut c = meta_fields(&fold.meta);
     c.insert("object".into(), "chat.completion".into());
-    let lead: String = fold
-        .lead_notices()
-        .iter()
-        .map(|n| format!("⚠ {}\n\n", n.text))
-        .collect();
-    // Notices found after the reply started follow its words, as a stream shows them.
-    let late: String = fold
-        .late_notices()
-        .iter()
-        .map(|n| format!("\n\n⚠ {}", n.text))
-        .collect();
     let choices: Vec<Value> = fold
         .choices
         .iter()
@@ -312,7 +297,7 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
         .map(|(index, f)| {
             let mut message = Map::new();
             message.insert("role".into(), "assistant".into());
-            let mut text = if index == 0 { lead.clone() } else { String::new() };
+            let mut text = String::new();
             let mut reasoning = f.reasoning.clone();
             if style.reasoning_field == ReasoningField::None
                 && let Some(r) = reasoning.take()
@@ -321,7 +306,7 @@ pub fn completion(fold: &Fold, style: ChatStyle) -> Value {
             }
             text.push_str(&f.content);
             if index == 0 {
-                text.push_str(&late);
+                text = fold.with_notices(&text);
             }
             let content = if text.is_empty() && !f.tool_calls.is_empty() {
                 Value::Null

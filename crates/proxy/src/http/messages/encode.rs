@@ -8,7 +8,7 @@
 use super::{error, request::tool_use_id, stop::matched_sequence};
 use crate::error::ProxyError;
 use crate::http::stream::{StreamEncoder, named_event};
-use crate::pipeline::reply::{Event, FinishReason, Fold, Usage};
+use crate::pipeline::reply::{Event, FinishReason, Fold, NoticePlacement, Usage};
 use bytes::BytesMut;
 use serde_json::{Map, Value, json};
 
@@ -78,10 +78,6 @@ fn usage(head: &Head, usage: Option<&Usage>, output_bytes: usize) -> Map<String,
     m
 }
 
-fn notice_line(text: &str) -> String {
-    format!("⚠ {text}\n\n")
-}
-
 /// A tool call's arguments as the `input` object. Arguments that are not a JSON object are
 /// kept whole under `_raw_arguments`, so nothing the model wrote is lost.
 fn input_object(arguments: &str) -> Value {
@@ -101,12 +97,8 @@ pub fn message(head: &Head, fold: &Fold) -> Value {
     if let Some(r) = choice.reasoning.as_deref().filter(|r| !r.is_empty()) {
         content.push(json!({"type": "thinking", "thinking": r, "signature": head.signature()}));
     }
-    let mut text = String::new();
     // The core sends notices only when the settings put them in the reply.
-    for n in &fold.notices {
-        text.push_str(&notice_line(&n.text));
-    }
-    text.push_str(&choice.content);
+    let text = fold.with_notices(&choice.content);
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -152,6 +144,7 @@ pub struct Encoder {
     /// Reasoning that arrived after the text began: shown as a thinking block once the text
     /// block closes, so the text is never split and nothing is lost.
     late_reasoning: String,
+    notices: NoticePlacement,
     tool_used: bool,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
@@ -165,6 +158,7 @@ impl Encoder {
             open: Open::Nothing,
             next_index: 0,
             late_reasoning: String::new(),
+            notices: NoticePlacement::default(),
             tool_used: false,
             finish: None,
             usage: None,
@@ -249,10 +243,18 @@ impl Encoder {
     fn event(&mut self, out: &mut BytesMut, event: &Event) {
         match event {
             Event::Notice { text, .. } => {
-                self.text(out, &notice_line(text));
+                if let Some(late) = self.notices.notice(text) {
+                    self.text(out, &late);
+                }
             }
-            Event::Text { choice: 0, text } => self.text(out, text),
-            Event::Reasoning { choice: 0, text } => self.thinking(out, text),
+            Event::Text { choice: 0, text } => {
+                let text = self.notices.text(text);
+                self.text(out, &text);
+            }
+            Event::Reasoning { choice: 0, text } => {
+                self.notices.start();
+                self.thinking(out, text);
+            }
             Event::ToolCall {
                 choice: 0,
                 index,
@@ -260,6 +262,8 @@ impl Encoder {
                 name,
                 arguments,
             } => {
+                let waiting = self.notices.take_waiting();
+                self.text(out, &waiting);
                 self.tool_used = true;
                 self.start(
                     out,
@@ -321,6 +325,8 @@ impl StreamEncoder for Encoder {
     }
 
     fn done(&mut self, out: &mut BytesMut) {
+        let waiting = self.notices.take_waiting();
+        self.text(out, &waiting);
         self.close(out);
         let (reason, sequence) = stop_reason(self.finish.as_ref(), self.tool_used);
         let usage = usage(&self.head, self.usage.as_ref(), self.output_bytes);
@@ -335,6 +341,8 @@ impl StreamEncoder for Encoder {
     }
 
     fn failed(&mut self, e: &ProxyError, out: &mut BytesMut) {
+        let waiting = self.notices.take_waiting();
+        self.text(out, &waiting);
         named_event(out, "error", &error::body(e));
     }
 }
@@ -553,6 +561,37 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    /// A notice from before the reply waits for the text, so the thinking still streams first;
+    /// one found later follows the words so far, as in the whole message.
+    #[test]
+    fn notices_wait_for_the_text_and_late_ones_follow_it() {
+        let notice = |t: &str| Event::Notice {
+            kind: NoticeKind::Memory,
+            text: t.into(),
+        };
+        let evs = encode(&[
+            notice("early"),
+            Event::Reasoning {
+                choice: 0,
+                text: "think".into(),
+            },
+            text("Hi"),
+            notice("late"),
+        ]);
+        check_blocks(&evs);
+        let kinds: Vec<&str> = evs
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .filter_map(|(_, v)| v["content_block"]["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["thinking", "text"]);
+        let texts: String = evs
+            .iter()
+            .filter_map(|(_, v)| v["delta"]["text"].as_str())
+            .collect();
+        assert_eq!(texts, "⚠ early\n\nHi\n\n⚠ late");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::pipeline::conversations::{Conversation, ConversationStore, Stored};
 use crate::{
     error::ProxyError,
     http::stream::{StreamEncoder, named_event},
-    pipeline::reply::{Event, FinishReason, Fold, Usage},
+    pipeline::reply::{Event, FinishReason, Fold, NoticePlacement, Usage},
 };
 use bytes::BytesMut;
 use serde_json::{Map, Value, json};
@@ -147,15 +147,6 @@ fn call_item(call_id: &str, name: &str, arguments: &str, status: &str, custom: b
     }
 }
 
-/// A notice as the first line(s) of the reply's text, as on chat.
-fn notice_text(text: &str) -> String {
-    if text.starts_with('⚠') {
-        format!("{text}\n\n")
-    } else {
-        format!("⚠ {text}\n\n")
-    }
-}
-
 /// `usage` in the Responses shape (Codex requires the three totals whenever usage is present).
 fn usage_json(u: &Usage) -> Value {
     let input = u.prompt_tokens.unwrap_or(0);
@@ -231,10 +222,7 @@ pub fn whole_response(head: &Head, fold: &Fold) -> Value {
             "completed",
         ));
     }
-    let mut text: String = fold.notices.iter().map(|n| notice_text(&n.text)).collect();
-    if let Some(c) = choice {
-        text.push_str(&c.content);
-    }
+    let text = fold.with_notices(choice.map_or("", |c| c.content.as_str()));
     if !text.is_empty() {
         output.push(message_item(&msg_id, &text, "completed"));
     }
@@ -315,6 +303,7 @@ pub struct ResponsesEncoder {
     /// Finished output items, by output index.
     items: Vec<Value>,
     open: Option<Open>,
+    notices: NoticePlacement,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
 }
@@ -326,6 +315,7 @@ impl ResponsesEncoder {
             seq: 0,
             items: Vec::new(),
             open: None,
+            notices: NoticePlacement::default(),
             finish: None,
             usage: None,
         }
@@ -351,6 +341,9 @@ impl ResponsesEncoder {
     }
 
     fn text(&mut self, text: &str, out: &mut BytesMut) {
+        if text.is_empty() {
+            return;
+        }
         if !matches!(self.open, Some(Open::Message { .. })) {
             self.close(out);
             let index = self.items.len();
@@ -548,17 +541,31 @@ impl StreamEncoder for ResponsesEncoder {
     fn events(&mut self, events: &[Event], out: &mut BytesMut) {
         for e in events {
             match e {
-                Event::Notice { text, .. } => self.text(&notice_text(text), out),
+                Event::Notice { text, .. } => {
+                    if let Some(late) = self.notices.notice(text) {
+                        self.text(&late, out);
+                    }
+                }
                 // Responses has one choice: the others (n > 1) have no place here.
-                Event::Text { choice: 0, text } => self.text(text, out),
-                Event::Reasoning { choice: 0, text } => self.reasoning(text, out),
+                Event::Text { choice: 0, text } => {
+                    let text = self.notices.text(text);
+                    self.text(&text, out);
+                }
+                Event::Reasoning { choice: 0, text } => {
+                    self.notices.start();
+                    self.reasoning(text, out);
+                }
                 Event::ToolCall {
                     choice: 0,
                     id,
                     name,
                     arguments,
                     ..
-                } => self.call(id, name, arguments, out),
+                } => {
+                    let waiting = self.notices.take_waiting();
+                    self.text(&waiting, out);
+                    self.call(id, name, arguments, out);
+                }
                 Event::ToolArgs {
                     choice: 0,
                     fragment,
@@ -576,6 +583,8 @@ impl StreamEncoder for ResponsesEncoder {
     }
 
     fn done(&mut self, out: &mut BytesMut) {
+        let waiting = self.notices.take_waiting();
+        self.text(&waiting, out);
         self.close(out);
         let r = finished(
             &self.head,
@@ -589,6 +598,8 @@ impl StreamEncoder for ResponsesEncoder {
 
     fn failed(&mut self, error: &ProxyError, out: &mut BytesMut) {
         // What the model produced is delivered (closed items) before the failure.
+        let waiting = self.notices.take_waiting();
+        self.text(&waiting, out);
         self.close(out);
         let mut extra = Map::new();
         extra.insert("error".into(), failure_error(error));
