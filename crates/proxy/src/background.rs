@@ -94,13 +94,7 @@ fn legacy_status(
         }
         *last = Some(probe.reachable);
     }
-    state.hub.update(|s| {
-        s.backend.url = probe.url.clone();
-        s.backend.up = Some(probe.reachable);
-        if probe.reachable {
-            s.backend.kind = probe.kind.as_str().to_owned();
-        }
-    });
+    backend::record(&state.hub, &probe);
 }
 
 fn notice(state: &AppState, text: String) {

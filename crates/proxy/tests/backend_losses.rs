@@ -187,6 +187,21 @@ async fn a_call_the_backend_dropped_is_said_counted_and_not_promised() {
     assert_eq!(row["dropped_calls"], 1, "{row}");
     assert_eq!(status["backend"]["tool_text"]["mode"], "parsed");
     assert_eq!(status["backend"]["tool_text"]["dropped_calls"], 2);
+    // Another backend: what this one did says nothing about it.
+    let r = reqwest::Client::new()
+        .patch(format!("{base}/admin/api/config"))
+        .header("origin", &base)
+        .json(&json!({"backend_url": "http://127.0.0.1:9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (_, status) = get_json(format!("{base}/admin/api/status")).await;
+    assert_eq!(
+        status["backend"]["tool_text"]["mode"], "unknown",
+        "{status}"
+    );
+    assert_eq!(status["backend"]["tool_text"]["dropped_calls"], 0);
     let records = log_records(&dir.path().join("logs").join("proxy.log"));
     let last = records.last().unwrap();
     assert_eq!(last["finish_reason"], "stop");

@@ -17,18 +17,19 @@ pub async fn check(client: &reqwest::Client, hub: &Hub, settings: &Settings) -> 
         settings.upstream_api_key.as_deref(),
     )
     .await;
+    record(hub, &probe);
+    probe
+}
+
+/// Records what a probe found in the hub's snapshot.
+pub fn record(hub: &Hub, probe: &Probe) {
     hub.update(|s| {
-        if s.backend.url != settings.backend_url {
-            // Another backend: what the last one sent says nothing about this one.
-            s.backend.tool_text = Default::default();
-        }
-        s.backend.url = settings.backend_url.clone();
+        s.backend.url.clone_from(&probe.url);
         s.backend.up = Some(probe.reachable);
         if probe.reachable {
             s.backend.kind = probe.kind.as_str().to_owned();
         }
     });
-    probe
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -239,8 +239,10 @@ impl Snapshot {
     /// The settings the snapshot shows, brought up to date (at start and after every change).
     pub fn apply_settings(&mut self, settings: &crate::config::Settings) {
         if self.backend.url != settings.backend_url {
-            // A new backend is unknown until probed.
+            // A new backend is unknown until probed, and what the last one sent says nothing
+            // about how this one writes its tool calls.
             self.backend.up = None;
+            self.backend.tool_text = ToolText::default();
             self.backend.url = settings.backend_url.clone();
         }
         self.model_name = settings.model_name.clone();

@@ -252,9 +252,14 @@ fn convert_message(
     };
     let role = m.get("role").and_then(Value::as_str).unwrap_or("");
     let content = m.get("content").unwrap_or(&Value::Null);
-    let blocks: Vec<Value> = match content {
-        Value::String(s) => vec![json!({"type": "text", "text": s})],
-        Value::Array(a) => a.clone(),
+    // Borrowed: a conversation's history (images, file-sized tool results) is not copied.
+    let one;
+    let blocks: &[Value] = match content {
+        Value::String(s) => {
+            one = [json!({"type": "text", "text": s})];
+            &one
+        }
+        Value::Array(a) => a,
         other => {
             return Err(invalid(
                 "invalid_content",
@@ -267,11 +272,11 @@ fn convert_message(
         }
     };
     match role {
-        "user" => user_turn(&blocks, out),
-        "assistant" => assistant_turn(&blocks, out),
+        "user" => user_turn(blocks, out),
+        "assistant" => assistant_turn(blocks, out),
         // Claude Code puts one after the first user turn; it joins the leading system message.
         "system" => {
-            for b in &blocks {
+            for b in blocks {
                 if let Some(t) = block_text(b) {
                     system.push(t);
                 }
