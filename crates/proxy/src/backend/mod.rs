@@ -146,7 +146,7 @@ pub async fn probe(client: &reqwest::Client, base: &str, key: Option<&str>) -> P
         m.get("id")
             .and_then(|i| i.as_str())
             .is_some_and(|i| i.starts_with("mlx-community/"))
-    }) || (python_http && owned_by.is_empty())
+    }) || (python_http && status.is_success() && owned_by.is_empty())
     {
         BackendKind::Mlx
     } else if status.is_success() {

@@ -108,17 +108,11 @@ async fn relay_models(
     mut exchange: pipeline::forward::Exchange,
     backend: &str,
 ) -> Response {
-    let mut headers = Vec::new();
-    for (name, value) in response.headers() {
-        if !is_hop_by_hop(name) {
-            headers.push((name.clone(), value.clone()));
-        }
-    }
-    let status =
-        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let builder = head_of(&response);
     let body = match response.bytes().await {
         Ok(b) => b,
         Err(e) => {
+            exchange.failed(StatusCode::BAD_GATEWAY.as_u16());
             return ProxyError::new(
                 StatusCode::BAD_GATEWAY,
                 Source::Upstream,
@@ -141,10 +135,6 @@ async fn relay_models(
         .into_response();
     }
     exchange.sent(body.len());
-    let mut builder = Response::builder().status(status);
-    for (name, value) in headers {
-        builder = builder.header(name, value);
-    }
     builder
         .body(Body::from(body))
         .unwrap_or_else(|e| ProxyError::internal(e.to_string()).into_response())
@@ -181,7 +171,8 @@ fn streamed(body: Body, limit: usize) -> reqwest::Body {
 
 /// The backend's response as it is; the slot and the record ride along with the body, and both
 /// end when the body is done or the client goes away.
-fn relay(response: reqwest::Response, mut exchange: pipeline::forward::Exchange) -> Response {
+/// The backend's status and end-to-end headers, for the client's response.
+fn head_of(response: &reqwest::Response) -> axum::http::response::Builder {
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut builder = Response::builder().status(status);
@@ -190,6 +181,11 @@ fn relay(response: reqwest::Response, mut exchange: pipeline::forward::Exchange)
             builder = builder.header(name, value);
         }
     }
+    builder
+}
+
+fn relay(response: reqwest::Response, mut exchange: pipeline::forward::Exchange) -> Response {
+    let builder = head_of(&response);
     let body = response.bytes_stream().map(move |chunk| {
         if let Ok(c) = &chunk {
             exchange.sent(c.len());
