@@ -478,6 +478,34 @@ describe('dashboard', () => {
     await page.waitForSelector('#backend-remove-dialog:not([open])', { state: 'attached', ...WAIT });
   });
 
+  test('a loading model\'s output, opened, stays open and focused while its lines arrive', async () => {
+    // A managed backend whose command talks but never serves: it stays "starting".
+    const script = 'i=0; while :; do i=$((i+1)); echo "loading $i"; sleep 0.2; done';
+    const put = await fetch(`${proxy.base}/admin/api/backends/chatty`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ models: ['chatty-only'], cmd: ['sh', '-c', script, 'sh', '${PORT}'] }),
+    });
+    assert.equal(put.status, 200, await put.text());
+    // The start answers only once the backend is ready (never, here) or removed.
+    const starting = fetch(`${proxy.base}/admin/api/backends/chatty/start`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}',
+    }).catch(() => {});
+    const row = page.locator('#backends-body tr[data-backend="chatty"]');
+    const summary = row.locator('details.process-output summary');
+    await summary.waitFor(WAIT);
+    await summary.click();
+    const output = row.locator('details.process-output pre');
+    const before = await output.textContent();
+    await until(async () => (await output.textContent()) !== before,
+      { timeout: 5000, what: 'more output, which rebuilds the row' });
+    assert.equal(await row.locator('details.process-output').getAttribute('open'), '', 'still open');
+    assert.equal(await page.evaluate(() => document.activeElement?.tagName), 'SUMMARY', 'focus kept');
+    assert.equal((await fetch(`${proxy.base}/admin/api/backends/chatty`, { method: 'DELETE' })).status, 200);
+    await row.waitFor({ state: 'detached', timeout: 5000 });
+    await starting;
+  });
+
   test('screenshots at 420×640 and 1440×900', async () => {
     phase = 'screenshots';
     // Something to look at: a tool call selected, requests under way.

@@ -144,7 +144,7 @@ export class BackendsView {
   render(backends) {
     const list = backends || [];
     this.list = list;
-    // Snapshots arrive often; rebuild only when something shown changed (keeps focus on buttons).
+    // Snapshots arrive often; rebuild only when something shown changed.
     const key = JSON.stringify(list.map((b) => [b.name, b.url, b.up, b.kind, b.models, b.fallbacks, b.slots, b.queue?.depth, b.queue?.max, b.probe_ms, b.last_error,
       b.process && [b.process.state, b.process.waiting, b.process.pid, b.process.rss_bytes, (b.process.output || []).slice(-1)[0]]]));
     if (key === this.key) return;
@@ -157,7 +157,19 @@ export class BackendsView {
       edit: (name) => this.open(name, `#backends-body button[data-edit="${CSS.escape(name)}"]`),
       remove: (name) => this.confirmRemove(name),
     };
-    $('#backends-body').replaceChildren(...list.map((b) => row(b, on)));
+    // A loading model's output and memory change every few seconds: the rows are rebuilt, but
+    // an "Output" the user opened stays open and focus stays on the control it was on.
+    const body = $('#backends-body');
+    const opened = [...body.querySelectorAll('details[open]')].map((d) => d.closest('tr').dataset.backend);
+    const active = body.contains(document.activeElement) ? document.activeElement : null;
+    const focus = active && {
+      backend: active.closest('tr').dataset.backend,
+      at: [...active.closest('tr').querySelectorAll('button, summary')].indexOf(active),
+    };
+    body.replaceChildren(...list.map((b) => row(b, on)));
+    const rowOf = (name) => body.querySelector(`tr[data-backend="${CSS.escape(name)}"]`);
+    for (const name of opened) rowOf(name)?.querySelector('details')?.setAttribute('open', '');
+    if (focus) rowOf(focus.backend)?.querySelectorAll('button, summary')[focus.at]?.focus();
   }
 
   /** After a change: the list now, without waiting for the next snapshot (or a lost stream). */
