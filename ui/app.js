@@ -141,32 +141,32 @@ function main() {
   onKeyNeeded(askKey);
 
   const settings = new SettingsView({ toast });
-  const backends = new BackendsView(async (name, button) => {
+  // A backend's button while its request runs: busy, then a toast of `work`'s [text, tone].
+  const busy = async (button, name, work) => {
     button.setAttribute('aria-busy', 'true');
     button.disabled = true;
     try {
+      const [text, tone] = await work();
+      toast(`${name}: ${text}`, tone);
+    } catch (e) {
+      toast(`${name}: ${e instanceof ApiError ? e.message : String(e)}`, 'bad');
+    } finally {
+      button.removeAttribute('aria-busy');
+      button.disabled = false;
+    }
+  };
+  const backends = new BackendsView(
+    (name, button) => busy(button, name, async () => {
       const r = await purgeCache(name);
-      toast(`${name}: ${r.message}`, r.status === 'purged' ? 'good' : 'warn');
-    } catch (e) {
-      toast(`${name}: ${e instanceof ApiError ? e.message : String(e)}`, 'bad');
-    } finally {
-      button.removeAttribute('aria-busy');
-      button.disabled = false;
-    }
-  }, async (name, action, button) => {
+      return [r.message, r.status === 'purged' ? 'good' : 'warn'];
+    }),
     // Load answers once the model server is ready (or failed); unload once it is gone.
-    button.setAttribute('aria-busy', 'true');
-    button.disabled = true;
-    try {
+    (name, action, button) => busy(button, name, async () => {
       await backendProcess(name, action);
-      toast(`${name}: ${action === 'start' ? 'loaded' : 'unloaded'}`, 'good');
-    } catch (e) {
-      toast(`${name}: ${e instanceof ApiError ? e.message : String(e)}`, 'bad');
-    } finally {
-      button.removeAttribute('aria-busy');
-      button.disabled = false;
-    }
-  }, { toast });
+      return [action === 'start' ? 'loaded' : 'unloaded', 'good'];
+    }),
+    { toast },
+  );
   const detail = new DetailView({
     onClose: () => {
       traffic.clearSelection();

@@ -82,6 +82,12 @@ export function fmtPercent(p, digits = 1) {
   return `${Number(p).toFixed(digits)}%`;
 }
 
+/** A size in bytes as GiB (from 1 GiB) or MiB; '' for none. */
+export function fmtBytes(n) {
+  if (n == null) return '';
+  return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : `${Math.round(n / (1 << 20))} MiB`;
+}
+
 /** An RFC 3339 time as local HH:MM:SS. */
 export function fmtClock(iso) {
   const d = new Date(iso);

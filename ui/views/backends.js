@@ -10,7 +10,7 @@
 // a refused change shows the server's message beside the field it names.
 
 import { getSchema, getConfig, getBackends, putBackend, deleteBackend, ApiError } from '../api.js';
-import { $, h, setText } from '../util.js';
+import { $, h, setText, fmtBytes } from '../util.js';
 
 function stateCell(b) {
   const p = b.process;
@@ -28,22 +28,14 @@ function stateCell(b) {
     up === 'unknown' ? 'not checked' : up);
 }
 
-function bytes(n) {
-  if (n == null) return '';
-  return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : `${Math.round(n / (1 << 20))} MiB`;
-}
-
 function processCell(b, onProcess) {
   const p = b.process;
   if (!p) return h('span', { class: 'muted' }, '–');
   const loaded = p.state === 'running' || p.state === 'starting';
   const action = loaded ? 'stop' : 'start';
-  const button = h('button', {
-    type: 'button', class: 'btn btn-ghost btn-small', dataset: { process: b.name, action },
-    'aria-label': `${loaded ? 'Unload' : 'Load'} ${b.name}`,
-  }, loaded ? 'Unload' : 'Load');
-  button.addEventListener('click', () => onProcess(b.name, action, button));
-  const facts = [p.pid ? `pid ${p.pid}` : null, bytes(p.rss_bytes) || null, p.group ? `group ${p.group}` : null]
+  const button = actionButton(loaded ? 'Unload' : 'Load', `${loaded ? 'Unload' : 'Load'} ${b.name}`,
+    { process: b.name, action }, (btn) => onProcess(b.name, action, btn));
+  const facts = [p.pid ? `pid ${p.pid}` : null, fmtBytes(p.rss_bytes) || null, p.group ? `group ${p.group}` : null]
     .filter(Boolean).join(' · ');
   const output = (p.output || []).join('\n');
   return h('div', { class: 'process' },
@@ -85,12 +77,6 @@ function row(b, on) {
 /** "a, b c" → ["a", "b", "c"]: model ids and backend names hold neither commas nor spaces. */
 function splitList(text) {
   return text.split(/[\s,]+/).map((s) => s.trim()).filter(Boolean);
-}
-
-/** The table a backend's view describes, for a proxy that does not send `config` with it. */
-function configOf(b) {
-  if (b.config && typeof b.config === 'object') return b.config;
-  return { name: b.name, url: b.url, kind: b.kind, models: b.models || [], fallbacks: b.fallbacks || [], ...(b.overrides || {}) };
 }
 
 // The fields the form always shows; the limits come first among the overrides.
@@ -282,7 +268,7 @@ export class BackendsView {
         $('#backend-save').disabled = true;
         return;
       }
-      config = configOf(b);
+      config = b.config;
       this.editing = { name, config, view: b };
     } else {
       this.editing = null;

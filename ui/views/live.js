@@ -1,7 +1,7 @@
 // The live overview: header facts, slots and queue, rejections, tokens, memory.
 
 import {
-  $, h, setText, setAttr, clamp, fmtCompact, fmtInt, fmtPercent, fmtSecs,
+  $, h, setText, setAttr, clamp, fmtBytes, fmtCompact, fmtInt, fmtPercent, fmtSecs,
 } from '../util.js';
 
 /** Elapsed fields (uptime, busy, wait) advance between snapshots from the time one arrived. */
@@ -228,7 +228,7 @@ export function renderMemory(s) {
   if (models) {
     models.hidden = procs.length === 0;
     const total = procs.reduce((sum, p) => sum + p.rss_bytes, 0);
-    setText($('#memory-models-rss'), `${(total / (1 << 30)).toFixed(1)} GiB (${procs.length})`);
+    setText($('#memory-models-rss'), `${fmtBytes(total)} (${procs.length})`);
   }
 }
 
