@@ -48,11 +48,7 @@ impl Output {
             return;
         }
         if line.len() > LINE_LIMIT {
-            let mut cut = LINE_LIMIT;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
+            line.truncate(line.floor_char_boundary(LINE_LIMIT));
             line.push('…');
         }
         let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());

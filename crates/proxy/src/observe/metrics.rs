@@ -380,14 +380,7 @@ impl Metrics {
 
 /// `s` cut to at most `max` bytes, on a character boundary.
 fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    &s[..s.floor_char_boundary(max)]
 }
 
 /// Gauges and counters read from the snapshot at scrape time.

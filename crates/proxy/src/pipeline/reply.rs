@@ -236,11 +236,7 @@ pub fn push_capped(dst: &mut String, text: &str, limit: Option<usize>) {
         dst.push_str(text);
         return;
     }
-    let mut end = limit - dst.len();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    dst.push_str(&text[..end]);
+    dst.push_str(&text[..text.floor_char_boundary(limit - dst.len())]);
     // Past the limit now, so nothing more is appended after the marker.
     dst.push_str(OMITTED);
 }

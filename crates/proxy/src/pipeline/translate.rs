@@ -780,11 +780,7 @@ fn excerpt(text: &str) -> String {
     if text.len() <= MAX {
         return text.to_owned();
     }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    format!("{}…", &text[..text.floor_char_boundary(MAX)])
 }
 
 /// The engine's call numbering, borrowed apart from the parser.
