@@ -169,10 +169,12 @@ pub fn sse_response<E: Encoder>(
 }
 
 /// Appends one named SSE event (`event: NAME`, `data: JSON`), as Anthropic and Responses use.
-pub fn named_event(out: &mut BytesMut, name: &str, data: &serde_json::Value) {
+/// The data is written straight into `out` (no `String` per event: this runs per token).
+pub fn named_event(out: &mut BytesMut, name: &str, data: &impl serde::Serialize) {
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
+    // Serializing a `Value` or a plain struct into memory cannot fail.
+    let _ = serde_json::to_writer(bytes::BufMut::writer(&mut *out), data);
     out.extend_from_slice(b"\n\n");
 }

@@ -10,6 +10,7 @@ use crate::error::ProxyError;
 use crate::http::stream::{StreamEncoder, named_event};
 use crate::pipeline::reply::{Event, FinishReason, Fold, NoticePlacement, Usage};
 use bytes::BytesMut;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// What every rendering of one reply shares.
@@ -125,6 +126,28 @@ pub fn message(head: &Head, fold: &Fold) -> Value {
     })
 }
 
+/// A `content_block_delta` event, written without building a `Value` (one per token).
+#[derive(Serialize)]
+struct BlockDelta<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    index: u32,
+    delta: Delta<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum Delta<'a> {
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
+}
+
 /// The block open now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
@@ -176,12 +199,16 @@ impl Encoder {
         self.open = open;
     }
 
-    fn delta(&mut self, out: &mut BytesMut, delta: Value) {
+    fn delta(&mut self, out: &mut BytesMut, delta: Delta<'_>) {
         // Only called with a block open; `next_index` is the open block's.
         named_event(
             out,
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": self.next_index, "delta": delta}),
+            &BlockDelta {
+                kind: "content_block_delta",
+                index: self.next_index,
+                delta,
+            },
         );
     }
 
@@ -194,7 +221,9 @@ impl Encoder {
             let signature = self.head.signature();
             self.delta(
                 out,
-                json!({"type": "signature_delta", "signature": signature}),
+                Delta::Signature {
+                    signature: &signature,
+                },
             );
         }
         named_event(
@@ -218,7 +247,7 @@ impl Encoder {
             self.start(out, Open::Text, json!({"type": "text", "text": ""}));
         }
         self.output_bytes += text.len();
-        self.delta(out, json!({"type": "text_delta", "text": text}));
+        self.delta(out, Delta::Text { text });
     }
 
     fn thinking(&mut self, out: &mut BytesMut, text: &str) {
@@ -228,14 +257,14 @@ impl Encoder {
         self.output_bytes += text.len();
         match self.open {
             Open::Text => self.late_reasoning.push_str(text),
-            Open::Thinking => self.delta(out, json!({"type": "thinking_delta", "thinking": text})),
+            Open::Thinking => self.delta(out, Delta::Thinking { thinking: text }),
             Open::Nothing | Open::Tool(_) => {
                 self.start(
                     out,
                     Open::Thinking,
                     json!({"type": "thinking", "thinking": "", "signature": ""}),
                 );
-                self.delta(out, json!({"type": "thinking_delta", "thinking": text}));
+                self.delta(out, Delta::Thinking { thinking: text });
             }
         }
     }
@@ -291,7 +320,9 @@ impl Encoder {
         self.output_bytes += fragment.len();
         self.delta(
             out,
-            json!({"type": "input_json_delta", "partial_json": fragment}),
+            Delta::InputJson {
+                partial_json: fragment,
+            },
         );
     }
 }
