@@ -154,22 +154,7 @@ fn request(stream: bool) -> Value {
 /// The stream as (event name, data) pairs; checks every event's name is its data's `type`.
 fn events(text: &str) -> Vec<(String, Value)> {
     assert!(!text.contains("[DONE]"), "Messages streams have no [DONE]");
-    text.split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| {
-            let mut name = "";
-            let mut data = Value::Null;
-            for line in e.lines() {
-                if let Some(n) = line.strip_prefix("event: ") {
-                    name = n;
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str(d).unwrap();
-                }
-            }
-            assert_eq!(data["type"], name, "{e}");
-            (name.to_owned(), data)
-        })
-        .collect()
+    named_events(text)
 }
 
 /// A streamed reply folded as the SDKs do, checking the block rules on the way: one block open

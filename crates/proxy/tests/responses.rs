@@ -89,26 +89,6 @@ fn codex_like_body(stream: bool) -> Value {
     })
 }
 
-/// Parses a Responses SSE body into (event name, data) pairs, checking each pair agrees.
-fn events(text: &str) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
-        let mut name = None;
-        let mut data = None;
-        for line in block.lines() {
-            if let Some(n) = line.strip_prefix("event: ") {
-                name = Some(n.to_owned());
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                data = Some(serde_json::from_str::<Value>(d).expect("event data is JSON"));
-            }
-        }
-        let (name, data) = (name.expect("every event is named"), data.expect("has data"));
-        assert_eq!(data["type"], name.as_str());
-        out.push((name, data));
-    }
-    out
-}
-
 async fn post(base: &str, body: &Value) -> reqwest::Response {
     client()
         .post(format!("{base}/v1/responses"))
@@ -143,7 +123,7 @@ async fn a_text_tool_call_streams_as_a_function_call_item_and_whole_agrees() {
     let r = post(&base, &codex_like_body(true)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
-    let evs = events(&r.text().await.unwrap());
+    let evs = named_events(&r.text().await.unwrap());
     assert!(!evs.iter().any(|(_, d)| d.to_string().contains("[DONE]")));
     assert_eq!(evs[0].0, "response.created");
     assert_eq!(evs[0].1["response"]["status"], "in_progress");
@@ -228,7 +208,7 @@ async fn structured_backend_calls_stream_their_arguments_and_report_cached_token
     let (handle, base) = proxy(settings(&url, &dir)).await;
     let body = json!({"model": "m", "stream": true, "input": "Rome?",
         "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]});
-    let evs = events(&post(&base, &body).await.text().await.unwrap());
+    let evs = named_events(&post(&base, &body).await.text().await.unwrap());
     let deltas: String = evs
         .iter()
         .filter(|(n, _)| n == "response.function_call_arguments.delta")
@@ -364,7 +344,7 @@ async fn stored_responses_are_retrieved_listed_and_deleted() {
         &json!({"model": "m", "input": "hi", "tools": tools, "stream": true}),
     )
     .await;
-    let evs = events(&r.text().await.unwrap());
+    let evs = named_events(&r.text().await.unwrap());
     let (last, completed) = evs.last().unwrap();
     assert_eq!(last, "response.completed");
     let streamed_id = completed["response"]["id"].as_str().unwrap();
@@ -517,7 +497,7 @@ async fn a_reply_cut_mid_stream_ends_with_response_failed_after_its_text() {
     let (handle, base) = proxy(settings(&backend.url, &dir)).await;
     let r = post(&base, &json!({"model": "m", "input": "hi", "stream": true})).await;
     assert_eq!(r.status(), 200);
-    let evs = events(&r.text().await.unwrap());
+    let evs = named_events(&r.text().await.unwrap());
     let text: String = evs
         .iter()
         .filter(|(n, _)| n == "response.output_text.delta")
@@ -596,7 +576,7 @@ async fn a_queued_request_gets_created_at_once_then_in_progress_heartbeats() {
     while let Some(bytes) = queued.chunk().await.unwrap() {
         seen.push_str(std::str::from_utf8(&bytes).unwrap());
     }
-    let evs = events(&seen);
+    let evs = named_events(&seen);
     assert_eq!(evs.last().unwrap().0, "response.completed");
     assert_eq!(
         evs.last().unwrap().1["response"]["output"][0]["content"][0]["text"],

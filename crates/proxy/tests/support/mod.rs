@@ -137,6 +137,27 @@ pub fn parse_sse(text: &str) -> (Vec<String>, usize) {
     (data, comments)
 }
 
+/// Reads a stream of named events (Messages, Responses) into (name, data) pairs, checking each
+/// event is named by its data's `type`.
+pub fn named_events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut name = None;
+        let mut data = None;
+        for line in block.lines() {
+            if let Some(n) = line.strip_prefix("event: ") {
+                name = Some(n.to_owned());
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data = Some(serde_json::from_str::<Value>(d).expect("event data is JSON"));
+            }
+        }
+        let (name, data) = (name.expect("every event is named"), data.expect("has data"));
+        assert_eq!(data["type"], name.as_str(), "{block}");
+        out.push((name, data));
+    }
+    out
+}
+
 /// Folds streamed chunks the way an OpenAI SDK does: content and tool calls.
 pub fn fold_stream(data: &[String]) -> (String, Vec<(String, String)>, Option<String>) {
     let mut content = String::new();
