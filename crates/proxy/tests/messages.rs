@@ -652,6 +652,19 @@ async fn a_stop_sequence_ends_the_reply_and_the_upstream_request() {
             .unwrap();
     }
     assert!(backend.body(0).get("stop").is_none());
+    // A reply a stop sequence ended is a finished request, not one the client abandoned.
+    let status: Value = client()
+        .get(format!("{base}/admin/api/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for row in status["requests"].as_array().unwrap() {
+        assert_eq!(row["state"], "done", "{row}");
+        assert_eq!(row["status"], 200, "{row}");
+    }
     handle.shutdown().await;
 }
 

@@ -47,6 +47,7 @@ pub mod shaping;
 pub mod sink;
 pub mod sse;
 pub mod state;
+pub mod stop;
 pub mod translate;
 pub mod upstream;
 
@@ -78,6 +79,9 @@ pub struct ChatRequest {
     /// What the client sent, when it is not `body` itself (another front door's protocol);
     /// recorded as the request, with `body` beside it.
     pub client_body: Option<Value>,
+    /// Stop sequences the core matches itself, so the reply can say which one ended it (see
+    /// `stop.rs`); not sent to the backend.
+    pub stop_sequences: Vec<String>,
 }
 
 impl ChatRequest {
@@ -86,6 +90,7 @@ impl ChatRequest {
         ChatRequest {
             body,
             client_body: None,
+            stop_sequences: Vec::new(),
         }
     }
 }
@@ -116,6 +121,8 @@ pub struct Exchange {
     pub measure: Option<Measure>,
     /// The model name the reply shows when it is not the backend's (an alias was asked for).
     pub reply_model: Option<String>,
+    /// The request's stop sequences, when it has any.
+    pub stop: Option<stop::StopMatcher>,
 }
 
 impl Exchange {
@@ -136,7 +143,11 @@ pub async fn serve(
     mut ctx: RequestCtx,
     request: ChatRequest,
 ) -> Result<Reply, ProxyError> {
-    let ChatRequest { body, client_body } = request;
+    let ChatRequest {
+        body,
+        client_body,
+        stop_sequences,
+    } = request;
     ctx.model = body
         .get("model")
         .and_then(Value::as_str)
@@ -163,6 +174,7 @@ pub async fn serve(
         shaping: None,
         measure: None,
         reply_model: None,
+        stop: (!stop_sequences.is_empty()).then(|| stop::StopMatcher::new(stop_sequences)),
     };
     if stream {
         let (frames_tx, frames_rx) = mpsc::channel::<Frame>(64);

@@ -6,6 +6,7 @@ use super::{
     reply::{Event, Notice},
     sink::{Failure, Sink},
     sse::{SseDecoder, SseEvent},
+    stop::{self, StopMatcher},
     translate::{self, Translator},
     upstream::{Call, Deadlines, ReadTimer, bad_stream},
 };
@@ -81,11 +82,17 @@ pub async fn pump(
                 show_model(&mut out, name);
             }
             late_notices(ex, watchers.hub, &mut out);
+            let stopped = stop_sequences(ex, &mut out);
             if out.iter().any(|e| !matches!(e, Event::Meta(_))) {
                 first_token(ex, watchers);
             }
             // Queued at once, so an error later in this read still delivers them first.
             sink.queue(out.drain(..));
+            if stopped {
+                // A stop sequence ended the reply: returning drops the backend's response,
+                // which cancels its work; nothing it writes after the match is wanted.
+                return sink.flush().await;
+            }
         }
         sink.flush().await?;
     }
@@ -105,7 +112,27 @@ pub async fn pump(
     }
     translator(ex)?.finish(&mut out);
     late_notices(ex, watchers.hub, &mut out);
+    stop_sequences(ex, &mut out);
+    if let Some(held) = ex.stop.as_mut().map(StopMatcher::flush)
+        && !held.is_empty()
+    {
+        // A possible start of a sequence that the reply ended in: text after all.
+        out.push(Event::Text {
+            choice: 0,
+            text: held,
+        });
+    }
     sink.send(out).await
+}
+
+/// The request's stop sequences applied to a batch; `true` when one ended the reply.
+fn stop_sequences(ex: &mut Exchange, out: &mut Vec<Event>) -> bool {
+    let Some(matcher) = ex.stop.as_mut() else {
+        return false;
+    };
+    let (events, stopped) = stop::apply(matcher, std::mem::take(out));
+    *out = events;
+    stopped
 }
 
 /// An aliased request's reply names the model the client asked for, not the backend's.

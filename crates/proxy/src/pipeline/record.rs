@@ -18,6 +18,7 @@ pub fn record(hub: &Hub, ex: Exchange, fold: &Fold, status: u16, error: Option<&
         shaping,
         measure: _,
         reply_model: _,
+        stop: _,
     } = ex;
     let choice = fold.choice(0).cloned().unwrap_or_default();
     let raw = translator

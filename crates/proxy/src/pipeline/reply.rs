@@ -97,6 +97,8 @@ pub enum FinishReason {
     Length,
     ToolCalls,
     ContentFilter,
+    /// One of the request's stop sequences ended the reply (`stop` in OpenAI's spelling).
+    StopSequence(String),
     /// A reason no protocol here names, kept as the backend wrote it.
     Other(String),
 }
@@ -119,6 +121,7 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::ToolCalls => "tool_calls",
             FinishReason::ContentFilter => "content_filter",
+            FinishReason::StopSequence(_) => "stop",
             FinishReason::Other(s) => s,
         }
     }

@@ -5,7 +5,7 @@
 //! `text` kept open across chunks, `tool_use` with `input_json_delta`), `message_delta`,
 //! `message_stop`. No `[DONE]`.
 
-use super::{error, request::tool_use_id, stop::matched_sequence};
+use super::{error, request::tool_use_id};
 use crate::error::ProxyError;
 use crate::http::stream::{StreamEncoder, named_event};
 use crate::pipeline::reply::{Event, FinishReason, Fold, NoticePlacement, Usage};
@@ -45,8 +45,8 @@ impl Head {
 /// `stop_reason` and `stop_sequence` for how the reply ended. A cut-off reply is `max_tokens`
 /// even when a call had begun; otherwise any call sent makes it `tool_use`.
 pub fn stop_reason(finish: Option<&FinishReason>, tool_used: bool) -> (&'static str, Value) {
-    if let Some(seq) = finish.and_then(matched_sequence) {
-        return ("stop_sequence", Value::String(seq.to_owned()));
+    if let Some(FinishReason::StopSequence(seq)) = finish {
+        return ("stop_sequence", Value::String(seq.clone()));
     }
     let reason = match finish {
         Some(FinishReason::Length) => "max_tokens",
@@ -642,7 +642,7 @@ mod tests {
             "refusal"
         );
         assert_eq!(stop_reason(None, false).0, "end_turn");
-        let seq = super::super::stop::stop_sequence_finish("END");
+        let seq = FinishReason::StopSequence("END".into());
         assert_eq!(
             stop_reason(Some(&seq), false),
             ("stop_sequence", json!("END"))

@@ -1,20 +1,17 @@
 //! The Anthropic Messages front door: `POST /v1/messages` and `POST /v1/messages/count_tokens`,
 //! for Claude Code and the Anthropic SDKs. A codec at the edge: the body becomes an OpenAI
 //! Chat request for the core (`request`), the core's reply becomes Messages events or one
-//! `message` (`encode`), errors take Anthropic's shape (`error`), and `stop_sequences` are
-//! matched here (`stop`).
+//! `message` (`encode`), errors take Anthropic's shape (`error`); `stop_sequences` go to the
+//! core, which matches them itself (`pipeline/stop.rs`).
 
 pub mod encode;
 pub mod error;
 pub mod request;
-pub mod stop;
 
 use crate::{
     error::ProxyError,
     pipeline::{
-        self, ChatRequest, FrontDoor, Reply, RequestCtx,
-        reply::{Fold, Frame},
-        shaping::estimate::measure_request,
+        self, ChatRequest, FrontDoor, Reply, RequestCtx, shaping::estimate::measure_request,
         state::AppState,
     },
 };
@@ -29,7 +26,6 @@ use encode::{Encoder, Head};
 use request::{Converted, Purpose};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Whether a path belongs to this door (its errors, refusals included, take Anthropic's shape).
 pub fn is_messages_path(path: &str) -> bool {
@@ -97,9 +93,8 @@ async fn answer(
     client_body: Value,
 ) -> Response {
     let Converted {
-        mut body,
+        body,
         model,
-        stream,
         stop_sequences,
         billing_headers_removed,
     } = converted;
@@ -117,12 +112,6 @@ async fn answer(
         input_tokens: measure_request(&body).tokens(bytes_per_token),
         bytes_per_token,
     };
-    // With stop sequences the door reads the reply as a stream even for a whole answer, so a
-    // match can end the backend's work early (see `stop`).
-    if !stop_sequences.is_empty() && !stream {
-        body.insert("stream".into(), Value::Bool(true));
-        body.insert("stream_options".into(), json!({"include_usage": true}));
-    }
     let request_id = ctx.id.clone();
     let heartbeat = Duration::from_secs_f64(settings.heartbeat_interval_secs);
     let reply = pipeline::serve(
@@ -131,6 +120,7 @@ async fn answer(
         ChatRequest {
             body,
             client_body: Some(client_body),
+            stop_sequences,
         },
     )
     .await;
@@ -138,38 +128,10 @@ async fn answer(
         Err(e) => error::response(&e),
         Ok(Reply::Whole(fold)) => Json(encode::message(&head, &fold)).into_response(),
         Ok(Reply::Stream(rx)) => {
-            let rx = if stop_sequences.is_empty() {
-                rx
-            } else {
-                stop::relay(rx, stop_sequences)
-            };
-            if stream {
-                crate::http::stream::sse_response(rx, heartbeat, Encoder::new(head))
-            } else {
-                match collect(rx).await {
-                    Ok(fold) => Json(encode::message(&head, &fold)).into_response(),
-                    Err(e) => error::response(&e),
-                }
-            }
+            crate::http::stream::sse_response(rx, heartbeat, Encoder::new(head))
         }
     };
     with_request_id(response, &request_id)
-}
-
-/// A stream folded into a whole reply.
-async fn collect(mut rx: mpsc::Receiver<Frame>) -> Result<Fold, ProxyError> {
-    let mut fold = Fold::default();
-    while let Some(frame) = rx.recv().await {
-        match frame {
-            Frame::Queued { .. } => {}
-            Frame::Events(events) => events.iter().for_each(|e| fold.push(e)),
-            Frame::Done => return Ok(fold),
-            Frame::Failed(e) => return Err(*e),
-        }
-    }
-    Err(ProxyError::internal(
-        "the request was cancelled while the proxy shut down",
-    ))
 }
 
 /// Anthropic's SDKs read `request-id`; the dashboard and the chat door use `x-request-id`.

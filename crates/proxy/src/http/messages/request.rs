@@ -25,8 +25,8 @@ pub struct Converted {
     pub body: Map<String, Value>,
     /// The model name the client asked for; the reply echoes it.
     pub model: String,
-    pub stream: bool,
-    /// `stop_sequences`, matched by the door itself (see `stop.rs` for why not by the backend).
+    /// `stop_sequences`, matched by the core itself (see `pipeline/stop.rs` for why not by the
+    /// backend).
     pub stop_sequences: Vec<String>,
     /// System texts removed because they were Claude Code's billing header.
     pub billing_headers_removed: u64,
@@ -122,7 +122,6 @@ pub fn convert(body: &Map<String, Value>, purpose: Purpose) -> Result<Converted,
     Ok(Converted {
         body: chat,
         model,
-        stream,
         stop_sequences: stop_sequences(body.get("stop_sequences"))?,
         billing_headers_removed: system.removed,
     })

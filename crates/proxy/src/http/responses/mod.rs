@@ -129,6 +129,7 @@ async fn respond(
     let request = ChatRequest {
         body: converted.chat,
         client_body: Some(Value::Object(body)),
+        stop_sequences: Vec::new(),
     };
     Ok(match pipeline::serve(state, ctx, request).await? {
         Reply::Stream(rx) => sse_response(rx, interval, ResponsesEncoder::new(head)),

@@ -1,29 +1,13 @@
-//! `stop_sequences`, matched by the door.
+//! Stop sequences matched by the core (Anthropic's `stop_sequences`).
 //!
 //! Forwarded as OpenAI `stop`, every backend cuts the sequence out and reports a plain `stop`,
 //! so which sequence ended the reply (Messages' `stop_reason: "stop_sequence"` with
-//! `stop_sequence` set) could not be told from a natural end. The door therefore matches the
-//! sequences in the model's text itself and, on a match, ends the reply and drops the core's
-//! stream, which cancels the upstream request just as a client going away does.
+//! `stop_sequence` set) could not be told from a natural end. The core therefore matches the
+//! sequences in the translated text itself and, on a match, ends the reply there: the pump
+//! returns, which drops the backend's response and so cancels its work, and the request is
+//! recorded as the finished reply it is.
 
-use crate::pipeline::reply::{Event, FinishReason, Frame};
-use tokio::sync::mpsc;
-
-/// Marks a finish that was a stop sequence: `FinishReason::Other(MARK + sequence)`. Only the
-/// relay below makes it; the renderers read it back with [`matched_sequence`].
-const MARK: &str = "\u{0}stop_sequence\u{0}";
-
-pub fn stop_sequence_finish(sequence: &str) -> FinishReason {
-    FinishReason::Other(format!("{MARK}{sequence}"))
-}
-
-/// The stop sequence a finish stands for, if it is one.
-pub fn matched_sequence(reason: &FinishReason) -> Option<&str> {
-    match reason {
-        FinishReason::Other(s) => s.strip_prefix(MARK),
-        _ => None,
-    }
-}
+use super::reply::{Event, FinishReason};
 
 /// Finds stop sequences in text that arrives in pieces. Text that could be the start of a
 /// sequence is held back until the next piece settles it.
@@ -92,55 +76,9 @@ fn longest_suffix_prefix(buf: &str, seq: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Applies stop sequences to the core's frames. On a match it sends the text before it, a
-/// stop-sequence finish and `Done`, then returns, dropping `core`: the core sees its reader
-/// gone and cancels the upstream request. A client that leaves drops the returned receiver,
-/// which ends the relay the same way.
-pub fn relay(mut core: mpsc::Receiver<Frame>, sequences: Vec<String>) -> mpsc::Receiver<Frame> {
-    let (tx, rx) = mpsc::channel(64);
-    let mut matcher = StopMatcher::new(sequences);
-    tokio::spawn(async move {
-        loop {
-            let frame = tokio::select! {
-                f = core.recv() => f,
-                () = tx.closed() => return,
-            };
-            let Some(frame) = frame else { return };
-            let (frame, stopped) = match frame {
-                Frame::Events(events) => {
-                    let (events, stopped) = apply(&mut matcher, events);
-                    (Frame::Events(events), stopped)
-                }
-                end @ (Frame::Done | Frame::Failed(_)) => {
-                    let rest = matcher.flush();
-                    if !rest.is_empty() {
-                        let text = Event::Text {
-                            choice: 0,
-                            text: rest,
-                        };
-                        if tx.send(Frame::Events(vec![text])).await.is_err() {
-                            return;
-                        }
-                    }
-                    let _ = tx.send(end).await;
-                    return;
-                }
-                other => (other, false),
-            };
-            if tx.send(frame).await.is_err() {
-                return;
-            }
-            if stopped {
-                let _ = tx.send(Frame::Done).await;
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// One batch through the matcher; `true` when a sequence ended the reply.
-fn apply(matcher: &mut StopMatcher, events: Vec<Event>) -> (Vec<Event>, bool) {
+/// One batch through the matcher; `true` when a sequence ended the reply (nothing after
+/// the match is kept).
+pub fn apply(matcher: &mut StopMatcher, events: Vec<Event>) -> (Vec<Event>, bool) {
     let mut out = Vec::with_capacity(events.len());
     for event in events {
         match event {
@@ -159,7 +97,7 @@ fn apply(matcher: &mut StopMatcher, events: Vec<Event>) -> (Vec<Event>, bool) {
                     }
                     out.push(Event::Finish {
                         choice: 0,
-                        reason: stop_sequence_finish(&sequence),
+                        reason: FinishReason::StopSequence(sequence),
                     });
                     return (out, true);
                 }
@@ -219,61 +157,33 @@ mod tests {
         assert_eq!(run(&["é!"], &["caf", "é", "!"]).1.as_deref(), Some("é!"));
     }
 
-    #[tokio::test]
-    async fn relay_ends_on_a_match_and_drops_the_core_stream() {
-        let (core_tx, core_rx) = mpsc::channel(8);
-        let mut rx = relay(core_rx, vec!["STOP".into()]);
+    #[test]
+    fn a_match_ends_the_batch_with_a_stop_sequence_finish() {
+        let mut m = StopMatcher::new(vec!["STOP".into()]);
         let text = |t: &str| Event::Text {
             choice: 0,
             text: t.into(),
         };
-        core_tx
-            .send(Frame::Events(vec![text("hello ST"), text("OP and more")]))
-            .await
-            .unwrap();
-        let Some(Frame::Events(events)) = rx.recv().await else {
-            panic!("events first")
-        };
-        assert_eq!(events[0], text("hello "));
+        let (events, stopped) = apply(&mut m, vec![text("hello ST"), text("OP and more")]);
+        assert!(stopped);
         assert_eq!(
-            events[1],
-            Event::Finish {
-                choice: 0,
-                reason: stop_sequence_finish("STOP")
-            }
-        );
-        assert!(matches!(rx.recv().await, Some(Frame::Done)));
-        // The relay let go of the core's stream: the core sees its reader gone.
-        core_tx.closed().await;
-        assert!(rx.recv().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn relay_flushes_held_text_at_the_end() {
-        let (core_tx, core_rx) = mpsc::channel(8);
-        let mut rx = relay(core_rx, vec!["STOP".into()]);
-        core_tx
-            .send(Frame::Events(vec![Event::Text {
-                choice: 0,
-                text: "ends with ST".into(),
-            }]))
-            .await
-            .unwrap();
-        core_tx.send(Frame::Done).await.unwrap();
-        let mut text = String::new();
-        while let Some(f) = rx.recv().await {
-            match f {
-                Frame::Events(es) => {
-                    for e in es {
-                        if let Event::Text { text: t, .. } = e {
-                            text.push_str(&t);
-                        }
-                    }
+            events,
+            [
+                text("hello "),
+                Event::Finish {
+                    choice: 0,
+                    reason: FinishReason::StopSequence("STOP".into())
                 }
-                Frame::Done => break,
-                other => panic!("{other:?}"),
-            }
-        }
-        assert_eq!(text, "ends with ST");
+            ]
+        );
+        // Held text is text after all when the reply goes on to something else.
+        let mut m = StopMatcher::new(vec!["STOP".into()]);
+        let finish = Event::Finish {
+            choice: 0,
+            reason: FinishReason::Stop,
+        };
+        let (events, stopped) = apply(&mut m, vec![text("ends with ST"), finish.clone()]);
+        assert!(!stopped);
+        assert_eq!(events, [text("ends with "), text("ST"), finish]);
     }
 }
